@@ -1,0 +1,101 @@
+"""``python -m nla`` / ``nla``: LightningCLI for training, plus nla's own subcommands in the same style.
+
+The four trainer subcommands (fit, validate, test, predict) go to LightningCLI. Every other subcommand
+is a function whose signature (dataclass arguments included) jsonargparse turns into a parser, so it
+takes ``--config X.yaml`` and dotted overrides exactly like ``fit`` does. Errors in the user's input,
+whether from the parser or from nla itself, print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable
+
+from nla.errors import NLAError
+
+TRAINER_SUBCOMMANDS = {
+    "fit": "train a model (SFT warm start or GRPO), as named by the config's model.class_path",
+    "validate": "run one evaluation epoch on the validation split",
+    "test": "run one evaluation epoch on the test split",
+    "predict": "run inference with a trained module",
+}
+
+# name -> ("module:function", one-line description). Imported lazily so `nla --help` stays fast.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("nla.inspect:inspect_model", "show family, depth, width, default layer and marker of a model"),
+}
+
+
+def one_line(message: str) -> str:
+    parts = [part.strip() for part in str(message).splitlines() if part.strip()]
+    text = parts[0] if parts else ""
+    for part in parts[1:]:
+        text += (" " if text.endswith(":") else "; ") + part
+    return text
+
+
+def fail(message: str) -> None:
+    print(f"nla: error: {one_line(message)}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def print_overview() -> None:
+    width = max(map(len, [*TRAINER_SUBCOMMANDS, *SUBCOMMANDS]))
+    print("usage: nla SUBCOMMAND [--config FILE.yaml] [--key value ...]\n\nsubcommands:")
+    for name, text in [*TRAINER_SUBCOMMANDS.items(), *((n, d) for n, (_, d) in SUBCOMMANDS.items())]:
+        print(f"  {name:<{width}}  {text}")
+    print("\n`nla SUBCOMMAND --help` lists the options of one subcommand.")
+
+
+def resolve(target: str) -> Callable:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def configure_jsonargparse() -> None:
+    import jsonargparse
+
+    # Field docstrings of the argument dataclasses become the --help text of each option.
+    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+
+
+def run_function(name: str, argv: list[str]) -> None:
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    function = resolve(SUBCOMMANDS[name][0])
+    parser = ArgumentParser(
+        prog=f"nla {name}", description=function.__doc__, exit_on_error=False, allow_abbrev=False
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+    parser.add_function_arguments(function, as_group=False)
+    config = parser.parse_args(argv)
+    config.pop("config", None)
+    function(**parser.instantiate_classes(config).as_dict())
+
+
+def run_trainer(argv: list[str] | None) -> None:
+    from nla.trainer_cli import NLALightningCLI
+
+    NLALightningCLI(args=argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print_overview()
+        return
+    name, rest = argv[0], argv[1:]
+    configure_jsonargparse()
+    try:
+        if name in SUBCOMMANDS:
+            run_function(name, rest)
+        elif name in TRAINER_SUBCOMMANDS:
+            # LightningCLI reads sys.argv itself and warns when handed the same list explicitly.
+            run_trainer(None if from_command_line else argv)
+        else:
+            fail(f"unknown subcommand '{name}'; choose from {', '.join([*TRAINER_SUBCOMMANDS, *SUBCOMMANDS])}")
+    except (NLAError, argparse.ArgumentError) as error:
+        fail(str(error))

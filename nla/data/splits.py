@@ -1,0 +1,69 @@
+"""Document-level splits: every position of a document lands in the same split, decided by its id.
+
+A document's split is a pure function of (seed, doc_id, fractions), so it never depends on corpus
+order, sharding or which other documents exist; the held-out split therefore shares no document, and
+no left context, with the training splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nla.errors import ConfigError
+
+SPLITS = ("av_sft", "ar_sft", "rl", "heldout")
+
+
+@dataclass
+class SplitArgs:
+    av_sft: float = 0.25
+    """Fraction of documents for supervised training of the verbalizer (AV)."""
+    ar_sft: float = 0.25
+    """Fraction of documents for supervised training of the reconstructor (AR)."""
+    rl: float = 0.45
+    """Fraction of documents for reinforcement learning (GRPO)."""
+    heldout: float = 0.05
+    """Fraction of documents kept out of all training, for evaluation."""
+    seed: int = 0
+    """Changing it reassigns documents to splits; keep it fixed across a project."""
+
+    def __post_init__(self) -> None:
+        check_fractions(self.fractions())
+
+    def fractions(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in SPLITS}
+
+    def split_of(self, doc_id: str) -> str:
+        return split_of(doc_id, self.fractions(), self.seed)
+
+
+def check_fractions(fractions: Mapping[str, float]) -> None:
+    for name, value in fractions.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ConfigError(f"splits.{name}", f"must be a number >= 0, got {value!r}")
+    total = sum(fractions.values())
+    if not math.isclose(total, 1.0, abs_tol=1e-6):
+        listed = ", ".join(f"{name}={value}" for name, value in fractions.items())
+        raise ConfigError("splits", f"fractions must sum to 1, got {total:.6g} ({listed})")
+
+
+def unit_hash(seed: int, doc_id: str) -> float:
+    """A uniform number in [0, 1) from (seed, doc_id), with its own domain so it is independent of positions."""
+    digest = hashlib.sha256(f"split:{seed}:{doc_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_of(doc_id: str, fractions: Mapping[str, float], seed: int = 0) -> str:
+    """The split (a key of ``fractions``) that ``doc_id`` belongs to; splits with fraction 0 are never chosen."""
+    check_fractions(fractions)
+    u = unit_hash(seed, doc_id)
+    cumulative = 0.0
+    for name, value in fractions.items():
+        cumulative += value
+        if u < cumulative:
+            return name
+    # Only reachable when the fractions sum to a hair under 1: the remainder joins the last non-empty split.
+    return [name for name, value in fractions.items() if value > 0][-1]

@@ -1,0 +1,36 @@
+"""Teacher summaries for the SFT warm start (method notes §6): providers, parsing and a resumable cache."""
+
+from nla.data.teachers.base import (
+    INSTRUCTION,
+    INSTRUCTION_VERSION,
+    MIN_FEATURES,
+    PROVIDERS,
+    Summary,
+    Teacher,
+    TeacherArgs,
+    TeacherRequest,
+    build_teacher,
+    clean_feature,
+    parse_features,
+    render_instruction,
+)
+from nla.data.teachers.cache import SummaryCache, TeacherReport, cache_key, summarize_all
+
+__all__ = [
+    "INSTRUCTION",
+    "INSTRUCTION_VERSION",
+    "MIN_FEATURES",
+    "PROVIDERS",
+    "Summary",
+    "SummaryCache",
+    "Teacher",
+    "TeacherArgs",
+    "TeacherReport",
+    "TeacherRequest",
+    "build_teacher",
+    "cache_key",
+    "clean_feature",
+    "parse_features",
+    "render_instruction",
+    "summarize_all",
+]

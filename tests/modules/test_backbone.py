@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from nla.errors import ConfigError, NLAError
+from nla.modules import adapters
+from nla.modules.backbone import (
+    BackboneArgs,
+    load_causal_lm,
+    load_config,
+    materialize_gguf,
+    resolve_attn_implementation,
+    resolve_dtype,
+)
+from tests.conftest import smollm2_gguf
+
+
+def test_auto_dtype_and_attention_on_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("CPU defaults")
+    assert resolve_dtype("auto") == torch.float32
+    assert resolve_attn_implementation("auto") == "sdpa"
+    assert resolve_attn_implementation("eager") == "eager"
+
+
+def test_auto_attention_falls_back_to_eager_where_sdpa_is_missing(tiny_model_dir):
+    if torch.cuda.is_available():
+        pytest.skip("CPU defaults")
+    gemma2 = load_config(BackboneArgs(str(tiny_model_dir("gemma2"))))
+    llama = load_config(BackboneArgs(str(tiny_model_dir("llama"))))
+    assert resolve_attn_implementation("auto", gemma2) == "eager"
+    assert resolve_attn_implementation("auto", llama) == "sdpa"
+
+
+def test_explicit_dtype_is_used(tiny_model_dir):
+    model = load_causal_lm(BackboneArgs(str(tiny_model_dir("qwen2")), dtype="bfloat16"))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="dtype: unknown dtype 'fp8'"):
+        resolve_dtype("fp8")
+
+
+def test_truncated_load_keeps_only_the_first_blocks(tiny_model_dir):
+    args = BackboneArgs(str(tiny_model_dir("llama")))
+    full, cut = load_causal_lm(args), load_causal_lm(args, keep_layers=2)
+    assert len(adapters.decoder_layers(cut)) == 2
+    for kept, original in zip(adapters.decoder_layers(cut), adapters.decoder_layers(full)):
+        for a, b in zip(kept.parameters(), original.parameters()):
+            assert torch.equal(a, b), "truncated blocks must carry the checkpoint's weights"
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (BackboneArgs("/no/such/model"), "name_or_path: model directory '/no/such/model' does not exist"),
+        (BackboneArgs("/no/such/model.gguf"), "name_or_path: GGUF file '/no/such/model.gguf' does not exist"),
+    ],
+)
+def test_missing_paths_are_one_line_errors(args, match):
+    with pytest.raises(ConfigError, match=match) as error:
+        load_config(args)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_gguf_inside_a_directory(tiny_model_dir):
+    with pytest.raises(ConfigError, match="gguf_file: GGUF file 'x.gguf' is not in"):
+        load_config(BackboneArgs(str(tiny_model_dir("llama")), gguf_file="x.gguf"))
+
+
+def test_unreachable_hub_id_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(NLAError, match="name_or_path: cannot load 'nobody/no-such-model'") as error:
+        load_config(BackboneArgs("nobody/no-such-model"))
+    assert "\n" not in str(error.value)
+
+
+def test_truncation_out_of_range(tiny_model_dir):
+    args = BackboneArgs(str(tiny_model_dir("llama")))
+    with pytest.raises(ConfigError, match="cannot keep 5 of 4 layers"):
+        load_causal_lm(args, keep_layers=5)
+
+
+def test_gguf_file_loads_through_the_plain_directory_cache(smollm2_dir):
+    gguf = smollm2_gguf()
+    assert materialize_gguf(str(gguf.parent), gguf.name) == smollm2_dir, "second conversion is a cache hit"
+    from_gguf = load_causal_lm(BackboneArgs(str(gguf)), keep_layers=2).eval()
+    from_dir = load_causal_lm(BackboneArgs(str(smollm2_dir)), keep_layers=2).eval()
+    ids = torch.tensor([[1, 504, 3458, 2114]])
+    with torch.no_grad():
+        torch.testing.assert_close(from_gguf(ids).logits, from_dir(ids).logits, rtol=0, atol=0)
+    assert adapters.num_layers(load_config(BackboneArgs(str(gguf)))) == 30
