@@ -25,6 +25,7 @@ TRAINER_SUBCOMMANDS = {
 # name -> ("module:function", one-line description). Imported lazily so `nla --help` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("nla.inspect:inspect_model", "show family, depth, width, default layer and marker of a model"),
+    "cache": ("nla.data.cache_command:cache", "cache residual-stream activations to sharded memmaps"),
 }
 
 

@@ -43,12 +43,13 @@ MARKER_TOKEN = "<|nla_marker|>"
 """The special token added when no existing character qualifies."""
 
 RULES = ("explicit", "cjk-range", "fallback-symbol", "added-special-token")
+"""The values of ``Marker.rule``, in the order the rules are tried."""
 
 
 @dataclass(frozen=True)
 class Marker:
     char: str
-    """The marker as text, as it appears in the prompt template."""
+    """The marker as text, as it appears in the rendered prompt."""
     token_id: int
     """Its single token id."""
     left_id: int
@@ -121,7 +122,7 @@ def choose_marker(
         raise ConfigError(
             field,
             f"no character of U+3200-U+33FF or {''.join(FALLBACK_SYMBOLS)} is one token in "
-            f"'{open_tag}X{close_tag}'; set {field} to a character that is, or pass the model so "
+            f"'{open_tag}X{close_tag}'; set {field} to a character that is, or give the model so "
             f"{MARKER_TOKEN} can be added",
         )
     return add_marker_token(tokenizer, model, open_tag, close_tag)
@@ -151,11 +152,11 @@ def add_marker_token(tokenizer, model, open_tag: str = "<concept>", close_tag: s
     # Some checkpoints pad the embedding matrix beyond the tokenizer; never shrink it.
     model.resize_token_embeddings(max(rows, marker.token_id + 1), mean_resizing=False)
     output = model.get_output_embeddings()
-    rows_to_set = [model.get_input_embeddings().weight]
-    if output is not None and output.weight is not rows_to_set[0]:
-        rows_to_set += [output.weight] + ([output.bias] if getattr(output, "bias", None) is not None else [])
+    tensors = [model.get_input_embeddings().weight]
+    if output is not None and output.weight is not tensors[0]:
+        tensors += [output.weight] + ([output.bias] if getattr(output, "bias", None) is not None else [])
     with torch.no_grad():
-        for tensor in rows_to_set:
+        for tensor in tensors:
             tensor[marker.token_id] = tensor[: marker.token_id].float().mean(0).to(tensor.dtype)
     return marker
 

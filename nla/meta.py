@@ -207,7 +207,9 @@ def read_meta(directory_or_file: str | Path) -> NlaMeta:
         key: r.number(int, f"tokens.{key}")
         for key in ("injection_token_id", "injection_left_neighbor_id", "injection_right_neighbor_id")
     }
-    suffix = [int(i) for i in r.get("tokens.critic_suffix_ids", default=None) or []]
+    suffix = r.get("tokens.critic_suffix_ids", default=None) or []
+    if not isinstance(suffix, list) or not all(isinstance(i, int) for i in suffix):
+        raise ConfigError("tokens.critic_suffix_ids", f"is {suffix!r} in {file}; expected a list of token ids")
     default_rule = "cjk-range" if len(char) == 1 and ord(char) in CJK_RANGE else "explicit"
     rule = str(r.get("tokens.marker_rule", default=default_rule))
     templates = PromptTemplates(

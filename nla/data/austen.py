@@ -75,14 +75,16 @@ def _read_lazyload(rdata, data_dir: Path) -> dict[str, object]:
     compressed = np.asarray(index["compressed"]).ravel()
     # R writes TRUE for zlib and 2 or 3 for bzip2 or xz; only zlib is what R uses by default for data.
     if compressed.dtype != bool or not compressed.all():
-        raise ConfigError("corpus.path", f"{data_dir / 'Rdata.rdb'} uses R compression {compressed.tolist()}, only zlib is read")
+        kinds = compressed.tolist()
+        raise ConfigError("corpus.path", f"{data_dir / 'Rdata.rdb'} uses R compression {kinds}; only zlib is read")
     blob = (data_dir / "Rdata.rdb").read_bytes()
     objects = {}
     for name, (offset, length) in index["variables"].items():
         record = blob[int(offset) : int(offset) + int(length)]
         raw = zlib.decompress(record[4:])
         if len(raw) != int.from_bytes(record[:4], "big"):
-            raise ConfigError("corpus.path", f"{data_dir / 'Rdata.rdb'} is damaged at {name!r}; reinstall r-cran-janeaustenr")
+            damaged = f"{data_dir / 'Rdata.rdb'} is damaged at {name!r}; reinstall r-cran-janeaustenr"
+            raise ConfigError("corpus.path", damaged)
         objects[str(name)] = rdata.conversion.convert(rdata.parser.parse_data(raw, extension=".rds"))
     return objects
 

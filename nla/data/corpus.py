@@ -147,7 +147,8 @@ def _open_dataset(args: CorpusArgs):
     try:
         return datasets.load_dataset(args.path, args.name, split=args.split, streaming=args.streaming), None
     except (ConnectionError, FileNotFoundError) as error:
-        raise ConfigError("corpus.path", f"{args.path!r} is not a local path and not loadable from the hub: {_line(error)}") from error
+        message = f"{args.path!r} is not a local path and not loadable from the hub: {_line(error)}"
+        raise ConfigError("corpus.path", message) from error
     except ValueError as error:
         field = "corpus.split" if "split" in str(error).lower() else "corpus.name"
         raise ConfigError(field, f"hub dataset {args.path!r}: {_line(error)}") from error
@@ -167,9 +168,11 @@ def _from_files(datasets, path: Path, args: CorpusArgs):
     if path.is_file():
         files = [path]
     else:
+        # Hidden entries (.git, .cache, editor files) are never corpus data.
         files = sorted(
             f for f in path.rglob("*")
-            if f.is_file() and f.suffix.lower() in BUILDERS and not any(p.startswith(".") for p in f.relative_to(path).parts)
+            if f.is_file() and f.suffix.lower() in BUILDERS
+            and not any(part.startswith(".") for part in f.relative_to(path).parts)
         )
     builders = {BUILDERS.get(f.suffix.lower()) for f in files}
     if None in builders:
@@ -201,7 +204,8 @@ def _documents(dataset, args: CorpusArgs, file_ids: list[str] | None) -> Iterato
         if text is None:
             text = ""
         if not isinstance(text, str):
-            raise ConfigError("corpus.text_column", f"column {args.text_column!r} holds {type(text).__name__} values, not text")
+            kind = type(text).__name__
+            raise ConfigError("corpus.text_column", f"column {args.text_column!r} holds {kind} values, not text")
         if args.id_column is not None:
             if row[args.id_column] is None:
                 raise ConfigError("corpus.id_column", f"row {index} has no value in column {args.id_column!r}")

@@ -68,7 +68,7 @@ class TokenizedDocuments:
         batch_size: int = 64,
     ) -> None:
         if not getattr(tokenizer, "is_fast", False):
-            raise NLAError("tokenizer: a fast (Rust) tokenizer is needed for character offsets; load it with use_fast=True")
+            raise NLAError("tokenizer: character offsets need a fast (Rust) tokenizer; load it with use_fast=True")
         if not 0 <= min_position < max_length:
             raise ValueError(f"need 0 <= min_position < max_length, got {min_position} and {max_length}")
         self.documents = documents
@@ -117,7 +117,12 @@ class TokenizedDocuments:
 
 
 def tokenize_documents(
-    documents: Iterable[Document], tokenizer, max_length: int = 4096, min_position: int = 50
+    documents: Iterable[Document],
+    tokenizer,
+    max_length: int = 4096,
+    min_position: int = 50,
+    batch_size: int = 64,
 ) -> TokenizedDocuments:
-    """Tokenize lazily; iterate the result, then read ``result.report`` for what was cut or skipped."""
-    return TokenizedDocuments(documents, tokenizer, max_length, min_position)
+    """Tokenize lazily, ``batch_size`` texts per tokenizer call; after iterating, ``result.report``
+    says how many documents were cut at ``max_length`` or skipped as shorter than ``min_position + 1``."""
+    return TokenizedDocuments(documents, tokenizer, max_length, min_position, batch_size)

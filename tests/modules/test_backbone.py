@@ -11,7 +11,7 @@ from nla.modules.backbone import (
     resolve_attn_implementation,
     resolve_dtype,
 )
-from tests.conftest import smollm2_gguf
+from nla.packaged import smollm2_gguf
 
 
 def test_auto_dtype_and_attention_on_cpu():

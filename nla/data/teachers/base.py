@@ -79,7 +79,6 @@ def render_instruction(request: TeacherRequest, instruction: str = INSTRUCTION) 
 _BLOCK = re.compile(r"<features>(.*?)</features>", re.DOTALL | re.IGNORECASE)
 # "1." / "2)" / "(3)" / "-" / "*" / "•" and similar bullets, optionally bolded as "**1.**".
 _MARKER = re.compile(r"^\s*(?:\*\*)?(?:\(?\d{1,2}[.):]|[-*•·‣▪–—])(?:\*\*)?\s+")
-_ITEM_START = re.compile(r"^\s*(?:\*\*)?(?:\(?\d{1,2}[.):]|[-*•·‣▪–—])\s")
 
 
 def clean_feature(text: str) -> str:
@@ -99,12 +98,12 @@ def parse_features(answer: str) -> list[str]:
     if match is None:
         return []
     lines = [line for line in match.group(1).splitlines() if line.strip()]
-    if not any(_ITEM_START.match(line) for line in lines):
+    if not any(_MARKER.match(line) for line in lines):
         items = lines
     else:
         items = []
         for line in lines:
-            if _ITEM_START.match(line) or not items:
+            if _MARKER.match(line) or not items:
                 items.append(line)
             else:
                 items[-1] += " " + line

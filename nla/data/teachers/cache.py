@@ -128,7 +128,13 @@ class TeacherReport:
 
 
 def _progress_bar(enabled: bool) -> Progress:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     return Progress(*columns, disable=not enabled, transient=True)
 
 
@@ -159,8 +165,9 @@ def summarize_all(
                         cache.append(todo[index], teacher, summary.features)
                 bar.advance(task)
         except NLAError as error:
-            saved = f"{cache.written} new answers are saved in {cache.path}; rerun to resume" if cache else "nothing was cached"
-            raise NLAError(f"{error} ({saved})") from error
+            if cache is None:
+                raise NLAError(f"{error} (nothing was cached: set teacher.cache_dir to keep progress)") from error
+            raise NLAError(f"{error} ({cache.written} new answers are saved in {cache.path}; rerun to resume)") from error
         finally:
             if cache is not None:
                 cache.close()
@@ -173,6 +180,6 @@ def summarize_all(
         summaries.append(Summary(list(features)) if features is not None and len(features) >= MIN_FEATURES else None)
     report = TeacherReport(len(requests), cached, len(todo), failed, dropped)
     if dropped:
-        log.warning("dropped %d of %d teacher answers with fewer than %d features", dropped, len(requests), MIN_FEATURES)
+        log.warning("dropped %d of %d teacher answers with < %d features", dropped, len(requests), MIN_FEATURES)
     log.info("%s", report)
     return summaries, report

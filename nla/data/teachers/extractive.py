@@ -44,10 +44,14 @@ PUNCTUATION = {
     ")]}": ("a closing bracket", "the main sentence resumes, often with punctuation"),
     "\"'“”‘’«»": ("a quotation mark", "a quotation opens or closes, shifting between quoted and plain text"),
     "-–—": ("a dash", "an aside, a range or a compound word continues"),
+    "%": ("a percent sign", "the quantity is complete, so what it measures or punctuation comes next"),
+    "$€£¥": ("a currency sign", "an amount written in digits comes next"),
 }
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*[A-Za-z]")
-_CODE_LINE = re.compile(r"^\s*(def |class |import |from \S+ import|#include|function |return\b|public |var |let |const )")
+_CODE_LINE = re.compile(
+    r"^\s*(def |class |import |from \S+ import|#include|function |return\b|public |var |let |const )"
+)
 _LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
 
 
@@ -77,7 +81,9 @@ def document_kind(text: str) -> str:
     lines = text.splitlines() or [""]
     chars = max(len(text), 1)
     words = [w.lower() for w in _WORD.findall(text)]
-    if sum(bool(_CODE_LINE.match(line)) for line in lines) >= 2 or sum(text.count(c) for c in "{};=") / chars > 0.03:
+    # Braces, assignments and line-final semicolons are rare in prose; a semicolon inside a line is not.
+    symbols = sum(text.count(c) for c in "{}=") + sum(line.rstrip().endswith(";") for line in lines)
+    if sum(bool(_CODE_LINE.match(line)) for line in lines) >= 2 or symbols / chars > 0.02:
         return "source code or markup"
     if sum(text.count(c) for c in "\"“”") >= 4:
         return "narrative prose with dialogue"
@@ -106,7 +112,7 @@ def _topic_feature(context: str) -> str:
     kind, tone = document_kind(context), register(context)
     words = topic_words(context)
     if not words:
-        return f"The text reads as {kind} in a {tone} register; it is too short to name a subject, so format cues dominate."
+        return f"The text reads as {kind} in a {tone} register; it is too short to name a subject, so form dominates."
     listed = ", ".join(words[:-1]) + (" and " if len(words) > 1 else "") + words[-1]
     return f"The text reads as {kind} in a {tone} register about {listed}; what follows should stay on these topics."
 
@@ -155,11 +161,11 @@ def token_role(context: str, token: str) -> tuple[str, str]:
         if function_role is not None:
             return f"the function word “{core}”", function_role
         if core[0].isupper():
-            return "the start of a capitalised word", "a name or the rest of this word is likely, then the sentence goes on"
+            return "the start of a capitalised word", "a name or the rest of this word is likely, then the clause goes on"
         return "the start of a word", "the word may be completed by another piece or followed by the next word"
     words = re.findall(r"[\w'-]+$", context)
     whole = words[0] if words else core
-    return f"the continuation of the word “{whole}”", "the word is probably complete, so a space or punctuation is likely next"
+    return f"the continuation of the word “{whole}”", "the word is probably complete, so a space or punctuation follows"
 
 
 def _token_feature(context: str, token: str) -> str:

@@ -46,16 +46,13 @@ class HFTeacher(Teacher):
         self.tokenizer = tokenizer
         self.lm = lm.to(self.device).eval()
         self.generation_config = copy.deepcopy(lm.generation_config)
-        sample = args.temperature > 0
-        # Plain tempered sampling: a checkpoint's default top-k / top-p would silently narrow it.
-        self.generation_config.update(
-            do_sample=sample,
-            temperature=args.temperature if sample else 1.0,
-            top_k=None,
-            top_p=None,
-            max_new_tokens=args.max_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        self.generation_config.update(max_new_tokens=args.max_tokens, pad_token_id=tokenizer.pad_token_id)
+        if args.temperature > 0:
+            # Plain tempered sampling: a checkpoint's default top-k / top-p would silently narrow it,
+            # and generate() refills unset (None) fields from those defaults, so set neutral values.
+            self.generation_config.update(do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0)
+        else:
+            self.generation_config.update(do_sample=False)
 
     def prompt(self, request: TeacherRequest) -> str:
         """The rendered chat prompt (special tokens included, so encode it with ``add_special_tokens=False``)."""

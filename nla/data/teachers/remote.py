@@ -50,6 +50,13 @@ def _snippet(raw: bytes | str, limit: int = 200) -> str:
     return " ".join(text.split())[:limit]
 
 
+def _error_body(error: urllib.error.HTTPError) -> str:
+    try:
+        return _snippet(error.read())
+    except (OSError, http.client.HTTPException):
+        return "(body unreadable)"
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delay in seconds, or an HTTP date)."""
     if not value:
@@ -78,6 +85,8 @@ class RemoteTeacher(Teacher):
         self.args = args
         self.model = args.model
         root = (args.base_url or DEFAULT_BASE_URLS[self.name]).rstrip("/")
+        if not root.startswith(("http://", "https://")):
+            raise ConfigError("teacher.base_url", f"'{args.base_url}' is not an http:// or https:// URL")
         self.url = (root if root.endswith("/v1") else root + "/v1") + self.path
         self.key_env = api_key_env_name(args)
         self._key = None
@@ -98,13 +107,18 @@ class RemoteTeacher(Teacher):
     def _headers(self) -> dict[str, str]:
         """Request headers, the key included."""
 
-    @abstractmethod
     def _body(self, prompt: str) -> dict:
-        """JSON request body for one user message."""
+        """JSON request body for one user message (both APIs accept the same four fields)."""
+        return {
+            "model": self.model,
+            "max_tokens": self.args.max_tokens,
+            "temperature": self.args.temperature,
+            "messages": [{"role": "user", "content": prompt}],
+        }
 
     @abstractmethod
     def _answer(self, payload: dict) -> str:
-        """The answer text of a decoded response; KeyError/IndexError/TypeError when it is missing."""
+        """The answer text of a decoded response; a lookup error when the body has none."""
 
     def stream(self, requests: Sequence[TeacherRequest]) -> Iterator[tuple[int, Summary | None]]:
         stop = threading.Event()
@@ -125,10 +139,17 @@ class RemoteTeacher(Teacher):
             refill()
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                error = None
+                # Answers that arrived together with a fatal error are still handed out, so they get cached.
                 for future in done:
                     index = pending.pop(future)
+                    if future.exception() is not None:
+                        error = error or future.exception()
+                        continue
                     text = future.result()
                     yield index, None if text is None else Summary(parse_features(text))
+                if error is not None:
+                    raise error
                 refill()
         finally:
             stop.set()
@@ -144,6 +165,7 @@ class RemoteTeacher(Teacher):
     def _ask(self, request: TeacherRequest, stop: threading.Event) -> str | None:
         """The answer text, None when this request failed, NLAError when the endpoint is unusable."""
         body = json.dumps(self._body(render_instruction(request, self.instruction))).encode()
+        post = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
         attempts = 1 + self.args.max_retries
         last_error, malformed = "", False
         retry_after: float | None = None
@@ -152,10 +174,10 @@ class RemoteTeacher(Teacher):
                 return None
             retry_after = None
             try:
-                with self._opener.open(self._request(body), timeout=self.args.timeout_s) as response:
+                with self._opener.open(post, timeout=self.args.timeout_s) as response:
                     raw = response.read()
             except urllib.error.HTTPError as error:
-                detail = f"HTTP {error.code}: {_snippet(error.read())}"
+                detail = f"HTTP {error.code}: {_error_body(error)}"
                 self._raise_if_fatal(error.code, detail)
                 if not _retryable(error.code):
                     log.warning("teacher request rejected by %s (%s); this row is skipped", self.url, detail)
@@ -171,12 +193,9 @@ class RemoteTeacher(Teacher):
             except _Malformed as error:
                 last_error, malformed = f"malformed response ({error})", True
         if malformed:
-            log.warning("teacher at %s sent %d malformed responses (%s); this row is skipped", self.url, attempts, last_error)
+            log.warning("teacher at %s sent %d malformed answers (%s); row skipped", self.url, attempts, last_error)
             return None
         raise NLAError(f"teacher request to {self.url} failed after {attempts} attempts (last error: {last_error})")
-
-    def _request(self, body: bytes) -> urllib.request.Request:
-        return urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
 
     def _read_answer(self, raw: bytes) -> str:
         try:
@@ -185,17 +204,18 @@ class RemoteTeacher(Teacher):
             raise _Malformed(f"invalid JSON: {_snippet(raw, 80)}") from error
         try:
             text = self._answer(payload)
-        except (KeyError, IndexError, TypeError) as error:
-            raise _Malformed(f"no answer text: {_snippet(raw, 80)}") from error
+        except (KeyError, IndexError, TypeError, AttributeError, StopIteration):
+            text = None
         if not isinstance(text, str):
-            raise _Malformed(f"answer is not text: {_snippet(raw, 80)}")
+            raise _Malformed(f"no answer text in {_snippet(raw, 80)}")
         return text
 
     def _raise_if_fatal(self, status: int, detail: str) -> None:
         """Errors that every request would hit alike stop the run at once instead of failing each row."""
+        if status in (401, 403) and self.key_env:
+            raise NLAError(f"teacher.api_key_env: {self.url} refused the API key in ${self.key_env} ({detail})")
         if status in (401, 403):
-            source = f"${self.key_env}" if self.key_env else "no key (set teacher.api_key_env)"
-            raise NLAError(f"teacher.api_key_env: {self.url} refused the API key from {source} ({detail})")
+            raise NLAError(f"teacher.api_key_env: {self.url} wants an API key ({detail}); name its variable here")
         if status == 404:
             raise NLAError(f"teacher: {self.url} answered {detail}; check teacher.base_url and teacher.model")
 
@@ -212,14 +232,6 @@ class OpenAITeacher(RemoteTeacher):
             headers["authorization"] = f"Bearer {self._key}"
         return headers
 
-    def _body(self, prompt: str) -> dict:
-        return {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": self.args.temperature,
-            "max_tokens": self.args.max_tokens,
-        }
-
     def _answer(self, payload: dict) -> str:
         return payload["choices"][0]["message"]["content"]
 
@@ -233,13 +245,6 @@ class AnthropicTeacher(RemoteTeacher):
     def _headers(self) -> dict[str, str]:
         return {"x-api-key": self._key, "anthropic-version": ANTHROPIC_VERSION, "content-type": "application/json"}
 
-    def _body(self, prompt: str) -> dict:
-        return {
-            "model": self.model,
-            "max_tokens": self.args.max_tokens,
-            "temperature": self.args.temperature,
-            "messages": [{"role": "user", "content": prompt}],
-        }
-
     def _answer(self, payload: dict) -> str:
-        return payload["content"][0]["text"]
+        # The answer is content[0] unless the model thought first; thinking blocks come before the text.
+        return next(block["text"] for block in payload["content"] if block.get("type", "text") == "text")

@@ -14,7 +14,7 @@ import pytest
 GOOD_ANSWER = """Here are the features.
 <features>
 1. The passage is a cooking recipe, so measured quantities and imperative steps dominate.
-2. **2.** The instructions build toward baking, so oven temperatures and timings are expected.
+**2.** The instructions build toward baking, so oven temperatures and timings are expected.
 - The final token " flour" closes an ingredient line, so a line break or a new ingredient follows.
 </features>"""
 
@@ -23,9 +23,14 @@ SHORT_ANSWER = "<features>\n1. Only one thing stands out here.\n</features>"
 
 @dataclass
 class Call:
+    """One request as the server received it."""
+
     path: str
+    """Request path, e.g. ``/v1/messages``."""
     headers: dict[str, str]
+    """Headers with lower-cased names."""
     body: dict | None
+    """The decoded JSON body, None when it was not JSON."""
 
 
 def answer_body(path: str, text: str) -> bytes:
@@ -33,7 +38,8 @@ def answer_body(path: str, text: str) -> bytes:
     if path.endswith("/messages"):
         payload = {"type": "message", "role": "assistant", "content": [{"type": "text", "text": text}]}
     else:
-        payload = {"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
+        message = {"role": "assistant", "content": text}
+        payload = {"object": "chat.completion", "choices": [{"index": 0, "message": message}]}
     return json.dumps(payload).encode()
 
 
@@ -45,12 +51,19 @@ class FakeAPI:
     """Records every call and answers with ``respond(call_number, call)``; tracks peak concurrency."""
 
     respond: Callable[[int, Call], Reply] = lambda number, call: (200, {}, answer_body(call.path, GOOD_ANSWER))
+    """(status, headers, body) for the call with this 0-based number; a good answer by default."""
     delay_s: float = 0.0
+    """Time each call holds its connection before answering, so overlapping calls can be counted."""
     calls: list[Call] = field(default_factory=list)
+    """Every call received, in arrival order."""
     active: int = 0
+    """Calls being handled right now."""
     peak: int = 0
+    """Most calls handled at the same time."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    """Guards the counters and the call list across handler threads."""
     server: ThreadingHTTPServer | None = None
+    """The running server (set by the fixture)."""
 
     @property
     def base_url(self) -> str:
@@ -98,7 +111,7 @@ def fake_api(monkeypatch):
             return None
 
     api.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=api.server.serve_forever, daemon=True)
+    thread = threading.Thread(target=api.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield api
     api.server.shutdown()

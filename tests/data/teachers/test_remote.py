@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -182,7 +183,12 @@ def test_bad_request_fails_only_that_row(fake_api):
 
 
 def test_timeout_is_retried(fake_api):
-    fake_api.respond = lambda n, call: (time.sleep(1.0) if n == 0 else None) or good(call.path)
+    def respond(n, call):
+        if n == 0:
+            time.sleep(1.0)
+        return good(call.path)
+
+    fake_api.respond = respond
     teacher = make_teacher("anthropic", fake_api.base_url, timeout_s=0.3)
     (summary,) = teacher.summarize([REQUEST])
     assert summary is not None and len(fake_api.calls) == 2
@@ -190,11 +196,11 @@ def test_timeout_is_retried(fake_api):
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_concurrency_limit_is_respected(fake_api, provider):
-    fake_api.delay_s = 0.1
-    requests = [TeacherRequest(f"document number {i} ends here", " here") for i in range(12)]
+    fake_api.delay_s = 0.2
+    requests = [TeacherRequest(f"document number {i} ends here", " here") for i in range(9)]
     teacher = make_teacher(provider, fake_api.base_url, max_concurrency=3)
     summaries = teacher.summarize(requests)
-    assert all(s is not None for s in summaries) and len(fake_api.calls) == 12
+    assert all(s is not None for s in summaries) and len(fake_api.calls) == 9
     assert fake_api.peak == 3
 
 
@@ -209,6 +215,26 @@ def test_short_answers_are_dropped_and_counted(fake_api, provider):
     summaries, report = summarize_all(make_teacher(provider, fake_api.base_url), requests, progress=False)
     assert [s is None for s in summaries] == [False, True, False, False]
     assert (report.dropped, report.failed, report.kept) == (1, 0, 3)
+
+
+def test_anthropic_text_after_a_thinking_block(fake_api):
+    content = [{"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": GOOD_ANSWER}]
+    fake_api.respond = lambda n, call: (200, {}, json.dumps({"content": content}).encode())
+    (summary,) = make_teacher("anthropic", fake_api.base_url).summarize([REQUEST])
+    assert len(summary.features) == 3 and len(fake_api.calls) == 1
+
+
+def test_local_server_asking_for_a_key_says_where_to_name_it(fake_api, monkeypatch):
+    fake_api.respond = lambda n, call: (401, {}, b"unauthorized")
+    teacher = make_teacher("openai", fake_api.base_url, api_key_env=None)
+    with pytest.raises(NLAError, match="teacher.api_key_env: .* wants an API key"):
+        teacher.summarize([REQUEST])
+
+
+def test_base_url_without_scheme_is_a_config_error():
+    with pytest.raises(ConfigError) as caught:
+        make_teacher("openai", "localhost:8000")
+    assert caught.value.field == "teacher.base_url"
 
 
 def test_retry_after_parsing():

@@ -1,0 +1,1 @@
+"""The input side of the activation cache: corpora, tokenization, positions, splits and teacher summaries."""

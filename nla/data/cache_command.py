@@ -1,0 +1,18 @@
+"""``nla cache``: build the activation cache on its own (also run by the DataModule when missing)."""
+
+from __future__ import annotations
+
+from nla.data.cache_plan import CacheArgs
+from nla.data.cache_writer import build_cache
+from nla.data.corpus import CorpusArgs
+from nla.data.splits import SplitArgs
+from nla.modules.backbone import BackboneArgs
+
+
+def cache(model: BackboneArgs, corpus: CorpusArgs, cache: CacheArgs, splits: SplitArgs | None = None) -> None:
+    """Cache residual-stream activations of ``model`` at layer ``cache.layer`` over ``corpus``.
+
+    Data-parallel with torchrun: each process writes the shards i with i % WORLD_SIZE == RANK, and
+    rank 0 writes the statistics once every shard exists.
+    """
+    build_cache(model, corpus, cache, splits or SplitArgs())

@@ -1,0 +1,187 @@
+"""Build the activation cache: batched early-exit forwards written to atomic, resumable memmap shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from nla.data.cache_format import INDEX_DTYPE, PLAN, SHARDS, shard_problem, write_shard
+from nla.data.cache_plan import CacheArgs, CachePlan, PlannedDocument, PlannedDocuments, make_plan
+from nla.data.cache_stats import finalize
+from nla.data.corpus import CorpusArgs
+from nla.data.splits import SPLITS, SplitArgs
+from nla.data.storage import atomic_write_json, encode_vectors
+from nla.data.tokens import TokenizedDocument
+from nla.errors import ConfigError, NLAError, field_scope
+from nla.modules import adapters
+from nla.modules.backbone import BackboneArgs, load_causal_lm, load_config, load_tokenizer
+from nla.modules.residual import read_residual
+
+
+def length_sorted_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Group indices longest-first so each batch pads little, with at most ``batch_tokens`` padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, current = [], []
+    for i in order:
+        # The first index of a batch is its longest, so it sets the padded width.
+        width = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * width > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + [current] if current else batches
+
+
+def extract_shard(
+    model, layer: int, docs: list[TokenizedDocument], planned: list[PlannedDocument], batch_tokens: int, pad_id: int
+) -> torch.Tensor:
+    """Residuals at every planned position, in (document, position) order, as float32 [n, d]."""
+    device = next(model.parameters()).device
+    pieces: dict[int, torch.Tensor] = {}
+    for batch in length_sorted_batches([len(doc.input_ids) for doc in docs], batch_tokens):
+        width = len(docs[batch[0]].input_ids)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        rows, cols = [], []
+        for row, i in enumerate(batch):
+            n = len(docs[i].input_ids)
+            ids[row, :n] = torch.from_numpy(docs[i].input_ids.astype(np.int64))
+            mask[row, :n] = 1
+            rows += [row] * len(planned[i].positions)
+            cols += planned[i].positions.tolist()
+        hidden = read_residual(
+            model, layer, ids.to(device), mask.to(device), torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+        ).float().cpu()
+        start = 0
+        for i in batch:
+            count = len(planned[i].positions)
+            pieces[i] = hidden[start : start + count]
+            start += count
+    return torch.cat([pieces[i] for i in range(len(docs))])
+
+
+def shard_records(docs: list[TokenizedDocument], planned: list[PlannedDocument]) -> tuple[np.ndarray, list[dict]]:
+    rows = []
+    for doc_row, (doc, plan) in enumerate(zip(docs, planned)):
+        for position in plan.positions:
+            end = int(doc.offsets[: position + 1, 1].max())
+            rows.append((doc_row, position, doc.input_ids[position], end, SPLITS.index(plan.split)))
+    texts = [{"doc_id": doc.doc_id, "split": plan.split, "text": doc.text} for doc, plan in zip(docs, planned)]
+    return np.array(rows, dtype=INDEX_DTYPE), texts
+
+
+def prepare_directory(directory: Path, plan: CachePlan, cache: CacheArgs, field: str) -> None:
+    """Refuse (or, with overwrite, clear) a cache built from another configuration; then record the plan."""
+    plan_path = directory / PLAN
+    if plan_path.is_file():
+        existing = json.loads(plan_path.read_text())["fingerprint"]
+        if existing == plan.fingerprint:
+            return
+        if not cache.overwrite:
+            raise ConfigError(
+                f"{field}.overwrite",
+                f"{directory} holds a cache built from a different configuration (fingerprint {existing}, "
+                f"now {plan.fingerprint}); set overwrite: true or choose another directory",
+            )
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan_path, {"fingerprint": plan.fingerprint, "shards": plan.num_shards})
+
+
+def preflight(console: Console, plan: CachePlan, d: int, cache: CacheArgs, directory: Path, seconds_per_token: float):
+    bytes_per_value = 4 if cache.store_dtype == "float32" else 2
+    needed = plan.vectors * (d * bytes_per_value + INDEX_DTYPE.itemsize)
+    free = shutil.disk_usage(directory).free
+    console.print(
+        f"[bold]activation cache[/bold] {directory}: {len(plan.documents)} documents, {plan.tokens:,} tokens, "
+        f"{plan.vectors:,} vectors of d={d} ({cache.store_dtype}) in {plan.num_shards} shards; "
+        f"disk {needed / 2**20:,.1f} MiB of {free / 2**30:,.1f} GiB free; "
+        f"about {plan.tokens * seconds_per_token / 60:,.1f} min; {plan.report.summary()}"
+    )
+    if needed > free:
+        raise NLAError(f"cache.directory: {directory} needs {needed / 2**30:.2f} GiB but has {free / 2**30:.2f} GiB free")
+
+
+def seconds_per_token(model, layer: int, batch_tokens: int, width: int, vocab_size: int) -> float:
+    """One timed forward of a batch as wide as the longest document, for the pre-flight estimate."""
+    width = min(width, batch_tokens)
+    ids = torch.randint(0, vocab_size, (max(1, batch_tokens // width), width), device=next(model.parameters()).device)
+    start = time.perf_counter()
+    read_residual(model, layer, ids, torch.ones_like(ids), torch.tensor([0]), torch.tensor([0]))
+    return (time.perf_counter() - start) / ids.numel()
+
+
+def build_cache(
+    model: BackboneArgs,
+    corpus: CorpusArgs,
+    cache: CacheArgs,
+    splits: SplitArgs | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    console: Console | None = None,
+) -> Path:
+    """Write every shard this rank owns (shard i belongs to rank i % world_size) that is not already
+    complete; rank 0 then waits for all shards and writes the statistics and ``meta.json``."""
+    splits = splits or SplitArgs()
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    console = console or Console(stderr=True)
+    directory = Path(cache.directory)
+    with field_scope("model"):
+        config, tokenizer = load_config(model), load_tokenizer(model)
+    layer = adapters.default_layer(config) if cache.layer == -1 else adapters.check_layer(config, cache.layer, "cache.layer")
+    plan = make_plan(model, corpus, cache, splits, tokenizer, layer)
+    prepare_directory(directory, plan, cache, "cache")
+    todo = [i for i in range(plan.num_shards) if i % world_size == rank and shard_problem(directory, i)]
+    if todo:
+        network = load_causal_lm(model, keep_layers=layer + 1, config=config).eval()
+        if torch.cuda.is_available():
+            network = network.cuda()
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        width = max(doc.length for doc in plan.documents)
+        rate = seconds_per_token(network, layer, cache.batch_tokens, width, len(tokenizer))
+        preflight(console, plan, adapters.hidden_size(config), cache, directory, rate)
+        write_shards(network, layer, plan, todo, PlannedDocuments(corpus, tokenizer, cache, splits), cache, pad_id, directory, console)
+    if rank == 0:
+        finalize(directory, plan, model, corpus, cache, splits, config, layer, console)
+    return directory
+
+
+def write_shards(network, layer, plan, todo, pairs, cache, pad_id, directory, console) -> None:
+    wanted = set(todo)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("caching shards", total=len(todo), rate="")
+        tokens, start = 0, time.perf_counter()
+        docs, planned, shard = [], [], 0
+        for doc, plan_row in pairs:
+            docs.append(doc)
+            planned.append(plan_row)
+            if len(docs) < cache.shard_documents:
+                continue
+            tokens += _flush(network, layer, shard, docs, planned, wanted, cache, pad_id, directory)
+            shard, docs, planned = shard + 1, [], []
+            progress.update(task, completed=len([i for i in todo if i < shard]), rate=f"{tokens / (time.perf_counter() - start):,.0f} tok/s")
+        if docs:
+            tokens += _flush(network, layer, shard, docs, planned, wanted, cache, pad_id, directory)
+            shard += 1
+        progress.update(task, completed=len(todo), rate=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f} tok/s")
+    if shard != plan.num_shards:
+        raise NLAError(f"corpus changed while caching: planned {plan.num_shards} shards, read {shard}")
+
+
+def _flush(network, layer, shard, docs, planned, wanted, cache, pad_id, directory) -> int:
+    if shard not in wanted:
+        return 0
+    vectors = extract_shard(network, layer, docs, planned, cache.batch_tokens, pad_id)
+    records, texts = shard_records(docs, planned)
+    write_shard(directory, shard, encode_vectors(vectors, cache.store_dtype), records, texts)
+    return sum(len(doc.input_ids) for doc in docs)

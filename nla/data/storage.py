@@ -1,0 +1,75 @@
+"""Atomic file writes and the on-disk encoding of activation vectors."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from nla.errors import NLAError
+
+# float16 is deliberately absent: Gemma residual norms reach 6e4-8e4, beyond its range.
+STORE_DTYPES = ("float32", "bfloat16")
+
+
+def _atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through a temporary file in the same directory, then rename: readers see all or nothing."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise NLAError(f"disk full while writing {path}; free space on {path.parent} and rerun") from error
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda stream: stream.write(data))
+
+
+def atomic_write_json(path: Path, value) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    _atomic(path, lambda stream: np.save(stream, array, allow_pickle=False))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def encode_vectors(vectors: torch.Tensor, store_dtype: str) -> np.ndarray:
+    """float32 as is; bfloat16 as its raw 16 bits in uint16, since numpy has no bfloat16."""
+    if store_dtype == "float32":
+        return vectors.detach().to(torch.float32).cpu().numpy()
+    if store_dtype == "bfloat16":
+        return vectors.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
+    raise ValueError(f"unknown store dtype {store_dtype!r}; use one of {STORE_DTYPES}")
+
+
+def decode_vectors(array: np.ndarray, store_dtype: str) -> torch.Tensor:
+    """Stored rows back to a float32 tensor (a copy: memory maps are read-only)."""
+    if store_dtype == "float32":
+        return torch.from_numpy(np.array(array, dtype=np.float32))
+    if store_dtype == "bfloat16":
+        return torch.from_numpy(np.array(array, dtype=np.uint16).view(np.int16)).view(torch.bfloat16).to(torch.float32)
+    raise ValueError(f"unknown store dtype {store_dtype!r}; use one of {STORE_DTYPES}")
