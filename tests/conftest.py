@@ -5,18 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
-
-from nla.errors import NLAError
-from nla.modules.backbone import materialize_gguf
-from nla.packaged import smollm2_gguf
-from tests.fixtures.tiny import build_tokenizer, save_tiny
-
+# Set before transformers / huggingface_hub are imported: they read these once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from nla.errors import NLAError  # noqa: E402
+from nla.modules.backbone import materialize_gguf  # noqa: E402
+from nla.packaged import smollm2_gguf  # noqa: E402
+from tests.fixtures.tiny import build_tokenizer, save_tiny  # noqa: E402
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

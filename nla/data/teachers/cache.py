@@ -167,7 +167,8 @@ def summarize_all(
         except NLAError as error:
             if cache is None:
                 raise NLAError(f"{error} (nothing was cached: set teacher.cache_dir to keep progress)") from error
-            raise NLAError(f"{error} ({cache.written} new answers are saved in {cache.path}; rerun to resume)") from error
+            saved = f"{cache.written} new answers are saved in {cache.path}; rerun to resume"
+            raise NLAError(f"{error} ({saved})") from error
         finally:
             if cache is not None:
                 cache.close()
@@ -175,9 +176,11 @@ def summarize_all(
     failed = dropped = 0
     for key in keys:
         features = answers.get(key)
-        failed += features is None
-        dropped += features is not None and len(features) < MIN_FEATURES
-        summaries.append(Summary(list(features)) if features is not None and len(features) >= MIN_FEATURES else None)
+        if features is None:
+            failed += 1
+        elif len(features) < MIN_FEATURES:
+            dropped += 1
+        summaries.append(Summary(list(features)) if features and len(features) >= MIN_FEATURES else None)
     report = TeacherReport(len(requests), cached, len(todo), failed, dropped)
     if dropped:
         log.warning("dropped %d of %d teacher answers with < %d features", dropped, len(requests), MIN_FEATURES)

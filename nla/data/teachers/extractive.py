@@ -161,11 +161,11 @@ def token_role(context: str, token: str) -> tuple[str, str]:
         if function_role is not None:
             return f"the function word “{core}”", function_role
         if core[0].isupper():
-            return "the start of a capitalised word", "a name or the rest of this word is likely, then the clause goes on"
+            return "the start of a capitalised word", "a name or the rest of this word is likely next"
         return "the start of a word", "the word may be completed by another piece or followed by the next word"
     words = re.findall(r"[\w'-]+$", context)
     whole = words[0] if words else core
-    return f"the continuation of the word “{whole}”", "the word is probably complete, so a space or punctuation follows"
+    return f"the continuation of the word “{whole}”", "the word is probably complete; a space or punctuation follows"
 
 
 def _token_feature(context: str, token: str) -> str:

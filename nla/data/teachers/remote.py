@@ -55,6 +55,8 @@ def _error_body(error: urllib.error.HTTPError) -> str:
         return _snippet(error.read())
     except (OSError, http.client.HTTPException):
         return "(body unreadable)"
+    finally:
+        error.close()
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -1,0 +1,190 @@
+"""Torch datasets over the activation cache, their collate functions, and a resumable sampler and loader.
+
+Every item is a cache vector (read from the memory map when asked for, float32 ``[d]``) plus token ids;
+padding happens in the collate function, so slots and last tokens are found on the padded batch and
+never precomputed. Padding sides:
+
+- AV SFT (``av``): right padding. Labels are -100 on the prompt and on padding; ``attention_mask`` marks
+  real tokens.
+- AR (``ar``): right padding, with ``last_index``, the position of each row's last real token, where the
+  AR reads its prediction (also ``attention_mask.sum(1) - 1``).
+- RL (``rl``): left padding, so every prompt ends at the last column and generation continues there.
+- held-out (``heldout``): all of the above for the same rows, keys prefixed ``av_`` / ``av_prompt_`` /
+  ``ar_``, and the explanation text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from nla.data.activation_cache import ActivationCache
+from nla.prompts import Prompts
+
+IGNORE = -100
+"""Label of tokens that carry no loss."""
+
+KINDS = ("av", "ar", "rl", "heldout")
+
+# For each kind, every padded field: (padding side, name of its attention mask or None, name of its
+# last-real-token index or None).
+LAYOUTS: dict[str, dict[str, tuple[str, str | None, str | None]]] = {
+    "av": {"input_ids": ("right", "attention_mask", None), "labels": ("right", None, None)},
+    "ar": {"input_ids": ("right", "attention_mask", "last_index")},
+    "rl": {"input_ids": ("left", "attention_mask", None)},
+    "heldout": {
+        "av_input_ids": ("right", "av_attention_mask", None),
+        "av_labels": ("right", None, None),
+        "av_prompt_ids": ("left", "av_prompt_mask", None),
+        "ar_input_ids": ("right", "ar_attention_mask", "ar_last_index"),
+    },
+}
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation of ``range(n)`` that moves every element (n >= 2): a random cycle."""
+    order = np.random.default_rng(seed).permutation(n)
+    result = np.empty(n, dtype=np.int64)
+    result[order] = np.roll(order, -1)
+    return result
+
+
+class CacheRows(Dataset):
+    """Rows of one split: cache indices, the explanation of each (None for RL), and the vector each
+    row is paired with. ``shuffled_seed`` pairs every text with another row's vector (a derangement,
+    so no row keeps its own), the shuffled-activation control; the texts keep their order."""
+
+    def __init__(
+        self,
+        kind: str,
+        cache: ActivationCache,
+        prompts: Prompts,
+        indices: np.ndarray,
+        explanations: Sequence[str] | None = None,
+        shuffled_seed: int | None = None,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown dataset kind {kind!r}; use one of {KINDS}")
+        if kind != "rl" and (explanations is None or len(explanations) != len(indices)):
+            raise ValueError(f"a {kind} dataset needs one explanation per row")
+        self.kind, self.cache, self.prompts = kind, cache, prompts
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.explanations = list(explanations) if explanations is not None else None
+        self.vector_indices = self.indices
+        if shuffled_seed is not None and len(self.indices) > 1:
+            self.vector_indices = self.indices[derangement(len(self.indices), shuffled_seed)]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, row: int) -> dict:
+        item = {"index": int(self.indices[row]), "vector": self.cache.vectors([self.vector_indices[row]])[0]}
+        prompts = self.prompts
+        if self.kind == "rl":
+            return {**item, "input_ids": prompts.av_prompt_ids}
+        explanation = self.explanations[row]
+        if self.kind == "ar":
+            return {**item, "input_ids": prompts.ar_ids(explanation)}
+        input_ids, labels = prompts.av_example(explanation)
+        if self.kind == "av":
+            return {**item, "input_ids": input_ids, "labels": labels}
+        return {
+            **item,
+            "explanation": explanation,
+            "av_input_ids": input_ids,
+            "av_labels": labels,
+            "av_prompt_ids": prompts.av_prompt_ids,
+            "ar_input_ids": prompts.ar_ids(explanation),
+        }
+
+
+def pad(rows: Sequence[Sequence[int]], value: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, T]`` ids padded with ``value`` on ``side`` and the ``[B, T]`` mask of real tokens."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+class Collator:
+    """Stacks the items of one dataset kind into a batch (see the module docstring for the layout)."""
+
+    def __init__(self, kind: str, pad_id: int) -> None:
+        self.kind, self.pad_id = kind, pad_id
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = {
+            "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
+            "vector": torch.stack([item["vector"] for item in items]),
+        }
+        for key, (side, mask_key, last_key) in LAYOUTS[self.kind].items():
+            value = IGNORE if key.endswith("labels") else self.pad_id
+            batch[key], mask = pad([item[key] for item in items], value, side)
+            if mask_key is not None:
+                batch[mask_key] = mask
+            if last_key is not None:
+                batch[last_key] = mask.sum(dim=1) - 1
+        if self.kind == "heldout":
+            batch["explanation"] = [item["explanation"] for item in items]
+        return batch
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id padding is written with; masked out everywhere, so EOS serves when there is no PAD."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+class EpochSampler(DistributedSampler):
+    """A permutation fixed by (seed, epoch), cut into this rank's share, that can resume mid-epoch.
+
+    Being a ``DistributedSampler``, Lightning keeps it as it is under data parallelism instead of
+    wrapping it; the rank and world size come from the trainer. ``resume_at(epoch, skip)`` makes the
+    next pass over that epoch start ``skip`` samples in; later passes start at the beginning.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, shuffle: bool = True, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        self.set_epoch(epoch)
+        self._resume = (epoch, skip)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == self.epoch:
+            indices = indices[resume[1] :]
+        return iter(indices)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over an ``EpochSampler`` whose position Lightning saves in checkpoints.
+
+    Lightning stores ``state_dict()`` of every training loader that has one and, when it restarts
+    mid-epoch, hands it back to ``load_state_dict`` before iterating. ``progress`` returns the batches
+    the training loop has finished in the current epoch; a loader shorter than the epoch (cycled by
+    ``CombinedLoader``) resumes at that count modulo its length, where its cycle was.
+    """
+
+    def __init__(self, *args, progress: Callable[[], int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, EpochSampler):
+            raise TypeError("ResumableLoader needs an EpochSampler")
+        self.progress = progress
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": int(self.progress())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.resume_at(int(state["epoch"]), (int(state["batches"]) % len(self)) * self.batch_size)
