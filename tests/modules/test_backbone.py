@@ -87,3 +87,10 @@ def test_gguf_file_loads_through_the_plain_directory_cache(smollm2_dir):
     with torch.no_grad():
         torch.testing.assert_close(from_gguf(ids).logits, from_dir(ids).logits, rtol=0, atol=0)
     assert adapters.num_layers(load_config(BackboneArgs(str(gguf)))) == 30
+
+
+def test_packaged_name_resolves_to_the_installed_gguf(smollm2_dir):
+    config = load_config(BackboneArgs("packaged:smollm2"))
+    assert config.model_type == "llama" and adapters.hidden_size(config) == 576
+    with pytest.raises(NLAError, match="unknown packaged model 'gpt5'; choose from smollm2"):
+        load_config(BackboneArgs("packaged:gpt5"))

@@ -1,0 +1,241 @@
+"""``NLADataModule``: activation cache, teacher summaries, prompts and loaders shared by the SFT and GRPO modules.
+
+``prepare_data`` (once per node) builds the cache when it is missing and writes the teacher summaries
+of the splits that need text; ``setup`` opens both, picks the marker and builds the datasets. Training
+batches come as a dict keyed by what they feed (``av``, ``ar``, ``rl``; layouts in
+``nla.data.datasets``), one key per entry of ``train_splits``, so the SFT module gets ``{"av", "ar"}``
+and the GRPO module ``{"rl"}`` from the same class.
+
+Resuming: every training loader is stateful. Lightning saves its position (epoch, batches finished)
+in each checkpoint and restores it when it restarts mid-epoch, so a resumed run sees exactly the
+batches an uninterrupted one would have seen. The DataModule itself keeps no other state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader
+
+from nla.data.activation_cache import ActivationCache
+from nla.data.cache_format import META
+from nla.data.cache_plan import CacheArgs
+from nla.data.cache_writer import build_cache
+from nla.data.corpus import CorpusArgs
+from nla.data.datasets import CacheRows, Collator, EpochSampler, ResumableLoader, pad_token_id
+from nla.data.splits import SplitArgs
+from nla.data.summaries import read_summaries, summaries_directory, summary_file, write_summaries
+from nla.data.teachers import TeacherArgs
+from nla.errors import ConfigError, field_scope
+from nla.modules import adapters
+from nla.modules.backbone import BackboneArgs, load_config, load_tokenizer
+from nla.prompts import PromptArgs, Prompts, explanation_text
+
+log = logging.getLogger(__name__)
+
+KINDS = {"av_sft": "av", "ar_sft": "ar", "rl": "rl", "heldout": "heldout"}
+"""The dataset kind (and training batch key) each split is served as."""
+
+TRAINABLE = ("av_sft", "ar_sft", "rl")
+
+
+class NLADataModule(LightningDataModule):
+    """Serves the activation cache to the NLA training modules (see the module docstring).
+
+    After ``setup``: ``tokenizer``, ``cache``, ``prompts`` (with the ``marker``), ``d``, ``layer``, the
+    statistics ``auto_injection_scale`` and ``heldout_variance``, and ``excluded``: rows per split left
+    out because the teacher's answer was dropped (fewer than two features) or failed.
+    """
+
+    def __init__(
+        self,
+        model: BackboneArgs,
+        corpus: CorpusArgs,
+        cache: CacheArgs | None = None,
+        splits: SplitArgs | None = None,
+        teacher: TeacherArgs | None = None,
+        prompts: PromptArgs | None = None,
+        train_splits: tuple[str, ...] = ("av_sft", "ar_sft"),
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        shuffled: bool = False,
+        summaries_dir: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        """
+        Args:
+            model: The target model: its tokenizer, chat template and activations.
+            corpus: Documents the activations are taken from.
+            cache: The activation cache; built by ``prepare_data`` when missing.
+            splits: Document-level split fractions.
+            teacher: Who writes the warm-start summaries of the av_sft, ar_sft and heldout rows.
+            prompts: Wording of the AV and AR prompts and the marker.
+            train_splits: Splits served by ``train_dataloader``: ``av_sft`` (batch key ``av``), ``ar_sft``
+                (``ar``) and/or ``rl`` (``rl``). SFT uses the first two, GRPO ``rl``.
+            batch_size: Rows per training batch of each key (per process under data parallelism).
+            eval_batch_size: Rows per held-out batch; unset: ``batch_size``.
+            num_workers: DataLoader worker processes (each maps the cache files itself).
+            pin_memory: Page-lock batches for faster copies to the GPU.
+            seed: Seed of the training order (a permutation per epoch) and of the shuffled pairing.
+            shuffled: Pair every training text with another row's vector: the shuffled-activation
+                control. Held-out batches keep the true pairing.
+            summaries_dir: Where teacher summaries are written; unset: ``summaries`` inside the cache.
+            progress: Show progress bars while the teacher works.
+        """
+        super().__init__()
+        splits_served = tuple(train_splits)
+        if not splits_served or len(set(splits_served)) != len(splits_served) or not set(splits_served) <= set(TRAINABLE):
+            raise ConfigError("data.train_splits", f"must be distinct names among {', '.join(TRAINABLE)}, got {list(train_splits)}")
+        for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size or 1, 1),
+                                   ("num_workers", num_workers, 0)):
+            if value < least:
+                raise ConfigError(f"data.{name}", f"must be at least {least}, got {value}")
+        self.model_args, self.corpus_args = model, corpus
+        self.cache_args, self.split_args = cache or CacheArgs(), splits or SplitArgs()
+        self.teacher_args, self.prompt_args = teacher or TeacherArgs(), prompts or PromptArgs()
+        self.train_splits, self.batch_size = splits_served, batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.pin_memory, self.seed, self.shuffled = num_workers, pin_memory, seed, shuffled
+        self.summaries_root = Path(summaries_dir) if summaries_dir else Path(self.cache_args.directory) / "summaries"
+        self.progress = progress
+        self.cache: ActivationCache | None = None
+        self.tokenizer = None
+        self.prompts: Prompts | None = None
+        self.excluded: dict[str, int] = {}
+        self._rows: dict[str, tuple[np.ndarray, list[str] | None]] = {}
+
+    @property
+    def text_splits(self) -> list[str]:
+        """Splits whose rows need a teacher summary: the SFT splits served, and heldout for evaluation."""
+        return [split for split in self.train_splits if split != "rl"] + ["heldout"]
+
+    def _layer(self, config) -> int:
+        layer = self.cache_args.layer
+        return adapters.default_layer(config) if layer == -1 else adapters.check_layer(config, layer, "cache.layer")
+
+    def _cache_is_current(self, meta: dict) -> bool:
+        """Whether the finished cache was built from this configuration, judged from what its
+        ``meta.json`` records, without reading the corpus. On any doubt ``build_cache`` decides, with the
+        full fingerprint (which also notices edited document text)."""
+        cache, corpus, model = self.cache_args, self.corpus_args, self.model_args
+        wanted_corpus = {key: value for key, value in asdict(corpus).items() if key != "streaming"}
+        recorded = meta.get("model", {})
+        with field_scope("model"):
+            layer = self._layer(load_config(model))
+        return (
+            [recorded.get(k) for k in ("name_or_path", "gguf_file", "revision")] == [model.name_or_path, model.gguf_file, model.revision]
+            and {key: meta.get("corpus", {}).get(key) for key in wanted_corpus} == wanted_corpus
+            and meta.get("positions") == {"per_document": cache.positions_per_document, "seed": cache.seed}
+            and meta.get("splits") == asdict(self.split_args)
+            and meta.get("store_dtype") == cache.store_dtype
+            and meta.get("layer") == layer
+        )
+
+    def prepare_data(self) -> None:
+        """Build the cache if it is missing or from another configuration, then write the teacher
+        summaries that are missing. Runs in one process per node, so the cache is written by that
+        process alone; run ``nla cache`` under torchrun first to spread caching over several GPUs."""
+        directory = Path(self.cache_args.directory)
+        meta_path = directory / META
+        if not (meta_path.is_file() and self._cache_is_current(json.loads(meta_path.read_text()))):
+            build_cache(self.model_args, self.corpus_args, self.cache_args, self.split_args, rank=0, world_size=1)
+        with field_scope("model"):
+            tokenizer = load_tokenizer(self.model_args)
+        cache = ActivationCache(directory)
+        write_summaries(cache, tokenizer, self.teacher_args, self.summaries_root, self.text_splits, self.progress)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the cache and summaries, load the tokenizer and choose the marker (once)."""
+        if self.cache is not None:
+            return
+        with field_scope("model"):
+            config, self.tokenizer = load_config(self.model_args), load_tokenizer(self.model_args)
+        self.cache = ActivationCache(
+            self.cache_args.directory, expect_d=adapters.hidden_size(config), expect_layer=self._layer(config)
+        )
+        self.prompts = Prompts.build(self.tokenizer, self.prompt_args)
+        directory = summaries_directory(self.summaries_root, self.teacher_args, self.cache)
+        for split in self.text_splits:
+            features = read_summaries(summary_file(directory, split))
+            indices = self.cache.split_indices(split)
+            kept = np.array([i for i in indices if int(i) in features], dtype=np.int64)
+            self.excluded[split] = len(indices) - len(kept)
+            self._rows[split] = (kept, [explanation_text(features[int(i)]) for i in kept])
+            if self.excluded[split]:
+                log.info("%s: %d of %d rows have no teacher summary and are left out", split, self.excluded[split], len(indices))
+        if "rl" in self.train_splits:
+            self._rows["rl"] = (self.cache.split_indices("rl"), None)
+
+    @property
+    def marker(self):
+        return self.prompts.marker
+
+    @property
+    def d(self) -> int:
+        return self.cache.d
+
+    @property
+    def layer(self) -> int:
+        return self.cache.layer
+
+    @property
+    def auto_injection_scale(self) -> float:
+        """``injection_scale: auto``: the 75th percentile of activation norms in av_sft (all vectors
+        when that split is empty)."""
+        stats = self.cache.stats("av_sft")
+        return float((stats if stats["count"] else self.cache.stats("all"))["p75_norm"])
+
+    @property
+    def heldout_variance(self) -> float | None:
+        """The FVE baseline (rawvar) of the held-out split itself; None when it is empty."""
+        return self.cache.stats("heldout").get("variance")
+
+    def dataset(self, split: str, shuffled: bool = False) -> CacheRows:
+        """The rows of ``split`` as its dataset kind; ``shuffled`` pairs texts with other rows' vectors."""
+        if split not in self._rows:
+            raise ConfigError("data.train_splits", f"split '{split}' is not served; served: {', '.join(self._rows)}")
+        indices, explanations = self._rows[split]
+        if not len(indices):
+            raise ConfigError(f"splits.{split}", "has no usable rows; give it a larger fraction or more documents")
+        return CacheRows(KINDS[split], self.cache, self.prompts, indices, explanations, self.seed if shuffled else None)
+
+    def dataloader(self, split: str, shuffled: bool = False, train: bool = False) -> DataLoader:
+        """A loader over ``split``: seeded, resumable and rank-sharded order when ``train``, else in order."""
+        dataset = self.dataset(split, shuffled)
+        common = {
+            "collate_fn": Collator(dataset.kind, pad_token_id(self.tokenizer)),
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not train:
+            return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **common)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(dataset, self.seed, num_replicas=replicas, rank=rank)
+        return ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler, progress=self._batches_done, **common)
+
+    def _batches_done(self) -> int:
+        """Batches the training loop has finished in the current epoch (0 outside a trainer)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def train_dataloader(self) -> CombinedLoader:
+        """``{"av": ..., "ar": ..., "rl": ...}`` for the served splits; a shorter loader is cycled so an
+        epoch covers every row of the longest."""
+        loaders = {KINDS[split]: self.dataloader(split, self.shuffled, train=True) for split in self.train_splits}
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader:
+        """Held-out rows in order, with the true pairing."""
+        return self.dataloader("heldout")

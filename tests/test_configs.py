@@ -1,0 +1,22 @@
+"""Every shipped config parses against the CLI subcommand its file name names."""
+
+from pathlib import Path
+
+import pytest
+
+from nla.cli import main
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+SUBCOMMAND_OF_FILE = {"cache": "cache", "sft": "fit", "grpo": "fit"}
+
+
+def test_configs_are_shipped():
+    assert CONFIGS, "configs/ holds no YAML"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_config_parses(path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([SUBCOMMAND_OF_FILE[path.stem], "--config", str(path), "--print_config"])
+    assert done.value.code in (0, None), capsys.readouterr().err
+    assert "model:" in capsys.readouterr().out
