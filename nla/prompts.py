@@ -71,7 +71,8 @@ class PromptArgs:
         try:
             self.ar_template.format(explanation="x")
         except (KeyError, IndexError, ValueError) as error:
-            raise ConfigError("prompts.ar_template", f"cannot fill {EXPLANATION} ({error}); double other literal braces") from None
+            message = f"cannot fill {EXPLANATION} ({error}); double other literal braces"
+            raise ConfigError("prompts.ar_template", message) from None
 
 
 def explanation_text(features: list[str]) -> str:

@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nla.data.cache_format import INDEX_DTYPE, PLAN, SHARDS, shard_problem, write_shard
+from nla.data.cache_format import INDEX_DTYPE, PLAN, SHARDS, shard_name, shard_problem, write_shard
 from nla.data.cache_plan import CacheArgs, CachePlan, PlannedDocument, PlannedDocuments, make_plan
 from nla.data.cache_stats import finalize
 from nla.data.corpus import CorpusArgs
@@ -96,6 +96,16 @@ def prepare_directory(directory: Path, plan: CachePlan, cache: CacheArgs, field:
     atomic_write_json(plan_path, {"fingerprint": plan.fingerprint, "shards": plan.num_shards})
 
 
+def remove_stale_temporaries(directory: Path, shards: list[int], own_top_level: bool) -> None:
+    """A killed run leaves its half-written temporary files behind (SIGKILL runs no cleanup). Each rank
+    removes those of the shards it owns, so a resumed cache ends with exactly the files of a clean run."""
+    stale = [p for i in shards for p in (directory / SHARDS).glob(f".{shard_name(i)}.*.tmp")]
+    if own_top_level:
+        stale += list(directory.glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
 def preflight(console: Console, plan: CachePlan, d: int, cache: CacheArgs, directory: Path, seconds_per_token: float):
     bytes_per_value = 4 if cache.store_dtype == "float32" else 2
     needed = plan.vectors * (d * bytes_per_value + INDEX_DTYPE.itemsize)
@@ -141,6 +151,7 @@ def build_cache(
     plan = make_plan(model, corpus, cache, splits, tokenizer, layer)
     prepare_directory(directory, plan, cache, "cache")
     todo = [i for i in range(plan.num_shards) if i % world_size == rank and shard_problem(directory, i)]
+    remove_stale_temporaries(directory, todo, own_top_level=rank == 0)
     if todo:
         network = load_causal_lm(model, keep_layers=layer + 1, config=config).eval()
         if torch.cuda.is_available():

@@ -92,18 +92,19 @@ class NLADataModule(LightningDataModule):
             progress: Show progress bars while the teacher works.
         """
         super().__init__()
-        splits_served = tuple(train_splits)
-        if not splits_served or len(set(splits_served)) != len(splits_served) or not set(splits_served) <= set(TRAINABLE):
-            raise ConfigError("data.train_splits", f"must be distinct names among {', '.join(TRAINABLE)}, got {list(train_splits)}")
-        for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size or 1, 1),
+        served = tuple(train_splits)
+        if not served or len(set(served)) != len(served) or not set(served) <= set(TRAINABLE):
+            names = ", ".join(TRAINABLE)
+            raise ConfigError("data.train_splits", f"must be distinct names among {names}, got {list(served)}")
+        eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        for name, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
                                    ("num_workers", num_workers, 0)):
             if value < least:
                 raise ConfigError(f"data.{name}", f"must be at least {least}, got {value}")
         self.model_args, self.corpus_args = model, corpus
         self.cache_args, self.split_args = cache or CacheArgs(), splits or SplitArgs()
         self.teacher_args, self.prompt_args = teacher or TeacherArgs(), prompts or PromptArgs()
-        self.train_splits, self.batch_size = splits_served, batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.train_splits, self.batch_size, self.eval_batch_size = served, batch_size, eval_batch_size
         self.num_workers, self.pin_memory, self.seed, self.shuffled = num_workers, pin_memory, seed, shuffled
         self.summaries_root = Path(summaries_dir) if summaries_dir else Path(self.cache_args.directory) / "summaries"
         self.progress = progress
@@ -132,7 +133,8 @@ class NLADataModule(LightningDataModule):
         with field_scope("model"):
             layer = self._layer(load_config(model))
         return (
-            [recorded.get(k) for k in ("name_or_path", "gguf_file", "revision")] == [model.name_or_path, model.gguf_file, model.revision]
+            [recorded.get(key) for key in ("name_or_path", "gguf_file", "revision")]
+            == [model.name_or_path, model.gguf_file, model.revision]
             and {key: meta.get("corpus", {}).get(key) for key in wanted_corpus} == wanted_corpus
             and meta.get("positions") == {"per_document": cache.positions_per_document, "seed": cache.seed}
             and meta.get("splits") == asdict(self.split_args)
@@ -171,7 +173,8 @@ class NLADataModule(LightningDataModule):
             self.excluded[split] = len(indices) - len(kept)
             self._rows[split] = (kept, [explanation_text(features[int(i)]) for i in kept])
             if self.excluded[split]:
-                log.info("%s: %d of %d rows have no teacher summary and are left out", split, self.excluded[split], len(indices))
+                log.info("%s: %d of %d rows have no teacher summary and are left out",
+                         split, self.excluded[split], len(indices))
         if "rl" in self.train_splits:
             self._rows["rl"] = (self.cache.split_indices("rl"), None)
 
@@ -222,7 +225,9 @@ class NLADataModule(LightningDataModule):
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = EpochSampler(dataset, self.seed, num_replicas=replicas, rank=rank)
-        return ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler, progress=self._batches_done, **common)
+        return ResumableLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, progress=self._batches_done, **common
+        )
 
     def _batches_done(self) -> int:
         """Batches the training loop has finished in the current epoch (0 outside a trainer)."""

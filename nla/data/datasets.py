@@ -169,7 +169,7 @@ class EpochSampler(DistributedSampler):
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader over an ``EpochSampler`` whose position Lightning saves in checkpoints.
+    """A DataLoader whose position in its ``EpochSampler`` Lightning saves in checkpoints.
 
     Lightning stores ``state_dict()`` of every training loader that has one and, when it restarts
     mid-epoch, hands it back to ``load_state_dict`` before iterating. ``progress`` returns the batches
@@ -179,12 +179,14 @@ class ResumableLoader(DataLoader):
 
     def __init__(self, *args, progress: Callable[[], int], **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, EpochSampler):
-            raise TypeError("ResumableLoader needs an EpochSampler")
         self.progress = progress
 
     def state_dict(self) -> dict:
+        # Lightning swaps in its own sampler for debugging runs (overfit_batches): no position to keep.
+        if not isinstance(self.sampler, EpochSampler):
+            return {}
         return {"epoch": self.sampler.epoch, "batches": int(self.progress())}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.resume_at(int(state["epoch"]), (int(state["batches"]) % len(self)) * self.batch_size)
+        if state and isinstance(self.sampler, EpochSampler):
+            self.sampler.resume_at(int(state["epoch"]), (int(state["batches"]) % len(self)) * self.batch_size)

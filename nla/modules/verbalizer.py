@@ -1,0 +1,192 @@
+"""The activation verbalizer (AV): a causal LM that reads one vector through its marker slot and
+writes an explanation of it.
+
+``Verbalizer.forward`` is the SFT/RL scoring path (logits and the label loss with the vectors
+injected); ``Verbalizer.sample`` generates with a KV cache in an explicit loop, so the sampling rule is
+exactly temperature sampling (no top-k/top-p a checkpoint's generation config might add) and the
+injection provably happens once per row, at the prefill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from nla.marker import Marker
+from nla.modules import adapters
+from nla.modules.injection import InjectionStats, Injector
+from nla.prompts import parse_explanation, turn_closing
+
+CJK_RANGES = (
+    (0x2E80, 0x9FFF),  # radicals, CJK symbols, kana, bopomofo, enclosed and compatibility, ideographs
+    (0xAC00, 0xD7AF),  # Hangul syllables
+    (0xF900, 0xFAFF),  # compatibility ideographs
+    (0xFF00, 0xFFEF),  # half- and full-width forms
+    (0x20000, 0x2FA1F),  # ideograph extensions B and beyond
+)
+
+
+def cjk_rate(texts: list[str]) -> float:
+    """Fraction of the non-whitespace characters of ``texts`` that lie in a CJK range: an AV that sees
+    the literal marker instead of a vector tends to answer in CJK. Whitespace is left out so padding
+    and line breaks do not dilute the rate. 0.0 for no characters."""
+    total = cjk = 0
+    for text in texts:
+        for char in text:
+            if char.isspace():
+                continue
+            total += 1
+            code = ord(char)
+            cjk += any(low <= code <= high for low, high in CJK_RANGES)
+    return cjk / total if total else 0.0
+
+
+@dataclass
+class Samples:
+    """What ``Verbalizer.sample`` returns, one entry per row."""
+
+    tokens: list[list[int]]
+    """Generated ids, up to and including the first end-of-turn token (nothing after it)."""
+    texts: list[str]
+    """``tokens`` decoded without special tokens."""
+    truncated: list[bool]
+    """The row hit ``max_new_tokens`` before an end-of-turn token."""
+    parsed: list[str | None]
+    """The explanation between the tags, or None when they are missing or cut off."""
+    injection: InjectionStats
+    """Injection counters of this call: ``injected_rows`` equals the batch size when every row got its vector."""
+
+
+class Verbalizer(nn.Module):
+    """A HF causal LM whose marker slot receives ``rescale(vector, injection_scale)``."""
+
+    def __init__(self, model: nn.Module, tokenizer, marker: Marker, injection_scale: float) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.marker = model, tokenizer, marker
+        self.injection_scale = float(injection_scale)
+        self.injector = Injector(adapters.input_embeddings(model), marker, injection_scale)
+        self.stop_ids = _stop_ids(model, tokenizer)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor, labels: Tensor | None = None):
+        """The HF output (``logits``; ``loss`` when ``labels`` is given: mean cross-entropy over the
+        positions whose label is not -100, shifted by one as usual). The vectors stay loaded afterwards
+        so a checkpointed recompute in backward injects them again; the next call replaces them."""
+        self.injector.load(vectors, once=False)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
+
+    @property
+    def injection_stats(self) -> InjectionStats:
+        return self.injector.stats
+
+    @torch.no_grad()
+    def sample(
+        self,
+        vectors: Tensor,
+        prompt_ids: list[list[int]] | Tensor,
+        attention_mask: Tensor | None = None,
+        max_new_tokens: int = 150,
+        temperature: float = 1.0,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> Samples:
+        """Generate one answer per row of ``vectors`` [B, d] after ``prompt_ids`` (lists of ids, padded
+        here on the left, or a left-padded [B, T] batch with its ``attention_mask``). ``seed`` makes
+        sampling reproducible without touching the global RNG."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if not greedy and not temperature > 0:
+            raise ValueError(f"temperature must be positive for sampling, got {temperature}")
+        device = next(self.model.parameters()).device
+        input_ids, attention_mask = self._left_padded(prompt_ids, attention_mask, device)
+        generator = None
+        if seed is not None and not greedy:
+            generator = torch.Generator(device=device).manual_seed(seed)
+        batch = input_ids.shape[0]
+        stop = torch.tensor(sorted(self.stop_ids), device=device)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        steps: list[Tensor] = []
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
+        cache = None
+        self.injector.load(vectors, once=True)
+        try:
+            step_ids = input_ids
+            for _ in range(max_new_tokens):
+                out = self.model(
+                    input_ids=step_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                cache = out.past_key_values
+                logits = out.logits[:, -1].float()
+                if greedy:
+                    token = logits.argmax(dim=-1)
+                else:
+                    probs = torch.softmax(logits / temperature, dim=-1)
+                    token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                token = torch.where(done, torch.full_like(token, self._pad_id), token)
+                steps.append(token)
+                done |= torch.isin(token, stop)
+                if bool(done.all()):
+                    break
+                step_ids = token[:, None]
+                attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
+                position_ids = position_ids[:, -1:] + 1
+        finally:
+            self.injector.unload()
+        return self._collect(torch.stack(steps, dim=1).tolist(), self.injector.stats)
+
+    @property
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else min(self.stop_ids))
+
+    def _left_padded(self, prompt_ids, attention_mask, device) -> tuple[Tensor, Tensor]:
+        if isinstance(prompt_ids, Tensor):
+            if attention_mask is None:
+                attention_mask = torch.ones_like(prompt_ids)
+            if not bool(attention_mask[:, -1].all()):
+                raise ValueError("prompt_ids must be left-padded: every row's last position has to be a real token")
+            return prompt_ids.to(device), attention_mask.to(device)
+        if attention_mask is not None:
+            raise ValueError("attention_mask is only taken with a tensor of prompt_ids; lists are padded here")
+        width = max(len(row) for row in prompt_ids)
+        ids = torch.full((len(prompt_ids), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(prompt_ids):
+            if row:
+                ids[i, width - len(row) :] = torch.tensor(row)
+                mask[i, width - len(row) :] = 1
+        return ids.to(device), mask.to(device)
+
+    def _collect(self, generated: list[list[int]], stats: InjectionStats) -> Samples:
+        tokens, truncated = [], []
+        for row in generated:
+            end = next((i for i, token in enumerate(row) if token in self.stop_ids), None)
+            tokens.append(row if end is None else row[: end + 1])
+            truncated.append(end is None)
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        parsed = [parse_explanation(text) for text in texts]
+        return Samples(tokens, texts, truncated, parsed, stats)
+
+
+def _stop_ids(model: nn.Module, tokenizer) -> set[int]:
+    """End-of-turn ids: the tokenizer's EOS, the generation config's EOS ids (Gemma's
+    ``<end_of_turn>``, Llama 3's ``<|eot_id|>``) and the chat template's turn-closing text when it is
+    one token."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids.update(int(i) for i in ([] if eos is None else [eos] if isinstance(eos, int) else eos))
+    closing = tokenizer.encode(turn_closing(tokenizer), add_special_tokens=False)
+    if len(closing) == 1:
+        ids.add(int(closing[0]))
+    if not ids:
+        raise ValueError("the tokenizer and generation config name no end-of-turn token; sampling could not stop")
+    return ids
