@@ -26,6 +26,8 @@ TRAINER_SUBCOMMANDS = {
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("nla.inspect:inspect_model", "show family, depth, width, default layer and marker of a model"),
     "cache": ("nla.data.cache_command:cache", "cache residual-stream activations to sharded memmaps"),
+    "export": ("nla.export_command:export", "write a training checkpoint's AV/AR pair as HF directories"),
+    "explain": ("nla.explain:explain", "explain a text's activations token by token with a trained AV/AR pair"),
 }
 
 
@@ -67,7 +69,11 @@ def run_function(name: str, argv: list[str]) -> None:
 
     function = resolve(SUBCOMMANDS[name][0])
     parser = ArgumentParser(
-        prog=f"nla {name}", description=function.__doc__, exit_on_error=False, allow_abbrev=False
+        # The docstring's first paragraph describes the command; its Args block already documents each option.
+        prog=f"nla {name}",
+        description=(function.__doc__ or "").strip().split("\n\n")[0],
+        exit_on_error=False,
+        allow_abbrev=False,
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
     parser.add_function_arguments(function, as_group=False)

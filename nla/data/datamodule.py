@@ -70,6 +70,7 @@ class NLADataModule(LightningDataModule):
         shuffled: bool = False,
         summaries_dir: str | None = None,
         progress: bool = True,
+        val_shuffled: bool = False,
     ) -> None:
         """
         Args:
@@ -90,6 +91,8 @@ class NLADataModule(LightningDataModule):
                 control. Held-out batches keep the true pairing.
             summaries_dir: Where teacher summaries are written; unset: ``summaries`` inside the cache.
             progress: Show progress bars while the teacher works.
+            val_shuffled: ``val_dataloader`` also returns the held-out rows with shuffled vectors (as
+                dataloader 1), so a module can log the real-vs-shuffled loss gap.
         """
         super().__init__()
         served = tuple(train_splits)
@@ -107,7 +110,7 @@ class NLADataModule(LightningDataModule):
         self.train_splits, self.batch_size, self.eval_batch_size = served, batch_size, eval_batch_size
         self.num_workers, self.pin_memory, self.seed, self.shuffled = num_workers, pin_memory, seed, shuffled
         self.summaries_root = Path(summaries_dir) if summaries_dir else Path(self.cache_args.directory) / "summaries"
-        self.progress = progress
+        self.progress, self.val_shuffled = progress, val_shuffled
         self.cache: ActivationCache | None = None
         self.tokenizer = None
         self.prompts: Prompts | None = None
@@ -241,6 +244,9 @@ class NLADataModule(LightningDataModule):
         loaders = {KINDS[split]: self.dataloader(split, self.shuffled, train=True) for split in self.train_splits}
         return CombinedLoader(loaders, mode="max_size_cycle")
 
-    def val_dataloader(self) -> DataLoader:
-        """Held-out rows in order, with the true pairing."""
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Held-out rows in order, with the true pairing; with ``val_shuffled``, a list of that loader
+        and the same rows with shuffled vectors."""
+        if self.val_shuffled:
+            return [self.dataloader("heldout"), self.dataloader("heldout", shuffled=True)]
         return self.dataloader("heldout")

@@ -1,0 +1,122 @@
+"""The README.md model card written beside each exported AV and AR.
+
+Everything on the card comes from the sidecar: the pair's shape (base model, role, K, d) and what the
+trainer put in ``training``. Fields the trainer did not record are shown as "not recorded" rather than
+left out, so a reader can tell a missing figure from a zero.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from nla.meta import NlaMeta
+
+CARD_FILENAME = "README.md"
+
+TRAINING_FIELDS = {
+    "corpus": "name or path of the document corpus the activations were read from",
+    "documents": "number of documents cached",
+    "split_sizes": "rows per split, a mapping such as {av_sft: 1000, ar_sft: 1000, rl: 2000, heldout: 200}",
+    "teacher": "the model or rule that wrote the warm-start explanations",
+    "steps": "optimizer steps of the stage that produced these weights",
+    "heldout_fve": "fraction of variance explained on the held-out split (rawvar baseline)",
+    "heldout_variance": "the held-out split's own rawvar: mean ||v - mu||^2 / d of its normalised vectors",
+    "heldout_mse": "mean normalised MSE on the held-out split (2(1 - cos))",
+}
+"""Keys of a sidecar's ``training`` mapping that the card and ``nla explain`` understand."""
+
+ROLE_TEXT = {
+    "av": ("activation verbalizer (AV)", "reads one layer-{K} activation through a marker token and writes an "
+           "explanation of it in English"),
+    "ar": ("activation reconstructor (AR)", "reads an explanation and predicts the layer-{K} activation it "
+           "describes; it holds the base model's first {K1} blocks and a {d} x {d} linear head"),
+}
+
+NOT_RECORDED = "not recorded"
+
+
+def _number(value) -> str:
+    if value is None:
+        return NOT_RECORDED
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _splits(value) -> str:
+    if not isinstance(value, dict) or not value:
+        return NOT_RECORDED
+    return ", ".join(f"{name} {count}" for name, count in value.items())
+
+
+def model_card(meta: NlaMeta) -> str:
+    """The card's Markdown, YAML front matter first (the hub reads ``base_model`` and tags there)."""
+    k, d = meta.extraction_layer_index, meta.d_model
+    name, does = ROLE_TEXT[meta.role]
+    does = does.format(K=k, K1=k + 1, d=d)
+    training = meta.training
+    base = meta.base_model or NOT_RECORDED
+    front = {"license": "other", "library_name": "nla", "tags": ["nla", "natural-language-autoencoder", meta.role]}
+    if meta.base_model:
+        front["base_model"] = meta.base_model
+    other = "av" if meta.role == "ar" else "ar"
+    variance = training.get("heldout_variance")
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# NLA {name} for {base}, layer {k}",
+        "",
+        f"One half of a natural language autoencoder trained with `nla`. This model {does}. It is meant "
+        f"to be used with its partner ({other.upper()}), exported beside it as `../{other}`.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | {base} |",
+        f"| role | {meta.role} |",
+        f"| layer K | {k} (output of decoder block {k}, `hidden_states[{k + 1}]`) |",
+        f"| d_model | {d} |",
+        f"| stage | {meta.stage or NOT_RECORDED} |",
+        f"| marker | `{meta.tokens.injection_char}` (id {meta.tokens.injection_token_id}, "
+        f"{meta.tokens.marker_rule}) |",
+    ]
+    if meta.extraction.injection_scale is not None:
+        lines.append(f"| injection scale | {meta.extraction.injection_scale:g} |")
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"- corpus: {training.get('corpus') or NOT_RECORDED}",
+        f"- documents: {_number(training.get('documents'))}",
+        f"- rows per split: {_splits(training.get('split_sizes'))}",
+        f"- teacher explanations: {training.get('teacher') or NOT_RECORDED}",
+        "",
+        "## Metrics",
+        "",
+        f"- held-out FVE: {_number(training.get('heldout_fve'))}, baseline \"rawvar\": FVE = 1 - MSE / Var, "
+        f"Var = mean ||v - mu||^2 / d over the held-out split's vectors normalised to norm sqrt(d) "
+        f"(here {_number(variance)})",
+        f"- held-out normalised MSE: {_number(training.get('heldout_mse'))} (0 same direction, 2 orthogonal)",
+        f"- steps: {_number(training.get('steps'))}",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from nla.export import load_pair",
+        "",
+        'verbalizer, reconstructor, prompts = load_pair("path/to/av", "path/to/ar")',
+        "```",
+        "",
+        "or from the command line, on the base model's own activations:",
+        "",
+        "```",
+        'nla explain --av path/to/av --ar path/to/ar --text "Some text to explain."',
+        "```",
+        "",
+        "Settings the pair needs (marker, prompt templates, K, scales) are in `nla_meta.yaml`.",
+        "",
+        "## License",
+        "",
+        f"These weights are derived from {base} and inherit the base model's license; read it before use.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,297 @@
+"""``SFTModule``: the supervised warm start of both halves of an NLA on teacher summaries.
+
+The AV (the whole target chat model, wrapped in ``Verbalizer``) learns to write the teacher's
+explanation of a row with that row's activation injected at the marker; the AR (the first K+1 blocks,
+``Reconstructor``) learns to map the same kind of explanation back to the activation. Both models are
+built from the DataModule (one tokenizer, one marker, one K) in ``configure_model``, so a disabled
+model costs no memory, and a checkpoint restores into the same structure.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchmetrics import MeanMetric
+
+from nla.data.datasets import IGNORE
+from nla.errors import ConfigError, field_scope
+from nla.export import export_pair
+from nla.metrics import FractionOfVarianceExplained
+from nla.modules import optim
+from nla.modules.backbone import load_causal_lm
+from nla.modules.reconstructor import Reconstructor
+from nla.modules.sample_table import sample_rows, sample_table
+from nla.modules.verbalizer import Verbalizer
+
+
+class SFTModule(LightningModule):
+    """Supervised warm start of the AV and/or the AR; needs an ``NLADataModule``."""
+
+    def __init__(
+        self,
+        train_verbalizer: bool = True,
+        train_reconstructor: bool = True,
+        verbalizer_lr: float = 1e-5,
+        reconstructor_lr: float = 5e-5,
+        warmup_steps: int = 50,
+        schedule_steps: int | None = None,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+        injection_scale: float | str = "auto",
+        sample_every_n_steps: int = 0,
+        num_samples: int = 4,
+        max_new_tokens: int = 150,
+        export_dir: str | None = None,
+        dtype: str | None = None,
+        peak_tflops: float = 989.0,
+    ) -> None:
+        """
+        Args:
+            train_verbalizer: Build and train the AV (the data must serve ``av_sft``).
+            train_reconstructor: Build and train the AR (the data must serve ``ar_sft``).
+            verbalizer_lr: Peak AV learning rate. 1e-5 is the paper's SFT value at batch 256 (the
+                reference notes also used 2e-5); scale it by sqrt(batch / 256) for other batch sizes.
+            reconstructor_lr: Peak AR learning rate. 5e-5 is the best AR rate of the reference's scan;
+                the AR starts as an identity map of the target's own residual, so it tolerates a
+                larger step than the AV, whose language ability must survive.
+            warmup_steps: Optimizer steps of linear warmup before the cosine decay to 0 at the last step.
+            schedule_steps: Optimizer step at which the cosine reaches 0; unset: ``trainer.max_steps`` (or
+                Lightning's estimate from epochs). Set it to stop a run early and resume it later, with
+                a larger ``max_steps``, on the same schedule.
+            betas: AdamW betas; (0.9, 0.95) as in the reference.
+            weight_decay: AdamW weight decay; 0 as in the reference.
+            injection_scale: Norm the activation is rescaled to before it replaces the marker's
+                embedding, or ``auto``: the 75th percentile of the cached activation norms.
+            sample_every_n_steps: Every this many optimizer steps, sample ``num_samples`` held-out
+                explanations greedily and add them to TensorBoard as a table; 0 never samples.
+            num_samples: Held-out rows sampled for the table (always the same rows).
+            max_new_tokens: Cap on generated tokens per sample; 150 as in the reference.
+            export_dir: Where the trained pair is exported (``av/`` and ``ar/``) when fit ends; unset: no export.
+            dtype: Override of ``data.model.dtype`` for the trained models (``float32``, ``bfloat16``).
+            peak_tflops: Dense bf16 peak of one accelerator, for MFU (H100 SXM: 989). MFU is logged on
+                CUDA only, as 6 x trainable parameters x real tokens per second over this peak.
+        """
+        super().__init__()
+        if not (train_verbalizer or train_reconstructor):
+            raise ConfigError("model.train_verbalizer", "and train_reconstructor are both false: nothing to train")
+        if isinstance(injection_scale, str) and injection_scale != "auto":
+            raise ConfigError("model.injection_scale", f"must be a positive number or 'auto', got {injection_scale!r}")
+        if not isinstance(injection_scale, str) and not injection_scale > 0:
+            raise ConfigError("model.injection_scale", f"must be positive, got {injection_scale}")
+        for name, value, least in (("sample_every_n_steps", sample_every_n_steps, 0), ("num_samples", num_samples, 1),
+                                   ("max_new_tokens", max_new_tokens, 1), ("warmup_steps", warmup_steps, 0),
+                                   ("schedule_steps", schedule_steps or 1, 1)):
+            if value < least:
+                raise ConfigError(f"model.{name}", f"must be at least {least}, got {value}")
+        self.save_hyperparameters()
+        self.verbalizer: Verbalizer | None = None
+        self.reconstructor: Reconstructor | None = None
+        self.prompts = None
+        self.layer: int | None = None
+        self.base_model: str | None = None
+        self.data_provenance: dict = {}
+        self.last_validation: dict[str, float] = {}
+        self._samples = None
+        self._sampled_at = -1
+        self._step_started = 0.0
+        self._step_tokens: dict[str, int] = {}
+        self.av_val_loss = MeanMetric()
+        self.av_val_loss_shuffled = MeanMetric()
+
+    # ---- building -------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "model_args"):
+            raise ConfigError("data", "SFTModule needs an NLADataModule (data.class_path)")
+        self.build(datamodule)
+
+    def build(self, datamodule) -> None:
+        """Build the enabled models from a set-up ``NLADataModule`` (once; later calls do nothing)."""
+        if self.verbalizer is not None or self.reconstructor is not None:
+            return
+        hp = self.hparams
+        wanted = (("av_sft", hp.train_verbalizer), ("ar_sft", hp.train_reconstructor))
+        expected = {split for split, enabled in wanted if enabled}
+        if set(datamodule.train_splits) != expected:
+            raise ConfigError("data.train_splits", f"must be {sorted(expected)} for train_verbalizer="
+                              f"{hp.train_verbalizer} and train_reconstructor={hp.train_reconstructor}, "
+                              f"got {list(datamodule.train_splits)}")
+        args = datamodule.model_args if hp.dtype is None else replace(datamodule.model_args, dtype=hp.dtype)
+        cached = datamodule.cache.meta.get("model", {}).get("name_or_path")
+        if cached != args.name_or_path:
+            raise ConfigError("data.model.name_or_path", f"is {args.name_or_path!r} but the cache in "
+                              f"{datamodule.cache.directory} was built from {cached!r}; rebuild it or fix the path")
+        self.prompts, self.layer, self.base_model = datamodule.prompts, datamodule.layer, args.name_or_path
+        self.data_provenance = provenance(datamodule)
+        if hp.train_verbalizer:
+            scale = self._injection_scale(datamodule)
+            with field_scope("data.model"):
+                model = load_causal_lm(args)
+            # from_pretrained returns eval mode, and Lightning no longer switches modules to train mode.
+            self.verbalizer = Verbalizer(model.train(), datamodule.tokenizer, datamodule.marker, scale)
+        if hp.train_reconstructor:
+            with field_scope("data.model"):
+                self.reconstructor = Reconstructor.from_backbone(args, datamodule.layer).train()
+            self.fve = FractionOfVarianceExplained(datamodule.d, variance=datamodule.heldout_variance)
+
+    def _injection_scale(self, datamodule) -> float:
+        scale = self.hparams.injection_scale
+        if scale == "auto":
+            try:
+                scale = datamodule.auto_injection_scale
+            except (KeyError, TypeError):
+                scale = None
+            if scale is None or not math.isfinite(scale) or not scale > 0:
+                raise ConfigError("model.injection_scale", "is 'auto' but the cache holds no activation norm "
+                                  "statistics; set a number (about the 75th percentile of the norms at layer K)")
+        return float(scale)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = []
+        if self.verbalizer is not None:
+            groups.append(optim.param_group("verbalizer", self.verbalizer, hp.verbalizer_lr))
+        if self.reconstructor is not None:
+            groups.append(optim.param_group("reconstructor", self.reconstructor, hp.reconstructor_lr))
+        optimizer = optim.adamw(groups, hp.betas, hp.weight_decay)
+        steps = hp.schedule_steps or optim.total_steps(self.trainer)
+        schedule = optim.warmup_cosine_schedule(optimizer, hp.warmup_steps, steps)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    # ---- training -------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses, self._step_tokens = {}, {}
+        if self.verbalizer is not None:
+            av = batch["av"]
+            losses["av"] = self.verbalizer(av["input_ids"], av["attention_mask"], av["vector"], av["labels"]).loss
+            self._step_tokens["verbalizer"] = int(av["attention_mask"].sum())
+            self.log("train/injected_fraction", self.verbalizer.injection_stats.injected_fraction,
+                     batch_size=len(av["vector"]))
+        if self.reconstructor is not None:
+            ar = batch["ar"]
+            losses["ar"] = Reconstructor.loss(self.reconstructor(ar["input_ids"], ar["attention_mask"]), ar["vector"])
+            self._step_tokens["reconstructor"] = int(ar["attention_mask"].sum())
+        for name, loss in losses.items():
+            self.log(f"train/{name}_loss", loss, prog_bar=True, batch_size=len(batch[name]["vector"]))
+        for group in self.trainer.optimizers[0].param_groups:
+            self.log(f"train/lr_{group['name']}", group["lr"], batch_size=1)
+        return sum(losses.values())
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            # Kernels run asynchronously: without a sync the clock stops before the work is done.
+            torch.cuda.synchronize(self.device)
+        seconds = max(time.perf_counter() - self._step_started, 1e-9)
+        self.log("train/tokens_per_s", sum(self._step_tokens.values()) / seconds, batch_size=1)
+        if cuda:
+            models = {"verbalizer": self.verbalizer, "reconstructor": self.reconstructor}
+            flops = sum(6 * trainable(models[name]) * tokens for name, tokens in self._step_tokens.items())
+            self.log("train/mfu", flops / seconds / (self.hparams.peak_tflops * 1e12), batch_size=1)
+        every = self.hparams.sample_every_n_steps
+        if self.verbalizer is not None and every and self.global_step % every == 0 and self.global_step != self._sampled_at:
+            self._sampled_at = self.global_step
+            self.log_samples()
+
+    def log_samples(self) -> None:
+        """Add a table of greedy held-out samples to every TensorBoard logger, and log their CJK rate."""
+        if self._samples is None:
+            self._samples = sample_rows(self.trainer.datamodule, self.hparams.num_samples)
+        table, rate = sample_table(self.verbalizer, self._samples, self.hparams.max_new_tokens)
+        self.log("samples/cjk_rate", rate, batch_size=1)
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_text("samples/av", table, self.global_step)
+
+    # ---- validation -----------------------------------------------------------------------------
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Loader 0: the held-out rows with their own vectors; loader 1 (``data.val_shuffled``): the same
+        rows with shuffled vectors, for the AV only."""
+        if self.verbalizer is not None:
+            out = self.verbalizer(batch["av_input_ids"], batch["av_attention_mask"], batch["vector"], batch["av_labels"])
+            tokens = (batch["av_labels"][:, 1:] != IGNORE).sum()
+            metric = self.av_val_loss if dataloader_idx == 0 else self.av_val_loss_shuffled
+            metric.update(out.loss.detach(), tokens)
+        if self.reconstructor is not None and dataloader_idx == 0:
+            self.fve.update(self.reconstructor(batch["ar_input_ids"], batch["ar_attention_mask"]), batch["vector"])
+
+    def on_validation_epoch_end(self) -> None:
+        values = {}
+        if self.verbalizer is not None and self.av_val_loss.update_called:
+            values["val/av_loss"] = self.av_val_loss.compute()
+            if self.av_val_loss_shuffled.update_called:
+                values["val/av_loss_shuffled"] = self.av_val_loss_shuffled.compute()
+                values["val/av_loss_gap"] = values["val/av_loss_shuffled"] - values["val/av_loss"]
+        if self.reconstructor is not None and self.fve.update_called:
+            scores = self.fve.compute_all()
+            values.update({"val/fve": scores["fve"], "val/ar_loss": scores["mse"], "val/ar_cosine": scores["cosine"]})
+        for metric in (self.av_val_loss, self.av_val_loss_shuffled, *([self.fve] if self.reconstructor else [])):
+            metric.reset()
+        values = {name: value.float() for name, value in values.items()}
+        self.log_dict(values)
+        if not self.trainer.sanity_checking:
+            self.last_validation = {name: float(value) for name, value in values.items()}
+
+    # ---- export ---------------------------------------------------------------------------------
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.export(self.hparams.export_dir)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Kept so `nla export` from a checkpoint records the same held-out scores as an end-of-fit export.
+        checkpoint["nla_last_validation"] = dict(self.last_validation)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.last_validation = dict(checkpoint.get("nla_last_validation", {}))
+
+    def export(self, directory: str | Path, steps: int | None = None) -> dict[str, Path]:
+        """Write the trained pair as ``directory/av`` and ``directory/ar`` (``nla.export``); ``steps``
+        (recorded in the sidecars) defaults to the trainer's global step."""
+        if self.prompts is None:
+            raise RuntimeError("export needs the models: call build(datamodule) or fit first")
+        training = {
+            **self.data_provenance,
+            "steps": int(self.global_step if steps is None else steps),
+            "hparams": {key: list(value) if isinstance(value, tuple) else value for key, value in self.hparams.items()},
+        }
+        if "val/fve" in self.last_validation:
+            training.update(heldout_fve=self.last_validation["val/fve"], heldout_mse=self.last_validation["val/ar_loss"])
+        if "val/av_loss_gap" in self.last_validation:
+            training["heldout_av_loss_gap"] = self.last_validation["val/av_loss_gap"]
+        return export_pair(directory, verbalizer=self.verbalizer, reconstructor=self.reconstructor,
+                           prompts=self.prompts, layer=self.layer, base_model=self.base_model, stage="sft",
+                           training=training)
+
+
+def trainable(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def provenance(datamodule) -> dict:
+    """What the sidecar records about the data (keys of ``nla.model_card.TRAINING_FIELDS``)."""
+    cache = datamodule.cache
+    teacher = datamodule.teacher_args
+    record = {
+        "corpus": datamodule.corpus_args.path,
+        "documents": int(cache.meta.get("counts", {}).get("documents", 0)),
+        "split_sizes": {split: int(len(cache.split_indices(split))) for split in ("av_sft", "ar_sft", "rl", "heldout")},
+        "teacher": teacher.provider if teacher.model is None else f"{teacher.provider}:{teacher.model}",
+        "cache": str(cache.directory),
+    }
+    if datamodule.heldout_variance is not None:
+        record["heldout_variance"] = float(datamodule.heldout_variance)
+    return record

@@ -1,0 +1,205 @@
+"""SFTModule through the real CLI on a tiny llama and a tiny cache: training, logging, resume, export."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM
+
+from nla.cli import main
+from nla.data.cache_plan import CacheArgs
+from nla.data.corpus import CorpusArgs
+from nla.data.datamodule import NLADataModule
+from nla.data.splits import SplitArgs
+from nla.errors import ConfigError
+from nla.meta import read_meta
+from nla.modules.backbone import BackboneArgs
+from nla.modules.sft import SFTModule
+from tests.data.cache_helpers import write_corpus
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml"
+STEPS = 20
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The CI machine is small and shared: two intra-op threads contending with other jobs make
+    # these tiny models ten times slower than one thread does.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, tiny_model_dir):
+    """Corpus and cache directory every run of this module shares (the first run builds the cache)."""
+    root = tmp_path_factory.mktemp("sft")
+    write_corpus(root)
+    return root, tiny_model_dir("llama")
+
+
+def fit(shared, run: Path, *overrides: str) -> None:
+    root, model_dir = shared
+    main([
+        "fit", "--config", str(CONFIG),
+        "--data.init_args.model.name_or_path", str(model_dir),
+        "--data.init_args.corpus.path", str(root / "docs.jsonl"),
+        "--data.init_args.cache.directory", str(root / "cache"),
+        "--trainer.default_root_dir", str(run),
+        "--trainer.logger.init_args.save_dir", str(run),
+        "--trainer.logger.init_args.version", "0",
+        "--model.init_args.export_dir", str(run / "export"),
+        *overrides,
+    ])
+
+
+def checkpoint(run: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(run / "sft" / "version_0" / "checkpoints" / name, map_location="cpu", weights_only=True)
+
+
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(run / "sft" / "version_0"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def trained(shared, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    fit(shared, run, "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "5")
+    return run
+
+
+def test_fit_trains_both_models_and_logs_the_curves(trained, shared):
+    _, model_dir = shared
+    state = checkpoint(trained)["state_dict"]
+    base = AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
+    av = {key: value for key, value in base.items() if f"verbalizer.model.{key}" in state}
+    assert av and all(not torch.equal(state[f"verbalizer.model.{key}"], value) for key, value in av.items())
+    ar_layer = [key for key in base if f"reconstructor.model.{key}" in state and ".layers." in key]
+    assert ar_layer and all(not torch.equal(state[f"reconstructor.model.{key}"], base[key]) for key in ar_layer)
+    assert not torch.equal(state["reconstructor.head.weight"], torch.eye(32))
+
+    logged = scalars(trained)
+    assert {"val/fve", "val/av_loss_gap", "val/av_loss_shuffled", "val/ar_cosine", "train/av_loss", "train/ar_loss",
+            "train/tokens_per_s", "train/injected_fraction", "train/lr_verbalizer", "samples/cjk_rate"} <= set(logged)
+    assert "train/mfu" not in logged  # CPU: no peak to compare with
+    av_loss = [value for _, value in logged["train/av_loss"]]
+    assert len(av_loss) == STEPS
+    assert sum(av_loss[-3:]) / 3 < sum(av_loss[:3]) / 3 - 0.1
+    ar_val = [value for _, value in logged["val/ar_loss"]]
+    assert len(ar_val) >= 3 and ar_val[-1] < ar_val[0]
+    assert all(value == 1.0 for _, value in logged["train/injected_fraction"])
+    # Warmup over 2 steps, then a cosine that reaches 0 at the last step.
+    lrs = [value for _, value in logged["train/lr_verbalizer"]]
+    assert lrs[0] == pytest.approx(1e-3 / 3) and max(lrs) == pytest.approx(1e-3) and lrs[-1] < 1e-5
+    gap = logged["val/av_loss_gap"]
+    shuffled, real = dict(logged["val/av_loss_shuffled"]), dict(logged["val/av_loss"])
+    assert all(value == pytest.approx(shuffled[step] - real[step], abs=1e-5) for step, value in gap)
+    events = EventAccumulator(str(trained / "sft" / "version_0"))
+    events.Reload()
+    table = events.Tensors("samples/av/text_summary")
+    assert [event.step for event in table] == [10, 20]
+    assert b"| teacher summary |" in table[0].tensor_proto.string_val[0]
+
+
+def test_fit_exports_the_pair_at_the_end(trained):
+    for role in ("av", "ar"):
+        meta = read_meta(trained / "export" / role)
+        assert (meta.role, meta.stage, meta.extraction_layer_index) == (role, "sft", 3)
+        assert meta.training["steps"] == STEPS
+        assert math.isfinite(meta.training["heldout_fve"]) and meta.training["split_sizes"]["heldout"] > 0
+    assert (trained / "export" / "av" / "model.safetensors").is_file()
+    assert (trained / "export" / "ar" / "value_head.safetensors").is_file()
+
+
+def test_resume_from_last_adds_exactly_the_missing_steps(shared, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    # Both runs follow one 6-step schedule; the split run stops after 3 steps and resumes from last.ckpt.
+    same = ("--model.init_args.export_dir", "null", "--model.init_args.schedule_steps", "6",
+            "--trainer.callbacks.init_args.every_n_train_steps", "3")
+    fit(shared, whole, "--trainer.max_steps", "6", *same)
+    fit(shared, split, "--trainer.max_steps", "3", *same)
+    fit(shared, split, "--trainer.max_steps", "6", *same, "--ckpt_path", "last")
+    resumed, uninterrupted = checkpoint(split), checkpoint(whole)
+    assert resumed["global_step"] == uninterrupted["global_step"] == 6
+    assert resumed["state_dict"].keys() == uninterrupted["state_dict"].keys()
+    for key, value in uninterrupted["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    steps = [step for step, _ in scalars(split)["train/av_loss"]]
+    assert sorted(steps) == [0, 1, 2, 3, 4, 5]  # three from the first run, three after the resume
+
+
+def test_training_only_the_reconstructor_builds_no_verbalizer(shared, tmp_path):
+    fit(shared, tmp_path, "--trainer.max_steps", "2", "--model.init_args.train_verbalizer", "false",
+        "--data.init_args.train_splits", "[ar_sft]", "--data.init_args.val_shuffled", "false",
+        "--model.init_args.export_dir", "null")
+    state = checkpoint(tmp_path)["state_dict"]
+    assert not any(key.startswith("verbalizer.") for key in state)
+    assert not torch.equal(state["reconstructor.head.weight"], torch.eye(32))
+    assert "train/av_loss" not in scalars(tmp_path) and "train/ar_loss" in scalars(tmp_path)
+
+
+def test_train_splits_must_match_the_enabled_models(shared, tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        fit(shared, tmp_path, "--trainer.max_steps", "1", "--model.init_args.train_reconstructor", "false")
+    assert done.value.code == 2
+    assert "data.train_splits: must be ['av_sft']" in capsys.readouterr().err
+
+
+def datamodule(shared, **kwargs) -> NLADataModule:
+    """The DataModule the tiny config describes (same cache), built directly."""
+    root, model_dir = shared
+    dm = NLADataModule(
+        BackboneArgs(str(model_dir), dtype="float32"),
+        CorpusArgs(str(root / "docs.jsonl"), chunk_words=120, max_documents=40, max_length=128, min_position=8),
+        CacheArgs(str(root / "cache"), positions_per_document=3, shard_documents=16),
+        SplitArgs(av_sft=0.4, ar_sft=0.4, rl=0.0, heldout=0.2),
+        progress=False,
+        **kwargs,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_auto_injection_scale_is_the_caches_p75_norm(shared, monkeypatch):
+    dm = datamodule(shared, train_splits=("av_sft",))
+    module = SFTModule(train_reconstructor=False)
+    module.build(dm)
+    assert module.reconstructor is None
+    assert module.verbalizer.injection_scale == pytest.approx(dm.cache.stats("av_sft")["p75_norm"])
+    assert SFTModule(train_reconstructor=False, injection_scale=7.5).build(dm) is None
+
+    monkeypatch.setattr(NLADataModule, "auto_injection_scale", property(lambda self: float("nan")))
+    with pytest.raises(ConfigError) as error:
+        SFTModule(train_reconstructor=False).build(dm)
+    assert error.value.field == "model.injection_scale"
+
+
+def test_fixed_injection_scale_and_model_mismatch(shared):
+    dm = datamodule(shared, train_splits=("av_sft",))
+    module = SFTModule(train_reconstructor=False, injection_scale=7.5)
+    module.build(dm)
+    assert module.verbalizer.injection_scale == 7.5
+    dm.cache.meta["model"]["name_or_path"] = "someone/other-model"
+    with pytest.raises(ConfigError) as error:
+        SFTModule(train_reconstructor=False).build(dm)
+    assert error.value.field == "data.model.name_or_path"
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"train_verbalizer": False, "train_reconstructor": False}, "model.train_verbalizer"),
+    ({"injection_scale": "large"}, "model.injection_scale"),
+    ({"injection_scale": -1.0}, "model.injection_scale"),
+    ({"num_samples": 0}, "model.num_samples"),
+])
+def test_bad_arguments_name_their_field(kwargs, field):
+    with pytest.raises(ConfigError) as error:
+        SFTModule(**kwargs)
+    assert error.value.field == field

@@ -1,0 +1,228 @@
+"""Exporting an NLA pair, loading it back (and a released-layout pair), model cards, atomic replacement."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from nla.errors import ConfigError
+from nla.export import export_pair, load_pair, load_verbalizer
+from nla.meta import META_FILENAME, read_meta, token_meta_from_marker, validate_meta
+from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
+from nla.modules.reconstructor import VALUE_HEAD_FILENAME, Reconstructor
+from nla.modules.verbalizer import Verbalizer
+from nla.prompts import PromptArgs, Prompts
+from tests.fixtures.tiny import MARKER_CHAR
+
+LAYER = 2
+SCALE = 7.0
+EXPLANATION = "The text is a recipe; the next word is likely a quantity of flour."
+TRAINING = {
+    "corpus": "our-own-words.jsonl",
+    "documents": 40,
+    "split_sizes": {"av_sft": 20, "ar_sft": 20, "heldout": 8},
+    "teacher": "extractive",
+    "steps": 12,
+    "heldout_fve": 0.3125,
+    "heldout_variance": 0.75,
+}
+RELEASED_AV = (
+    "Here is a vector from inside a language model: <concept>" + MARKER_CHAR + "</concept>. "
+    "Describe what the model is thinking about, between <explanation> and </explanation>."
+)
+RELEASED_AR = "Summary of the following text: <text>{explanation}</text> <summary>"
+
+
+def build_pair(directory, layer: int = LAYER, seed: int = 0):
+    """A verbalizer and reconstructor on a tiny model, each nudged away from the saved weights so
+    the test can tell an export of the trained weights from a copy of the original directory."""
+    args = BackboneArgs(str(directory), dtype="float32")
+    tokenizer = load_tokenizer(args)
+    prompts = Prompts.build(tokenizer, PromptArgs())
+    verbalizer = Verbalizer(load_causal_lm(args).eval(), tokenizer, prompts.marker, SCALE)
+    reconstructor = Reconstructor.from_backbone(args, layer).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in [*verbalizer.parameters(), reconstructor.head.weight]:
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return verbalizer, reconstructor, prompts
+
+
+def export(directory, verbalizer, reconstructor, prompts, base_model, layer: int = LAYER):
+    return export_pair(directory, verbalizer=verbalizer, reconstructor=reconstructor, prompts=prompts,
+                       layer=layer, base_model=base_model, stage="sft", training=TRAINING)
+
+
+def av_batch(prompts, d: int):
+    ids, labels = prompts.av_example(EXPLANATION)
+    vectors = torch.randn(1, d, generator=torch.Generator().manual_seed(3))
+    return torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), vectors, torch.tensor([labels])
+
+
+def ar_batch(prompts):
+    rows = [prompts.ar_ids(EXPLANATION), prompts.ar_ids("Rivers bend around old stones.")]
+    width = max(map(len, rows))
+    ids = torch.full((2, width), prompts.tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+    return ids, mask
+
+
+@torch.no_grad()
+def outputs(verbalizer, reconstructor, prompts):
+    ids, mask, vectors, labels = av_batch(prompts, reconstructor.d_model)
+    out = verbalizer(ids, mask, vectors, labels)
+    verbalizer.injector.unload()
+    assert verbalizer.injection_stats.injected_rows == 1
+    return out.logits, out.loss, reconstructor(*ar_batch(prompts))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_export_then_load_pair_gives_identical_outputs(tmp_path, tiny_model_dir, family):
+    source = tiny_model_dir(family)
+    verbalizer, reconstructor, prompts = build_pair(source)
+    before = outputs(verbalizer, reconstructor, prompts)
+    paths = export(tmp_path / "nla", verbalizer, reconstructor, prompts, str(source))
+    assert paths == {"av": tmp_path / "nla" / "av", "ar": tmp_path / "nla" / "ar"}
+
+    av, ar, loaded = load_pair(paths["av"], paths["ar"], dtype="float32")
+    assert loaded.marker == prompts.marker and loaded.av_prompt_ids == prompts.av_prompt_ids
+    assert loaded.ar_ids(EXPLANATION) == prompts.ar_ids(EXPLANATION)
+    assert av.injection_scale == SCALE and ar.layer == LAYER
+    after = outputs(av, ar, loaded)
+    for old, new in zip(before, after):
+        torch.testing.assert_close(new, old, rtol=0, atol=0)
+    # The export holds the nudged weights, not the source directory's.
+    original = Verbalizer(load_causal_lm(BackboneArgs(str(source), dtype="float32")).eval(),
+                          prompts.tokenizer, prompts.marker, SCALE)
+    assert not torch.equal(outputs(original, ar, loaded)[0], after[0])
+
+
+def test_sidecars_and_cards_record_the_pair(tmp_path, tiny_model_dir):
+    source = tiny_model_dir("llama")
+    verbalizer, reconstructor, prompts = build_pair(source)
+    paths = export(tmp_path, verbalizer, reconstructor, prompts, "tiny/llama-base")
+    for role, path in paths.items():
+        meta = read_meta(path)
+        validate_meta(meta, load_tokenizer(BackboneArgs(str(path))))
+        assert (meta.kind, meta.role, meta.stage, meta.base_model) == ("nla_model", role, "sft", "tiny/llama-base")
+        assert (meta.d_model, meta.extraction_layer_index) == (32, LAYER)
+        assert meta.extraction.mse_scale == pytest.approx(math.sqrt(32))
+        assert meta.extraction.injection_scale == (SCALE if role == "av" else None)
+        assert meta.tokens == token_meta_from_marker(prompts.marker, prompts.ar_suffix_ids())
+        assert meta.tokens.critic_suffix_ids and meta.tokens.critic_suffix_ids == prompts.ar_suffix_ids()
+        assert (meta.prompt_templates.av, meta.prompt_templates.ar) == (prompts.args.av_template,
+                                                                       prompts.args.ar_template)
+        assert meta.training == TRAINING
+        card = (path / "README.md").read_text(encoding="utf-8")
+        front = yaml.safe_load(card.split("---")[1])
+        assert front["base_model"] == "tiny/llama-base" and "nla" in front["tags"]
+        assert "tiny/llama-base" in card and f"layer {LAYER}" in card and "| d_model | 32 |" in card
+        assert "0.3125" in card and "rawvar" in card and "our-own-words.jsonl" in card
+        assert "av_sft 20, ar_sft 20, heldout 8" in card and "inherit the base model's license" in card
+    assert list((paths["av"]).glob("*.safetensors")) and (paths["ar"] / VALUE_HEAD_FILENAME).is_file()
+    assert json.loads((paths["ar"] / "config.json").read_text())["num_hidden_layers"] == LAYER + 1
+    assert json.loads((paths["ar"] / "tokenizer_config.json").read_text())["padding_side"] == "right"
+
+
+def write_released_pair(root, source, layer: int = LAYER):
+    """A pair in the released trainer's older layout, by hand: roles actor/critic, templates under
+    actor/critic with the literal marker, K of the AR only in ``critic.num_hidden_layers``."""
+    tokenizer = load_tokenizer(BackboneArgs(str(source)))
+    marker_id = tokenizer.encode(MARKER_CHAR, add_special_tokens=False)[0]
+    ids = tokenizer.encode(f"<concept>{MARKER_CHAR}</concept>", add_special_tokens=False)
+    at = ids.index(marker_id)
+    tokens = {
+        "injection_char": MARKER_CHAR, "injection_token_id": marker_id,
+        "injection_left_neighbor_id": ids[at - 1], "injection_right_neighbor_id": ids[at + 1],
+        "critic_suffix_ids": tokenizer.encode(RELEASED_AR.format(explanation="x"))[-2:],
+    }
+    common = {"kind": "nla_model", "stage": "rl", "d_model": 32, "tokens": tokens,
+              "prompt_templates": {"actor": RELEASED_AV, "critic": RELEASED_AR}}
+    av, ar = root / "released-av", root / "released-ar"
+    shutil.copytree(source, av)
+    sidecars = {
+        av: {**common, "role": "actor", "extraction_layer_index": layer,
+             "extraction": {"injection_scale": 30, "mse_scale": "sqrt_d_model"}},
+        ar: {**common, "role": "critic", "extraction": {"mse_scale": "sqrt_d_model"},
+             "critic": {"num_hidden_layers": layer + 1, "value_head": VALUE_HEAD_FILENAME}},
+    }
+    Reconstructor.from_backbone(BackboneArgs(str(source), dtype="float32"), layer).save_pretrained(ar, None, tokenizer)
+    for directory, raw in sidecars.items():
+        (directory / META_FILENAME).write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return av, ar
+
+
+def test_released_layout_pair_loads(tmp_path, tiny_model_dir):
+    av_dir, ar_dir = write_released_pair(tmp_path, tiny_model_dir("llama"))
+    av, ar, prompts = load_pair(av_dir, ar_dir, dtype="float32")
+    assert av.injection_scale == 30.0 and ar.layer == LAYER and ar.d_model == 32
+    assert prompts.av_content == RELEASED_AV and prompts.ar_prompt("E") == RELEASED_AR.format(explanation="E")
+    assert prompts.marker.char == MARKER_CHAR and prompts.marker.rule == "cjk-range"
+    logits, _, predicted = outputs(av, ar, prompts)
+    assert torch.isfinite(logits).all() and predicted.shape == (2, 32)
+    alone, alone_prompts = load_verbalizer(av_dir, dtype="float32")
+    assert alone_prompts.av_prompt_ids == prompts.av_prompt_ids and alone.injection_scale == 30.0
+
+
+def test_pairs_that_disagree_or_drift_are_config_errors(tmp_path, tiny_model_dir):
+    source = tiny_model_dir("llama")
+    verbalizer, reconstructor, prompts = build_pair(source)
+    good = export(tmp_path / "a", verbalizer, reconstructor, prompts, str(source))
+    shallow = Reconstructor.from_backbone(BackboneArgs(str(source), dtype="float32"), 1)
+    other = export_pair(tmp_path / "b", verbalizer=None, reconstructor=shallow, prompts=prompts, layer=1,
+                        base_model=str(source), stage="sft", training={})
+    with pytest.raises(ConfigError) as caught:
+        load_pair(good["av"], other["ar"])
+    assert caught.value.field == "extraction_layer_index" and "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match=r"^av: .*holds role 'ar'"):
+        load_pair(good["ar"], good["av"])
+    with pytest.raises(ConfigError, match=r"^av: directory .* does not exist"):
+        load_pair(tmp_path / "missing", good["ar"])
+    # A tokenizer whose ids no longer match the sidecar's: the drifted field is named.
+    raw = yaml.safe_load((good["av"] / META_FILENAME).read_text(encoding="utf-8"))
+    raw["tokens"]["critic_suffix_ids"] = [1, 2, 3]
+    (good["av"] / META_FILENAME).write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^tokens\.critic_suffix_ids: is \[1, 2, 3\]"):
+        load_verbalizer(good["av"])
+
+
+def test_reexport_replaces_atomically_and_keeps_the_other_side(tmp_path, tiny_model_dir, monkeypatch):
+    source = tiny_model_dir("llama")
+    verbalizer, reconstructor, prompts = build_pair(source)
+    paths = export(tmp_path, verbalizer, reconstructor, prompts, str(source))
+    first_head = reconstructor.head.weight.detach().clone()
+    with torch.no_grad():
+        reconstructor.head.weight.mul_(2.0)
+    export(tmp_path, verbalizer, reconstructor, prompts, str(source))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ar", "av"]
+    torch.testing.assert_close(Reconstructor.from_pretrained(paths["ar"]).head.weight, 2 * first_head)
+
+    # A failure while writing leaves the previous export whole and no staging directory behind.
+    def broken_card(meta):
+        raise RuntimeError("disk trouble")
+
+    monkeypatch.setattr("nla.export.model_card", broken_card)
+    with torch.no_grad():
+        reconstructor.head.weight.mul_(2.0)
+    with pytest.raises(RuntimeError, match="disk trouble"):
+        export_pair(tmp_path, verbalizer=None, reconstructor=reconstructor, prompts=prompts, layer=LAYER,
+                    base_model=str(source), stage="sft", training=TRAINING)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ar", "av"]
+    torch.testing.assert_close(Reconstructor.from_pretrained(paths["ar"]).head.weight, 2 * first_head)
+    monkeypatch.undo()
+
+    # Exporting only the AR leaves the AV directory untouched.
+    av_files = {p.name: p.stat().st_mtime_ns for p in paths["av"].iterdir()}
+    export_pair(tmp_path, verbalizer=None, reconstructor=reconstructor, prompts=prompts, layer=LAYER,
+                base_model=str(source), stage="grpo", training=TRAINING)
+    assert {p.name: p.stat().st_mtime_ns for p in paths["av"].iterdir()} == av_files
+    assert read_meta(paths["ar"]).stage == "grpo" and read_meta(paths["av"]).stage == "sft"
+    torch.testing.assert_close(Reconstructor.from_pretrained(paths["ar"]).head.weight, 4 * first_head)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ar", "av"]
