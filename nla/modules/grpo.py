@@ -1,0 +1,253 @@
+"""``GRPOModule``: joint RL of the AV (GRPO) and the AR (regression on the same rollouts).
+
+Batch semantics, in plain numbers: each training batch holds ``prompts_per_step`` (B) vectors, each
+gets ``samples_per_prompt`` (G) answers, so a step generates B x G sequences; every forward/backward
+pass holds at most ``micro_batch_size`` of them, and each model takes ONE optimizer step per
+rollout. ``trainer.global_step`` counts rollouts (only the AV optimizer's steps are counted; the AR
+steps through the strategy directly), so ``max_steps`` is the number of GRPO steps.
+
+Optimization is manual. Dropout is kept off in every pass: with one update per rollout the ratio of
+the update's log-probs to the sampling log-probs is then exactly 1 at the update, as GRPO assumes.
+Sampling draws from a generator seeded by (seed, global_step), so a resumed run samples exactly what
+the uninterrupted one would; the data position, both models and both optimizers come back from the
+checkpoint. The reference AV (KL penalty) is rebuilt from the starting weights on every start.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from nla.data.datasets import pad_token_id
+from nla.errors import ConfigError
+from nla.grpo_loss import AGGREGATION_MODES, KL_ESTIMATORS, REWARD_KINDS, fraction_zero_spread
+from nla.maths import fve, fve_variance
+from nla.modules.backbone import load_causal_lm
+from nla.modules.grpo_eval import heldout_fve, memory_probe, sample_table
+from nla.modules.reconstructor import Reconstructor
+from nla.modules.reference import DEVICES, FrozenCopy
+from nla.modules.rollout import RolloutArgs, ar_loss, av_loss, collect
+from nla.modules.verbalizer import Verbalizer, cjk_rate
+
+class GRPOModule(LightningModule):
+    """GRPO on the AV and regression on the AR, from an SFT export (see the module docstring)."""
+
+    def __init__(
+        self,
+        sft_export: str | None = None,
+        prompts_per_step: int | None = None,
+        samples_per_prompt: int = 8,
+        micro_batch_size: int = 8,
+        max_new_tokens: int = 150,
+        temperature: float = 1.0,
+        reward: str = "neg_mse",
+        advantage: str = "group",
+        clip_epsilon: float = 0.2,
+        kl_coef: float = 0.01,
+        kl_estimator: str = "k1",
+        loss_aggregation: str = "token_mean",
+        av_lr: float = 1e-5,
+        ar_lr: float = 5e-5,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+        gradient_clip: float = 1.0,
+        reference_device: str = "same",
+        injection_scale: float | None = None,
+        eval_every_n_steps: int = 25,
+        eval_max_batches: int | None = None,
+        export_dir: str | None = None,
+        samples_every_n_steps: int = 25,
+        seed: int = 0,
+        memory_probe: bool = True,
+    ) -> None:
+        """
+        Args:
+            sft_export: Directory holding ``av/`` and ``ar/`` of the SFT stage. None starts both from
+                the target model itself (tests and ablations only: without SFT the AV writes no tags).
+            prompts_per_step: B, vectors per step; must equal ``data.batch_size`` (None: take it).
+            samples_per_prompt: G, answers sampled per vector; advantages compare them.
+            micro_batch_size: Sequences per forward/backward pass (memory scales with it, not B x G).
+            max_new_tokens: Answer cap; a cut answer scores as orthogonal.
+            temperature: Sampling temperature of the rollouts (evaluation is greedy).
+            reward: ``neg_mse`` or ``neg_log_mse``.
+            advantage: ``group`` (per-prompt std) or ``batch`` (batch std).
+            clip_epsilon: PPO clip range.
+            kl_coef: Weight of the KL penalty to the frozen starting AV.
+            kl_estimator: ``k1`` or ``k3``.
+            loss_aggregation: ``token_mean``, ``sequence_mean`` or ``sum_norm``.
+            av_lr: AV AdamW learning rate (constant).
+            ar_lr: AR AdamW learning rate (constant).
+            betas: AdamW betas of both optimizers.
+            weight_decay: AdamW weight decay of both optimizers.
+            gradient_clip: Max gradient norm, per model.
+            reference_device: ``same`` (beside the policy) or ``cpu`` (moved in for its pass only).
+            injection_scale: Only without ``sft_export``: the AV's injection norm (None: the cache's p75).
+            eval_every_n_steps: Held-out greedy AV -> AR evaluation (``val/fve``) every N steps.
+            eval_max_batches: Held-out batches per evaluation (None: all).
+            export_dir: Where the pair with the best ``val/fve`` so far is exported (None: no export).
+            samples_every_n_steps: A TensorBoard text table of rollout samples every N steps.
+            seed: Seed of the rollout sampling (combined with the step).
+            memory_probe: Before the first step, run one forward+backward of each model at the
+                longest sequence a step can produce, so an out-of-memory shows at once.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        choices = {"reward": (reward, REWARD_KINDS), "advantage": (advantage, ("group", "batch")),
+                   "kl_estimator": (kl_estimator, KL_ESTIMATORS), "reference_device": (reference_device, DEVICES),
+                   "loss_aggregation": (loss_aggregation, AGGREGATION_MODES)}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"model.{name}", f"must be one of {', '.join(allowed)}, got {value!r}")
+        for name in ("samples_per_prompt", "micro_batch_size", "max_new_tokens", "eval_every_n_steps",
+                     "samples_every_n_steps"):
+            if getattr(self.hparams, name) < 1:
+                raise ConfigError(f"model.{name}", f"must be at least 1, got {getattr(self.hparams, name)}")
+        self.args = RolloutArgs(samples_per_prompt, micro_batch_size, max_new_tokens, temperature, reward,
+                                advantage, clip_epsilon, kl_coef, kl_estimator, loss_aggregation)
+        self.verbalizer: Verbalizer | None = None
+        self.reconstructor: Reconstructor | None = None
+        self.best_fve = float("-inf")
+
+    def setup(self, stage: str) -> None:
+        """Build both models (once; a checkpoint's weights are loaded over them afterwards) and the
+        frozen reference from the starting AV."""
+        if self.verbalizer is not None:
+            return
+        dm, hp = self.trainer.datamodule, self.hparams
+        self.prompts, self.d, self.layer = dm.prompts, dm.d, dm.layer
+        if hp.prompts_per_step is not None and hp.prompts_per_step != dm.batch_size:
+            raise ConfigError("model.prompts_per_step", f"is {hp.prompts_per_step} but data.batch_size is "
+                              f"{dm.batch_size}; the rl batch size is the number of prompts per step")
+        if hp.sft_export is None:
+            rank_zero_warn("model.sft_export is unset: GRPO starts from the target model itself (ablation only)")
+            scale = hp.injection_scale or dm.auto_injection_scale
+            verbalizer = Verbalizer(load_causal_lm(dm.model_args), dm.tokenizer, dm.marker, scale)
+            reconstructor = Reconstructor.from_backbone(dm.model_args, dm.layer)
+        else:
+            from nla.export import load_verbalizer
+
+            root = Path(hp.sft_export)
+            verbalizer, prompts = load_verbalizer(root / "av", dtype=dm.model_args.dtype)
+            reconstructor = Reconstructor.from_pretrained(root / "ar", dtype=dm.model_args.dtype)
+            if prompts.av_prompt_ids != dm.prompts.av_prompt_ids or reconstructor.layer != dm.layer:
+                raise ConfigError("model.sft_export", f"{root} was trained with other prompts or another layer "
+                                  f"than data (layer {dm.layer}); use the data settings of the SFT run")
+        self.verbalizer, self.reconstructor = verbalizer, reconstructor
+        self.reference = FrozenCopy(verbalizer, hp.reference_device)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return [torch.optim.AdamW(module.parameters(), lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+                for module, lr in ((self.verbalizer, hp.av_lr), (self.reconstructor, hp.ar_lr))]
+
+    def on_train_start(self) -> None:
+        b = self.trainer.datamodule.batch_size
+        g, micro = self.args.samples_per_prompt, self.args.micro_batch_size
+        micro_steps = -(-b * g // micro)
+        rank_zero_info(f"GRPO: {b} prompts/step x {g} samples/prompt = {b * g} sequences/step; "
+                       f"micro-batch {micro} -> {micro_steps} micro-batches/step = {micro_steps} accumulation "
+                       f"steps per optimizer step; AR trains on the valid ones of the same sequences")
+        if self.hparams.memory_probe:
+            with self.trainer.precision_plugin.forward_context():
+                memory_probe(self.verbalizer, self.reconstructor, self.prompts, micro, self.args.max_new_tokens)
+
+    def _sample_seed(self) -> int:
+        return int(np.random.SeedSequence([self.hparams.seed, self.global_step]).generate_state(1)[0])
+
+    def training_step(self, batch: dict) -> None:
+        rl, hp = batch["rl"], self.hparams
+        opt_av, opt_ar = self.optimizers()
+        self.verbalizer.eval()
+        self.reconstructor.eval()
+        pad = pad_token_id(self.trainer.datamodule.tokenizer)
+        rollout = collect(self.verbalizer, self.reconstructor, self.reference, self.prompts, rl, self.args,
+                          self._sample_seed(), pad)
+        start = time.perf_counter()
+        opt_av.zero_grad()
+        stats = av_loss(self.verbalizer, rollout, self.args, self.manual_backward)
+        self.clip_gradients(opt_av, gradient_clip_val=hp.gradient_clip, gradient_clip_algorithm="norm")
+        opt_av.step()
+        opt_ar.zero_grad()
+        ar = ar_loss(self.reconstructor, self.prompts, rollout, self.args.micro_batch_size, pad, self.manual_backward)
+        if ar is not None:
+            self.clip_gradients(opt_ar, gradient_clip_val=hp.gradient_clip, gradient_clip_algorithm="norm")
+            self.trainer.strategy.optimizer_step(opt_ar.optimizer, closure=lambda: None, model=self)
+        self._log_rollout(rollout, stats, ar, time.perf_counter() - start, len(rl["vector"]))
+        # Here rather than in a batch-end hook: checkpoint callbacks run first there, and the
+        # checkpoint of this step must already hold the best FVE this step may set.
+        if self.global_step % hp.eval_every_n_steps == 0:
+            self.evaluate()
+
+    def _log_rollout(self, rollout, stats: dict, ar: float | None, update_s: float, prompts: int) -> None:
+        mask, rewards, valid = rollout.mask, rollout.rewards, rollout.valid
+        lengths = mask.sum(dim=1).float()
+        variance = self.trainer.datamodule.heldout_variance
+        metrics = {
+            "train/reward_mean": rewards.mean(), "train/reward_std": rewards.std(correction=0),
+            "train/frac_reward_zero_std": fraction_zero_spread(rewards), "train/kl": stats["kl"],
+            "train/entropy": rollout.entropy[mask].mean() if mask.any() else 0.0,
+            "train/clip_ratio": stats["clip_ratio"], "train/av_loss": stats["loss"],
+            "train/completion_length_mean": lengths.mean(), "train/completion_length_max": lengths.max(),
+            "train/truncated_rate": rollout.truncated.float().mean(),
+            "train/extraction_failure_rate": (~valid).float().mean(), "train/cjk_rate": cjk_rate(rollout.texts),
+            "train/injected_fraction": rollout.injected_fraction,
+            "time/generate_s": rollout.seconds["generate"], "time/score_s": rollout.seconds["score"],
+            "time/update_s": update_s,
+            "train/generated_tokens_per_s": float(lengths.sum()) / max(rollout.seconds["generate"], 1e-9),
+        }
+        if ar is not None:
+            baseline = variance if variance else fve_variance(rollout.vectors[valid].float())
+            metrics["train/ar_loss"] = ar
+            metrics["train/rollout_fve"] = fve(rollout.mse[valid].mean(), baseline)
+        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
+                      on_step=True, on_epoch=False, batch_size=prompts)
+        step = self.global_step
+        if step % self.hparams.samples_every_n_steps == 0:
+            cache = self.trainer.datamodule.cache
+            for logger in self.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_text("train/samples", sample_table(rollout, cache, self._indices), step)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # Cache indices of this batch, repeated per sample, for the sample table's context column.
+        self._indices = batch["rl"]["index"].repeat_interleave(self.args.samples_per_prompt).tolist()
+
+    def evaluate(self) -> float:
+        """Greedy AV -> AR on the held-out split: log ``val/fve`` (invalid answers scored as
+        orthogonal) and export the pair when it beats the best so far."""
+        dm, hp = self.trainer.datamodule, self.hparams
+        result = heldout_fve(self.verbalizer, self.reconstructor, self.prompts, dm.val_dataloader(),
+                             dm.d, dm.heldout_variance, self.args, hp.eval_max_batches, pad_token_id(dm.tokenizer))
+        self.log_dict({f"val/{k}": torch.as_tensor(v, dtype=torch.float32) for k, v in result.items()},
+                      on_step=True, on_epoch=False, logger=False)
+        for logger in self.loggers:
+            logger.log_metrics({f"val/{k}": float(v) for k, v in result.items()}, step=self.global_step)
+        value = float(result["fve"])
+        if value > self.best_fve:
+            self.best_fve = value
+            if hp.export_dir is not None and self.trainer.is_global_zero:
+                self._export(value, result)
+        return value
+
+    def _export(self, value: float, result: dict) -> None:
+        from nla.export import export_pair
+
+        dm = self.trainer.datamodule
+        training = {"steps": self.global_step, "heldout_fve": value, "heldout_mse": float(result["mse"]),
+                    "heldout_variance": dm.heldout_variance, "sft_export": self.hparams.sft_export}
+        export_pair(self.hparams.export_dir, verbalizer=self.verbalizer, reconstructor=self.reconstructor,
+                    prompts=self.prompts, layer=self.layer, base_model=dm.model_args.name_or_path,
+                    stage="grpo", training=training)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nla_best_fve"] = self.best_fve
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best_fve = checkpoint.get("nla_best_fve", float("-inf"))

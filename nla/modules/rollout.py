@@ -1,0 +1,241 @@
+"""One GRPO rollout over an AV (``Verbalizer``) and an AR (``Reconstructor``), as plain functions.
+
+``collect`` samples G answers per prompt, scores them with the AR as it is now (before this step's
+update), turns the scores into rewards and advantages, and records the sampling policy's and the
+reference's log-probs of every sampled token. ``av_loss`` and ``ar_loss`` then run the two updates'
+forward and backward passes in micro-batches; the caller owns the optimizers.
+
+Sequences are scored right-padded (each row: its real prompt tokens, then its completion), so the
+default position ids of a plain forward are the positions the tokens had while sampling.
+Gradient accumulation is exact: every micro-batch's loss is weighted by its share of the
+aggregation's denominator, so the summed gradients equal those of one pass over the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import time
+
+import torch
+from torch import Tensor
+
+from nla.grpo_loss import (aggregate, batch_advantages, clipped_surrogate, group_advantages, kl_penalty,
+                           penalized_rewards, trim_at_end_of_turn)
+from nla.maths import normalized_mse
+from nla.modules.reconstructor import Reconstructor
+from nla.modules.verbalizer import Verbalizer
+
+
+@dataclass
+class RolloutArgs:
+    """How one rollout is sampled, scored and turned into a loss."""
+
+    samples_per_prompt: int = 8
+    """G: answers sampled per prompt; advantages compare the answers of one prompt."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass; memory grows with it, not with prompts x samples."""
+    max_new_tokens: int = 150
+    """Cap on generated tokens; an answer cut by it is truncated and scores as orthogonal."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    reward: str = "neg_mse"
+    """``neg_mse`` or ``neg_log_mse`` (see ``nla.grpo_loss.penalized_rewards``)."""
+    advantage: str = "group"
+    """``group`` (normalised per prompt) or ``batch`` (centred per prompt, scaled by the batch std)."""
+    clip_epsilon: float = 0.2
+    """PPO clip range of the probability ratio."""
+    kl_coef: float = 0.01
+    """Weight of the KL penalty to the reference AV."""
+    kl_estimator: str = "k1"
+    """``k1`` or ``k3``."""
+    loss_aggregation: str = "token_mean"
+    """``token_mean``, ``sequence_mean`` or ``sum_norm`` (see ``nla.grpo_loss.aggregate``)."""
+
+
+@dataclass
+class Rollout:
+    """N = B x G sampled answers, row ``b * G + g`` being sample g of prompt b."""
+
+    vectors: Tensor
+    """[N, d] the vector each answer describes."""
+    input_ids: Tensor
+    """[N, T] prompt then completion, right-padded."""
+    attention_mask: Tensor
+    """[N, T] real tokens of ``input_ids``."""
+    start: Tensor
+    """[N] position of each row's first completion token."""
+    completion_ids: Tensor
+    """[N, L] the sampled tokens, right-padded."""
+    mask: Tensor
+    """[N, L] bool: tokens up to and including the first end-of-turn token."""
+    truncated: Tensor
+    """[N] bool: no end-of-turn token before the cap."""
+    valid: Tensor
+    """[N] bool: an explanation was parsed (not truncated, tags present)."""
+    explanations: list[str | None]
+    """The parsed explanations (None when invalid)."""
+    texts: list[str]
+    """The decoded answers."""
+    mse: Tensor
+    """[N] normalised MSE of the AR's reconstruction (NaN where invalid)."""
+    rewards: Tensor
+    """[B, G] penalised rewards."""
+    advantages: Tensor
+    """[N] one advantage per answer."""
+    old_logprobs: Tensor
+    """[N, L] the sampling policy's log-probs of the sampled tokens."""
+    ref_logprobs: Tensor
+    """[N, L] the reference AV's log-probs of the same tokens."""
+    entropy: Tensor
+    """[N, L] the sampling policy's entropy at each sampled position."""
+    injected_fraction: float
+    """Fraction of rows that received their vector while sampling."""
+    seconds: dict[str, float]
+    """Wall time of ``generate`` (sampling) and ``score`` (AR, policy and reference passes)."""
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def right_padded(rows: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    width = max(1, max(len(row) for row in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def token_logprobs(verbalizer: Verbalizer, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor,
+                   start: Tensor, width: int, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probs ``[n, width]`` of the completion tokens (those at ``start + j``), injection active,
+    and optionally the entropy of the distribution each was drawn from. Off-row positions are junk
+    that the rollout's mask removes."""
+    logits = verbalizer(input_ids, attention_mask, vectors).logits
+    positions = (start[:, None] + torch.arange(width, device=start.device) - 1).clamp(0, input_ids.shape[1] - 1)
+    targets = input_ids.gather(1, (positions + 1).clamp_max(input_ids.shape[1] - 1))
+    picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])).float()
+    log_probs = torch.log_softmax(picked, dim=-1)
+    chosen = log_probs.gather(-1, targets[..., None]).squeeze(-1)
+    spread = -(log_probs.exp() * log_probs).sum(-1) if entropy else None
+    return chosen, spread
+
+
+@torch.no_grad()
+def policy_logprobs(verbalizer: Verbalizer, rollout: Rollout, micro: int, entropy: bool = False):
+    """``token_logprobs`` over the whole rollout in micro-batches, without gradients."""
+    width, parts, spreads = rollout.completion_ids.shape[1], [], []
+    for part in micro_batches(len(rollout.start), micro):
+        chosen, spread = token_logprobs(verbalizer, rollout.input_ids[part], rollout.attention_mask[part],
+                                        rollout.vectors[part], rollout.start[part], width, entropy)
+        parts.append(chosen)
+        spreads.append(spread)
+    verbalizer.injector.unload()
+    return torch.cat(parts), torch.cat(spreads) if entropy else None
+
+
+@torch.no_grad()
+def reconstruct(reconstructor: Reconstructor, prompts, explanations: list[str], micro: int, pad_id: int) -> Tensor:
+    """The AR's predictions ``[n, d]`` for ``explanations``, in eval mode, without gradients."""
+    was_training = reconstructor.training
+    reconstructor.eval()
+    device = reconstructor.head.weight.device
+    outputs = []
+    for part in micro_batches(len(explanations), micro):
+        ids, mask = right_padded([prompts.ar_ids(text) for text in explanations[part]], pad_id, device)
+        outputs.append(reconstructor(ids, mask))
+    reconstructor.train(was_training)
+    d = reconstructor.d_model
+    return torch.cat(outputs) if outputs else torch.zeros(0, d, device=device)
+
+
+def collect(verbalizer: Verbalizer, reconstructor: Reconstructor, reference, prompts, batch: dict,
+            args: RolloutArgs, seed: int | None, pad_id: int) -> Rollout:
+    """Sample, score and prepare one rollout from an ``rl`` batch (left-padded prompts and vectors).
+    ``reference`` has ``logprobs(rollout, micro)`` (see ``nla.modules.reference``)."""
+    group = args.samples_per_prompt
+    prompt_ids = batch["input_ids"].repeat_interleave(group, dim=0)
+    prompt_mask = batch["attention_mask"].repeat_interleave(group, dim=0)
+    vectors = batch["vector"].repeat_interleave(group, dim=0)
+    began = time.perf_counter()
+    samples = verbalizer.sample(vectors, prompt_ids, prompt_mask, max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature, seed=seed)
+    sampled = time.perf_counter()
+    device = prompt_ids.device
+    prompts_real = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+    input_ids, attention_mask = right_padded([p + t for p, t in zip(prompts_real, samples.tokens)], pad_id, device)
+    completion_ids, completion_mask = right_padded(samples.tokens, pad_id, device)
+    mask, _ = trim_at_end_of_turn(completion_ids, completion_mask, verbalizer.stop_ids)
+    truncated = torch.tensor(samples.truncated, device=device)
+    valid = torch.tensor([text is not None for text in samples.parsed], device=device) & ~truncated
+    explanations = [text if ok else None for text, ok in zip(samples.parsed, valid.tolist())]
+    mse = torch.full((len(explanations),), float("nan"), device=device)
+    kept = valid.nonzero().squeeze(1)
+    if len(kept):
+        predicted = reconstruct(reconstructor, prompts, [explanations[i] for i in kept.tolist()],
+                                args.micro_batch_size, pad_id)
+        mse[kept] = normalized_mse(predicted, vectors[kept].float()).to(mse.dtype)
+    rewards = penalized_rewards(torch.nan_to_num(mse, nan=2.0), valid, args.reward).view(-1, group)
+    advantages = (group_advantages if args.advantage == "group" else batch_advantages)(rewards).reshape(-1)
+    start = torch.tensor([len(p) for p in prompts_real], device=device)
+    rollout = Rollout(vectors, input_ids, attention_mask, start, completion_ids, mask, truncated, valid,
+                      explanations, samples.texts, mse, rewards, advantages, None, None, None,
+                      samples.injection.injected_fraction, {"generate": sampled - began})
+    rollout.old_logprobs, rollout.entropy = policy_logprobs(verbalizer, rollout, args.micro_batch_size, entropy=True)
+    rollout.ref_logprobs = reference.logprobs(rollout, args.micro_batch_size)
+    rollout.seconds["score"] = time.perf_counter() - sampled
+    return rollout
+
+
+def _share(mode: str, mask: Tensor, part: slice) -> float:
+    """The micro-batch's weight in the full batch's aggregate: its tokens' share for token_mean, its
+    rows' share for the per-row normalised modes."""
+    if mode == "token_mean":
+        return float(mask[part].sum()) / max(1, int(mask.sum()))
+    return mask[part].shape[0] / mask.shape[0]
+
+
+def av_loss(verbalizer: Verbalizer, rollout: Rollout, args: RolloutArgs,
+            backward: Callable[[Tensor], None]) -> dict[str, float]:
+    """Clipped surrogate plus ``kl_coef`` x KL to the reference, aggregated over the trimmed tokens;
+    ``backward`` is called once per micro-batch on its weighted loss. Returns the batch's loss, KL
+    and clip fraction."""
+    mode, width = args.loss_aggregation, rollout.completion_ids.shape[1]
+    totals = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
+    tokens = max(1, int(rollout.mask.sum()))
+    for part in micro_batches(len(rollout.start), args.micro_batch_size):
+        mask = rollout.mask[part]
+        logprobs, _ = token_logprobs(verbalizer, rollout.input_ids[part], rollout.attention_mask[part],
+                                     rollout.vectors[part], rollout.start[part], width)
+        surrogate, clipped = clipped_surrogate(logprobs, rollout.old_logprobs[part], rollout.advantages[part],
+                                               mask, args.clip_epsilon)
+        kl = kl_penalty(logprobs, rollout.ref_logprobs[part], args.kl_estimator, mask)
+        share = _share(mode, rollout.mask, part)
+        loss = aggregate(surrogate + args.kl_coef * kl, mask, mode, args.max_new_tokens) * share
+        backward(loss)
+        totals["loss"] += float(loss.detach())
+        totals["kl"] += float(torch.where(mask, kl.detach(), 0.0).sum()) / tokens
+        totals["clip_ratio"] += float(clipped.sum()) / tokens
+    verbalizer.injector.unload()
+    return totals
+
+
+def ar_loss(reconstructor: Reconstructor, prompts, rollout: Rollout, micro: int, pad_id: int,
+            backward: Callable[[Tensor], None]) -> float | None:
+    """Normalised MSE of the AR on the rollout's valid answers (explanation -> vector), one
+    ``backward`` per micro-batch; None when no answer was valid (nothing to train on)."""
+    kept = rollout.valid.nonzero().squeeze(1).tolist()
+    if not kept:
+        return None
+    device, total = reconstructor.head.weight.device, 0.0
+    for part in micro_batches(len(kept), micro):
+        rows = kept[part]
+        ids, mask = right_padded([prompts.ar_ids(rollout.explanations[i]) for i in rows], pad_id, device)
+        loss = Reconstructor.loss(reconstructor(ids, mask), rollout.vectors[rows].float()) * (len(rows) / len(kept))
+        backward(loss)
+        total += float(loss.detach())
+    return total

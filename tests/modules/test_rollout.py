@@ -1,0 +1,186 @@
+"""One GRPO rollout on a tiny llama taught to answer in explanation tags: rewards, advantages,
+log-probs, KL, exact gradient accumulation and the AR's pre-update scoring."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from nla.grpo_loss import AGGREGATION_MODES
+from nla.maths import normalized_mse
+from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
+from nla.modules.reconstructor import Reconstructor
+from nla.modules.reference import FrozenCopy
+from nla.modules.rollout import RolloutArgs, av_loss, ar_loss, collect, policy_logprobs, reconstruct
+from nla.modules.verbalizer import Verbalizer
+from nla.prompts import PromptArgs, Prompts
+
+SCALE = 5.0
+LAYER = 1
+WORDS = "rivers stones millers wheels teachers numbers boards sailors".split()
+
+
+def warm_tiny_llama(source: Path, target: Path, steps: int = 60) -> Path:
+    """Teach the tiny random llama to answer ``<explanation>W W</explanation><|im_end|>`` (two words
+    of WORDS) whatever the vector, so that 12-token samples mix valid, unparseable and truncated
+    answers, as an SFT warm start would give a real model. Saved as a plain HF directory."""
+    if (target / "config.json").is_file():
+        return target
+    torch.manual_seed(0)
+    args = BackboneArgs(str(source))
+    model, tokenizer = load_causal_lm(args), load_tokenizer(args)
+    prompts = Prompts.build(tokenizer, PromptArgs())
+    verbalizer = Verbalizer(model, tokenizer, prompts.marker, SCALE)
+    examples = [prompts.av_example(f"{a} {b}") for a in WORDS for b in WORDS[:3]]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(steps):
+        rows = random.Random(step).sample(examples, 8)
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((8, width), tokenizer.pad_token_id)
+        mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+        for r, (row_ids, row_labels) in enumerate(rows):
+            ids[r, : len(row_ids)], mask[r, : len(row_ids)] = torch.tensor(row_ids), 1
+            labels[r, : len(row_labels)] = torch.tensor(row_labels)
+        loss = verbalizer(ids, mask, torch.randn(8, 32), labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    verbalizer.injector.remove()
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def warm_model_dir(tiny_model_dir, tmp_path_factory):
+    return warm_tiny_llama(tiny_model_dir("llama"), tmp_path_factory.mktemp("warm-llama"))
+
+
+@pytest.fixture
+def parts(warm_model_dir):
+    args = BackboneArgs(str(warm_model_dir))
+    tokenizer = load_tokenizer(args)
+    prompts = Prompts.build(tokenizer, PromptArgs())
+    verbalizer = Verbalizer(load_causal_lm(args).eval(), tokenizer, prompts.marker, SCALE)
+    reconstructor = Reconstructor.from_backbone(args, LAYER)
+    return verbalizer, reconstructor, prompts
+
+
+def rl_batch(prompts, rows=3, seed=0):
+    ids = torch.tensor([prompts.av_prompt_ids] * rows)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "vector": torch.randn(rows, 32, generator=torch.Generator().manual_seed(seed))}
+
+
+def rollout_of(parts, seed=3, **options):
+    verbalizer, reconstructor, prompts = parts
+    args = RolloutArgs(**{"samples_per_prompt": 4, "micro_batch_size": 5, "max_new_tokens": 12, **options})
+    reference = FrozenCopy(verbalizer)
+    rollout = collect(verbalizer, reconstructor, reference, prompts, rl_batch(prompts), args, seed,
+                      prompts.tokenizer.pad_token_id)
+    assert rollout.valid.any() and not rollout.valid.all(), "the warm model should mix valid and invalid answers"
+    return rollout, args
+
+
+@pytest.mark.parametrize("reward, failed", [("neg_mse", -2.0), ("neg_log_mse", -math.log(2.0))])
+def test_invalid_answers_score_as_orthogonal_and_stay_in_the_batch(parts, reward, failed):
+    rollout, _ = rollout_of(parts, reward=reward)
+    rewards, valid = rollout.rewards.reshape(-1), rollout.valid
+    assert rollout.rewards.shape == (3, 4) and len(rollout.texts) == 12
+    assert torch.all(rewards[~valid] == failed)
+    assert bool(rollout.truncated[~valid].any()) and not bool(rollout.truncated[valid].any())
+    # Invalid answers keep their tokens in the loss mask, and carry advantages like any other answer.
+    assert torch.all(rollout.mask[~valid].sum(dim=1) > 0)
+    assert rollout.advantages[~valid].abs().sum() > 0
+    expected = -rollout.mse[valid] if reward == "neg_mse" else -rollout.mse[valid].log()
+    torch.testing.assert_close(rewards[valid], expected)
+
+
+@pytest.mark.parametrize("advantage", ["group", "batch"])
+def test_advantages_have_zero_mean_per_group(parts, advantage):
+    rollout, _ = rollout_of(parts, advantage=advantage)
+    means = rollout.advantages.view(3, 4).mean(dim=1)
+    # Zero up to float32 rounding: the rewards' rounding error, summed over G, divided by the spread.
+    spread = rollout.rewards.std(dim=1, correction=0).min() if advantage == "group" else rollout.rewards.std(correction=0)
+    bound = 4 * torch.finfo(torch.float32).eps * float(rollout.rewards.abs().max() / spread)
+    assert float(means.abs().max()) <= bound
+    assert rollout.advantages.abs().max() > 0.1
+
+
+def test_old_logprobs_are_the_policy_before_the_update_and_nothing_is_clipped(parts):
+    verbalizer = parts[0]
+    rollout, args = rollout_of(parts)
+    again, _ = policy_logprobs(verbalizer, rollout, micro=12)
+    assert torch.equal(again[rollout.mask], rollout.old_logprobs[rollout.mask])
+    assert rollout.old_logprobs[rollout.mask].max() < 0
+    stats = av_loss(verbalizer, rollout, args, lambda loss: loss.backward())
+    assert stats["clip_ratio"] == 0.0
+    # Trimmed masks end at the end-of-turn token of every answer that was not truncated.
+    lengths = rollout.mask.sum(dim=1)
+    assert lengths.max() <= args.max_new_tokens
+    for row in (~rollout.truncated).nonzero().squeeze(1).tolist():
+        assert rollout.completion_ids[row, lengths[row] - 1].item() in verbalizer.stop_ids
+    assert torch.all(rollout.entropy[rollout.mask] >= 0)
+
+
+def test_kl_to_an_identical_reference_is_zero(parts):
+    verbalizer = parts[0]
+    for estimator in ("k1", "k3"):
+        rollout, args = rollout_of(parts, kl_estimator=estimator)
+        assert torch.equal(rollout.ref_logprobs[rollout.mask], rollout.old_logprobs[rollout.mask])
+        stats = av_loss(verbalizer, rollout, args, lambda loss: loss.backward())
+        assert stats["kl"] == 0.0
+        verbalizer.model.zero_grad()
+
+
+def grads(module):
+    return {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+def test_micro_batch_one_gives_the_full_batch_gradients(parts, mode):
+    verbalizer, reconstructor, prompts = parts
+    rollout, args = rollout_of(parts, loss_aggregation=mode, kl_estimator="k3")
+    # Move the policy off the reference and the old policy so the KL and the ratio are not trivial.
+    with torch.no_grad():
+        for p in verbalizer.model.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    results = []
+    for micro in (1, len(rollout.start)):
+        args.micro_batch_size = micro
+        verbalizer.model.zero_grad()
+        reconstructor.zero_grad()
+        stats = av_loss(verbalizer, rollout, args, lambda loss: loss.backward())
+        ar = ar_loss(reconstructor, prompts, rollout, micro, prompts.tokenizer.pad_token_id, lambda loss: loss.backward())
+        results.append((stats, ar, grads(verbalizer.model), grads(reconstructor)))
+    (stats1, ar1, av1, rec1), (stats_n, ar_n, av_n, rec_n) = results
+    assert stats1["kl"] > 0 and av1 and rec1 and av1.keys() == av_n.keys()
+    assert stats1["loss"] == pytest.approx(stats_n["loss"], rel=1e-5, abs=1e-7)
+    assert ar1 == pytest.approx(ar_n, rel=1e-5)
+    for name in av_n:
+        torch.testing.assert_close(av1[name], av_n[name], rtol=1e-5, atol=1e-7)
+    for name in rec_n:
+        torch.testing.assert_close(rec1[name], rec_n[name], rtol=1e-5, atol=1e-7)
+
+
+def test_rewards_use_the_reconstructor_before_its_update(parts):
+    _, reconstructor, prompts = parts
+    before = copy.deepcopy(reconstructor)
+    rollout, _ = rollout_of(parts)
+    kept = rollout.valid.nonzero().squeeze(1).tolist()
+    texts = [rollout.explanations[i] for i in kept]
+    pad = prompts.tokenizer.pad_token_id
+    expected = normalized_mse(reconstruct(before, prompts, texts, 4, pad), rollout.vectors[kept])
+    torch.testing.assert_close(rollout.mse[kept], expected)
+    optimizer = torch.optim.AdamW(reconstructor.parameters(), lr=1e-2)
+    loss = ar_loss(reconstructor, prompts, rollout, 4, pad, lambda loss: loss.backward())
+    optimizer.step()
+    after = normalized_mse(reconstruct(reconstructor, prompts, texts, 4, pad), rollout.vectors[kept])
+    assert loss == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert not torch.allclose(after, expected)
+    assert float(after.mean()) < float(expected.mean())
