@@ -157,6 +157,10 @@ class GRPOModule(LightningModule):
         if self.hparams.memory_probe:
             with self.trainer.precision_plugin.forward_context():
                 memory_probe(self.verbalizer, self.reconstructor, self.prompts, micro, self.args.max_new_tokens)
+        if self.global_step == 0:
+            # The starting pair (the SFT export) through the same greedy AV -> AR pipeline: the point
+            # every later val/fve is compared against.
+            self.evaluate(progress_bar=False)
 
     def _sample_seed(self) -> int:
         return int(np.random.SeedSequence([self.hparams.seed, self.global_step]).generate_state(1)[0])
@@ -219,14 +223,16 @@ class GRPOModule(LightningModule):
         # Cache indices of this batch, repeated per sample, for the sample table's context column.
         self._indices = batch["rl"]["index"].repeat_interleave(self.args.samples_per_prompt).tolist()
 
-    def evaluate(self) -> float:
+    def evaluate(self, progress_bar: bool = True) -> float:
         """Greedy AV -> AR on the held-out split: log ``val/fve`` (invalid answers scored as
-        orthogonal) and export the pair when it beats the best so far."""
+        orthogonal) and export the pair when it beats the best so far. Hooks outside training steps
+        cannot ``self.log``, so they pass ``progress_bar=False`` and only the loggers record it."""
         dm, hp = self.trainer.datamodule, self.hparams
         result = heldout_fve(self.verbalizer, self.reconstructor, self.prompts, dm.val_dataloader(),
                              dm.d, dm.heldout_variance, self.args, hp.eval_max_batches, pad_token_id(dm.tokenizer))
-        self.log_dict({f"val/{k}": torch.as_tensor(v, dtype=torch.float32) for k, v in result.items()},
-                      on_step=True, on_epoch=False, logger=False)
+        if progress_bar:
+            self.log_dict({f"val/{k}": torch.as_tensor(v, dtype=torch.float32) for k, v in result.items()},
+                          on_step=True, on_epoch=False, logger=False)
         for logger in self.loggers:
             logger.log_metrics({f"val/{k}": float(v) for k, v in result.items()}, step=self.global_step)
         value = float(result["fve"])
