@@ -51,7 +51,7 @@ def fit(setting, run: str, *extra: str) -> Path:
 
 def checkpoint(run: Path, name: str = "last.ckpt") -> dict:
     (path,) = run.rglob(name)
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def scalars(run: Path) -> dict[str, list]:
