@@ -26,6 +26,7 @@ from nla.maths import cosine, normalized_mse
 from nla.modules import adapters
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
 from nla.modules.residual import read_residual
+from nla.padding import pad as pad_rows, pad_token_id
 
 DEFAULT_POSITIONS = 32
 BATCH = 16
@@ -101,15 +102,6 @@ def _target_vectors(name: str, layer: int, d_model: int, text: str, positions, d
     return vectors.float(), tokens, chosen
 
 
-def _right_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    return ids.to(device), mask.to(device)
-
-
 def explain_text(
     av: str,
     ar: str,
@@ -139,8 +131,7 @@ def explain_text(
     verbalizer.to(device)
     reconstructor.to(device)
     variance = recorded_variance(ar_meta.training, av_meta.training)
-    pad = prompts.tokenizer.pad_token_id
-    pad = pad if pad is not None else prompts.tokenizer.eos_token_id or 0
+    pad = pad_token_id(prompts.tokenizer)
     rows: list[ExplainedToken] = []
     for start in range(0, len(chosen), BATCH):
         batch = vectors[start : start + BATCH]
@@ -150,7 +141,8 @@ def explain_text(
         )
         explanations = [p if p is not None else t.strip() for p, t in zip(samples.parsed, samples.texts)]
         with torch.no_grad():
-            predicted = reconstructor(*_right_padded([prompts.ar_ids(e) for e in explanations], pad, device))
+            ids, mask = pad_rows([prompts.ar_ids(e) for e in explanations], pad, "right")
+            predicted = reconstructor(ids.to(device), mask.to(device))
         cos, mse = cosine(predicted, batch).tolist(), normalized_mse(predicted, batch).tolist()
         for i, explanation in enumerate(explanations):
             rows.append(ExplainedToken(

@@ -129,11 +129,12 @@ def make_plan(
     documents = [planned for _, planned in pairs]
     if not documents:
         raise ConfigError("corpus.min_position", f"no document has a token at index >= {corpus.min_position}")
+    tokenizer_key = tokenizer_hash(tokenizer)
     identity = {
         "format": FORMAT_VERSION,
         "model": [model.name_or_path, model.gguf_file, model.revision, model.dtype],
-        "tokenizer": tokenizer_hash(tokenizer),
-        "corpus": corpus_fingerprint(corpus, tokenizer_hash(tokenizer)),
+        "tokenizer": tokenizer_key,
+        "corpus": corpus_fingerprint(corpus, tokenizer_key),
         "layer": layer,
         "positions": [cache.positions_per_document, cache.seed],
         "store_dtype": cache.store_dtype,

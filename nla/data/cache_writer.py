@@ -24,6 +24,7 @@ from nla.errors import ConfigError, NLAError, field_scope
 from nla.modules import adapters
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_config, load_tokenizer
 from nla.modules.residual import read_residual
+from nla.padding import pad, pad_token_id
 
 
 def length_sorted_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -47,14 +48,9 @@ def extract_shard(
     device = next(model.parameters()).device
     pieces: dict[int, torch.Tensor] = {}
     for batch in length_sorted_batches([len(doc.input_ids) for doc in docs], batch_tokens):
-        width = len(docs[batch[0]].input_ids)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        ids, mask = pad([docs[i].input_ids.tolist() for i in batch], pad_id, "right")
         rows, cols = [], []
         for row, i in enumerate(batch):
-            n = len(docs[i].input_ids)
-            ids[row, :n] = torch.from_numpy(docs[i].input_ids.astype(np.int64))
-            mask[row, :n] = 1
             rows += [row] * len(planned[i].positions)
             cols += planned[i].positions.tolist()
         hidden = read_residual(
@@ -156,7 +152,7 @@ def build_cache(
         network = load_causal_lm(model, keep_layers=layer + 1, config=config).eval()
         if torch.cuda.is_available():
             network = network.cuda()
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad_id = pad_token_id(tokenizer)
         width = max(doc.length for doc in plan.documents)
         rate = seconds_per_token(network, layer, cache.batch_tokens, width, len(tokenizer))
         preflight(console, plan, adapters.hidden_size(config), cache, directory, rate)

@@ -28,7 +28,8 @@ from nla.data.cache_format import META
 from nla.data.cache_plan import CacheArgs
 from nla.data.cache_writer import build_cache
 from nla.data.corpus import CorpusArgs
-from nla.data.datasets import CacheRows, Collator, EpochSampler, ResumableLoader, pad_token_id
+from nla.data.datasets import CacheRows, Collator, EpochSampler, ResumableLoader
+from nla.padding import pad_token_id
 from nla.data.splits import SplitArgs
 from nla.data.summaries import read_summaries, summaries_directory, summary_file, write_summaries
 from nla.data.teachers import TeacherArgs

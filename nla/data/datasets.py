@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from nla.data.activation_cache import ActivationCache
 from nla.prompts import Prompts
+from nla.padding import pad
 
 IGNORE = -100
 """Label of tokens that carry no loss."""
@@ -101,18 +102,6 @@ class CacheRows(Dataset):
         }
 
 
-def pad(rows: Sequence[Sequence[int]], value: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, T]`` ids padded with ``value`` on ``side`` and the ``[B, T]`` mask of real tokens."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, span] = torch.as_tensor(row, dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
-
-
 class Collator:
     """Stacks the items of one dataset kind into a batch (see the module docstring for the layout)."""
 
@@ -134,14 +123,6 @@ class Collator:
         if self.kind == "heldout":
             batch["explanation"] = [item["explanation"] for item in items]
         return batch
-
-
-def pad_token_id(tokenizer) -> int:
-    """The id padding is written with; masked out everywhere, so EOS serves when there is no PAD."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
 
 
 class EpochSampler(DistributedSampler):

@@ -24,7 +24,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from nla.data.datasets import pad_token_id
+from nla.padding import pad_token_id
 from nla.errors import ConfigError
 from nla.grpo_loss import AGGREGATION_MODES, KL_ESTIMATORS, REWARD_KINDS, fraction_zero_spread
 from nla.maths import fve, fve_variance

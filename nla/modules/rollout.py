@@ -26,6 +26,7 @@ from nla.grpo_loss import (aggregate, batch_advantages, clipped_surrogate, group
 from nla.maths import normalized_mse
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.verbalizer import Verbalizer
+from nla.padding import pad
 
 
 @dataclass
@@ -101,12 +102,7 @@ def micro_batches(n: int, size: int) -> list[slice]:
 
 
 def right_padded(rows: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
-    width = max(1, max(len(row) for row in rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
+    ids, mask = pad(rows, pad_id, "right")
     return ids.to(device), mask.to(device)
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from nla.data.datasets import Collator, pad_token_id
+from nla.data.datasets import Collator
+from nla.padding import pad_token_id
 from nla.modules.verbalizer import Verbalizer, cjk_rate
 
 CONTEXT_TAIL_CHARS = 200

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from nla.marker import Marker
 from nla.modules import adapters
 from nla.modules.injection import InjectionStats, Injector
+from nla.padding import pad, pad_token_id
 from nla.prompts import parse_explanation, turn_closing
 
 CJK_RANGES = (
@@ -142,8 +143,7 @@ class Verbalizer(nn.Module):
 
     @property
     def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(pad if pad is not None else min(self.stop_ids))
+        return pad_token_id(self.tokenizer)
 
     def _left_padded(self, prompt_ids, attention_mask, device) -> tuple[Tensor, Tensor]:
         if isinstance(prompt_ids, Tensor):
@@ -154,13 +154,7 @@ class Verbalizer(nn.Module):
             return prompt_ids.to(device), attention_mask.to(device)
         if attention_mask is not None:
             raise ValueError("attention_mask is only taken with a tensor of prompt_ids; lists are padded here")
-        width = max(len(row) for row in prompt_ids)
-        ids = torch.full((len(prompt_ids), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(prompt_ids):
-            if row:
-                ids[i, width - len(row) :] = torch.tensor(row)
-                mask[i, width - len(row) :] = 1
+        ids, mask = pad(prompt_ids, self._pad_id, "left")
         return ids.to(device), mask.to(device)
 
     def _collect(self, generated: list[list[int]], stats: InjectionStats) -> Samples:

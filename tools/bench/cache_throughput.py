@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 
@@ -30,6 +29,7 @@ from nla.data.corpus import CorpusArgs
 from nla.data.splits import SplitArgs
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer, materialize_gguf
 from nla.packaged import smollm2_gguf
+from nla.padding import pad, pad_token_id
 
 WORDS = "river stone wheel miller sailor storm night teacher board number lantern harbour field letter".split()
 
@@ -45,13 +45,7 @@ def naive_seconds(model, corpus, cache, tokenizer) -> float:
     pairs = list(PlannedDocuments(corpus, tokenizer, cache, SplitArgs()))
     start = time.perf_counter()
     for batch in cache_writer.length_sorted_batches([len(doc.input_ids) for doc, _ in pairs], cache.batch_tokens):
-        width = len(pairs[batch[0]][0].input_ids)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(batch):
-            n = len(pairs[i][0].input_ids)
-            ids[row, :n] = torch.from_numpy(pairs[i][0].input_ids.astype(np.int64))
-            mask[row, :n] = 1
+        ids, mask = pad([pairs[i][0].input_ids.tolist() for i in batch], pad_token_id(tokenizer), "right")
         with torch.no_grad():
             hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         for row, i in enumerate(batch):

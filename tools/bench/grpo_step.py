@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from nla.data.datasets import pad_token_id
+from nla.padding import pad_token_id
 from nla.modules import adapters
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
 from nla.modules.reconstructor import Reconstructor
