@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cache": ("nla.data.cache_command:cache", "cache residual-stream activations to sharded memmaps"),
     "export": ("nla.export_command:export", "write a training checkpoint's AV/AR pair as HF directories"),
     "explain": ("nla.explain:explain", "explain a text's activations token by token with a trained AV/AR pair"),
+    "quickstart": ("nla.quickstart:quickstart", "the whole pipeline on CPU: cache, SFT, GRPO, held-out FVE table"),
 }
 
 

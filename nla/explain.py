@@ -20,6 +20,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from nla.errors import ConfigError, field_scope
+from nla.explain_html import check_page_path, write_page
 from nla.explain_render import render_table
 from nla.export import load_pair_with_meta, read_pair_meta
 from nla.maths import cosine, normalized_mse
@@ -163,6 +164,7 @@ def explain(
     max_new_tokens: int = 150,
     seed: int = 0,
     temperature: float = 0.0,
+    html: str | None = None,
 ) -> None:
     """Explain the activations of TEXT token by token with an NLA pair: for each position, the AV's
     explanation of the target model's layer-K residual, and how well the AR rebuilds the residual from
@@ -179,7 +181,11 @@ def explain(
         max_new_tokens: Cap on each explanation's length in tokens.
         seed: Seed of sampling when ``temperature`` is positive.
         temperature: 0 decodes greedily (the default); a positive value samples at that temperature.
+        html: Also write the round-trip explorer to this file: one self-contained page showing every
+            token, coloured by FVE or cosine, each explained one clickable for its explanation.
     """
+    if html is not None:
+        check_page_path(html)
     # Three models load per call; their progress bars would bury the table on the terminal.
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -192,3 +198,7 @@ def explain(
         print(jsonlib.dumps([asdict(row) for row in rows], ensure_ascii=False, indent=1))
     else:
         print(render_table(rows, variance, target))
+    if html is not None:
+        page = write_page(html, av, ar, text, rows, variance, target)
+        if not json:
+            print(f"page: {page}")

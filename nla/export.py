@@ -3,6 +3,8 @@
 Layout of an export ``DIR``::
 
     DIR/av/  HF causal LM (safetensors), tokenizer, nla_meta.yaml (role av), README.md
+             (or, for a LoRA AV exported unmerged, adapter_config.json + adapter_model.safetensors
+             in place of the HF model: loading puts the adapter back on the sidecar's base_model)
     DIR/ar/  truncated HF model (K + 1 blocks), value_head.safetensors, tokenizer, nla_meta.yaml (role ar), README.md
 
 Each side is written into a hidden staging directory beside it and renamed into place only once it
@@ -37,7 +39,7 @@ from nla.meta import (
     write_meta,
 )
 from nla.model_card import CARD_FILENAME, model_card
-from nla.modules import adapters
+from nla.modules import adapters, lora
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.verbalizer import Verbalizer
@@ -79,6 +81,7 @@ def export_pair(
     base_model: str,
     stage: str,
     training: dict,
+    merge_adapters: bool = True,
 ) -> dict[str, Path]:
     """Write ``directory/av`` and/or ``directory/ar`` (a ``None`` side is skipped and left as it was).
 
@@ -86,6 +89,8 @@ def export_pair(
     ``nla explain`` read these keys when present (see ``nla.model_card.TRAINING_FIELDS``):
     ``corpus``, ``documents``, ``split_sizes``, ``teacher``, ``steps``, ``heldout_fve``,
     ``heldout_variance`` (the rawvar baseline of the held-out split), ``heldout_mse``.
+    A LoRA AV is merged into its weights, or with ``merge_adapters=False`` written as its adapter
+    alone; a LoRA AR is always merged (the released AR layout has no adapter form).
     Returns ``{"av": path, "ar": path}`` for the sides written.
     """
     if verbalizer is None and reconstructor is None:
@@ -98,7 +103,7 @@ def export_pair(
         meta = pair_meta("av", d_model=d_model, injection_scale=verbalizer.injection_scale, **common)
 
         def write_av(staging: Path) -> None:
-            verbalizer.model.save_pretrained(staging)
+            lora.save_model(verbalizer.model, staging, merge_adapters, base_model)
             verbalizer.tokenizer.save_pretrained(staging)
             write_meta(meta, staging)
             (staging / CARD_FILENAME).write_text(model_card(meta), encoding="utf-8")
@@ -110,7 +115,8 @@ def export_pair(
         meta = pair_meta("ar", d_model=reconstructor.d_model, injection_scale=None, **common)
 
         def write_ar(staging: Path) -> None:
-            reconstructor.save_pretrained(staging, meta, prompts.tokenizer)
+            with lora.merged_saves(reconstructor.model):
+                reconstructor.save_pretrained(staging, meta, prompts.tokenizer)
             (staging / CARD_FILENAME).write_text(model_card(meta), encoding="utf-8")
 
         written["ar"] = _replace_directory(directory / "ar", write_ar)
@@ -186,21 +192,31 @@ def _sidecar(directory: str | Path, role: str, field: str) -> tuple[Path, NlaMet
     return directory, meta
 
 
-def _load_verbalizer(directory: str | Path, dtype: str, field: str) -> tuple[Verbalizer, Prompts, NlaMeta]:
+def _load_verbalizer(
+    directory: str | Path, dtype: str, field: str, quantization: str = "none", trainable: bool = False
+) -> tuple[Verbalizer, Prompts, NlaMeta]:
     directory, meta = _sidecar(directory, "av", field)
     args = BackboneArgs(str(directory), dtype=dtype)
     tokenizer = load_tokenizer(args)
     prompts = prompts_from_meta(meta, tokenizer, directory / "nla_meta.yaml")
-    model = load_causal_lm(args).eval()
+    if lora.is_adapter_dir(directory):
+        base = BackboneArgs(meta.base_model, dtype=dtype, quantization=quantization)
+        model = lora.load_adapter(load_causal_lm(base), directory, trainable).eval()
+    else:
+        model = load_causal_lm(BackboneArgs(str(directory), dtype=dtype, quantization=quantization)).eval()
     if adapters.hidden_size(model.config) != meta.d_model:
         raise ConfigError("d_model", f"is {meta.d_model} in {directory} but the model's hidden size is "
                           f"{adapters.hidden_size(model.config)}")
     return Verbalizer(model, tokenizer, prompts.marker, meta.extraction.injection_scale), prompts, meta
 
 
-def load_verbalizer(directory: str | Path, dtype: str = "auto") -> tuple[Verbalizer, Prompts]:
-    """The AV of an exported or released checkpoint directory, in eval mode, and its prompts."""
-    verbalizer, prompts, _ = _load_verbalizer(directory, dtype, "av")
+def load_verbalizer(
+    directory: str | Path, dtype: str = "auto", quantization: str = "none", trainable_adapter: bool = False
+) -> tuple[Verbalizer, Prompts]:
+    """The AV of an exported or released checkpoint directory, in eval mode, and its prompts.
+    ``quantization`` (``none``, ``8bit``, ``4bit``) is for frozen uses; an adapter-only export gets
+    its adapter back on the base model, trainable with ``trainable_adapter``."""
+    verbalizer, prompts, _ = _load_verbalizer(directory, dtype, "av", quantization, trainable_adapter)
     return verbalizer, prompts
 
 

@@ -12,9 +12,11 @@ RAISE_ON_ERROR = {"exit_on_error": False, "allow_abbrev": False}
 
 
 class NLALightningCLI(LightningCLI):
-    """Any LightningModule / LightningDataModule named by ``class_path`` in the config."""
+    """Any LightningModule / LightningDataModule named by ``class_path`` in the config. With
+    ``run=False`` (``args`` then holds no subcommand) it only builds trainer, model and datamodule, for
+    callers such as the quickstart that drive the stages themselves."""
 
-    def __init__(self, args: list[str] | None = None) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
             model_class=LightningModule,
             subclass_mode_model=True,
@@ -25,4 +27,5 @@ class NLALightningCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
             args=args,
+            run=run,
         )

@@ -58,3 +58,13 @@ def smollm2_dir() -> Path:
     except NLAError as missing:
         pytest.skip(str(missing))
     return materialize_gguf(str(gguf.parent), gguf.name)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-model tests: on the small shared CI machine, two
+    threads contending with other jobs make tiny models up to ten times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,7 +9,9 @@ from safetensors.torch import load_file
 from nla.cli import main
 from nla.export import load_pair
 from nla.meta import read_meta
-from tests.modules.test_sft import STEPS, fit, one_thread, shared  # noqa: F401  (fixtures)
+from tests.modules.test_sft import STEPS, fit, shared  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -132,7 +132,9 @@ def make_plan(
     tokenizer_key = tokenizer_hash(tokenizer)
     identity = {
         "format": FORMAT_VERSION,
-        "model": [model.name_or_path, model.gguf_file, model.revision, model.dtype],
+        # Quantization joins the key only when used, so caches built before it existed keep their fingerprint.
+        "model": [model.name_or_path, model.gguf_file, model.revision, model.dtype]
+        + ([model.quantization] if model.quantization != "none" else []),
         "tokenizer": tokenizer_key,
         "corpus": corpus_fingerprint(corpus, tokenizer_key),
         "layer": layer,

@@ -92,6 +92,7 @@ def finalize(
             "name_or_path": model.name_or_path,
             "gguf_file": model.gguf_file,
             "revision": model.revision,
+            "quantization": model.quantization,
             "model_type": config.model_type,
             "num_layers": adapters.num_layers(config),
         },

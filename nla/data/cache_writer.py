@@ -150,7 +150,8 @@ def build_cache(
     remove_stale_temporaries(directory, todo, own_top_level=rank == 0)
     if todo:
         network = load_causal_lm(model, keep_layers=layer + 1, config=config).eval()
-        if torch.cuda.is_available():
+        # A bitsandbytes model is placed on the GPU as it loads and refuses to be moved.
+        if torch.cuda.is_available() and not getattr(network, "is_quantized", False):
             network = network.cuda()
         pad_id = pad_token_id(tokenizer)
         width = max(doc.length for doc in plan.documents)

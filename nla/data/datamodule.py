@@ -139,6 +139,7 @@ class NLADataModule(LightningDataModule):
         return (
             [recorded.get(key) for key in ("name_or_path", "gguf_file", "revision")]
             == [model.name_or_path, model.gguf_file, model.revision]
+            and recorded.get("quantization", "none") == model.quantization
             and {key: meta.get("corpus", {}).get(key) for key in wanted_corpus} == wanted_corpus
             and meta.get("positions") == {"per_document": cache.positions_per_document, "seed": cache.seed}
             and meta.get("splits") == asdict(self.split_args)
@@ -146,13 +147,17 @@ class NLADataModule(LightningDataModule):
             and meta.get("layer") == layer
         )
 
+    def cache_ready(self) -> bool:
+        """Whether a finished cache of this configuration is on disk (``prepare_data`` then reuses it)."""
+        meta_path = Path(self.cache_args.directory) / META
+        return meta_path.is_file() and self._cache_is_current(json.loads(meta_path.read_text()))
+
     def prepare_data(self) -> None:
         """Build the cache if it is missing or from another configuration, then write the teacher
         summaries that are missing. Runs in one process per node, so the cache is written by that
         process alone; run ``nla cache`` under torchrun first to spread caching over several GPUs."""
         directory = Path(self.cache_args.directory)
-        meta_path = directory / META
-        if not (meta_path.is_file() and self._cache_is_current(json.loads(meta_path.read_text()))):
+        if not self.cache_ready():
             build_cache(self.model_args, self.corpus_args, self.cache_args, self.split_args, rank=0, world_size=1)
         with field_scope("model"):
             tokenizer = load_tokenizer(self.model_args)

@@ -46,6 +46,11 @@ class BackboneArgs:
     value transformers accepts (``sdpa``, ``eager``, ``flash_attention_2``)."""
     trust_remote_code: bool = False
     """Run modelling code shipped with the checkpoint. Off unless you trust its author."""
+    quantization: str = "none"
+    """``none``, ``8bit`` (LLM.int8) or ``4bit`` (NF4, computing in ``dtype``) through bitsandbytes
+    (the ``quant`` extra). Frozen models only (the target while caching, the GRPO reference): a
+    model that trains refuses it. A quantized model is loaded straight onto the current CUDA device
+    when there is one, since 8-bit models cannot be moved after loading."""
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -151,6 +156,34 @@ def _hub_error(args: BackboneArgs, error: Exception) -> NLAError:
     return NLAError(f"name_or_path: cannot load '{args.name_or_path}' ({first_line})")
 
 
+QUANTIZATIONS = ("none", "8bit", "4bit")
+
+
+def check_trainable(args: BackboneArgs) -> None:
+    """Refuse a quantized model where it would train: its int8/NF4 weights take no optimizer step."""
+    if args.quantization != "none":
+        raise ConfigError("quantization", f"is {args.quantization!r} but this model trains; quantization is "
+                          "for frozen models only (the cache target, the GRPO reference): set it to none")
+
+
+def _quantization_kwargs(args: BackboneArgs) -> dict:
+    if args.quantization == "none":
+        return {}
+    if args.quantization not in QUANTIZATIONS:
+        raise ConfigError("quantization", f"must be one of {', '.join(QUANTIZATIONS)}, got {args.quantization!r}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("quantization", f"{args.quantization} needs bitsandbytes: pip install 'nla[quant]'")
+    from transformers import BitsAndBytesConfig
+
+    if args.quantization == "8bit":
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                    bnb_4bit_compute_dtype=resolve_dtype(args.dtype))
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    return {"quantization_config": config, "device_map": {"": device}}
+
+
 def load_config(args: BackboneArgs) -> PretrainedConfig:
     name, common = _resolved(args)
     try:
@@ -187,6 +220,7 @@ def load_causal_lm(
                 config=config,
                 dtype=resolve_dtype(args.dtype),
                 attn_implementation=resolve_attn_implementation(args.attn_implementation, config),
+                **_quantization_kwargs(args),
                 **common,
             )
     except (OSError, ValueError) as error:

@@ -25,13 +25,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from nla.padding import pad_token_id
-from nla.errors import ConfigError
+from nla.errors import ConfigError, field_scope
 from nla.grpo_loss import AGGREGATION_MODES, KL_ESTIMATORS, REWARD_KINDS, fraction_zero_spread
 from nla.maths import fve, fve_variance
-from nla.modules.backbone import load_causal_lm
+from nla.modules import fsdp, lora, optim
+from nla.modules.backbone import check_trainable, load_causal_lm
 from nla.modules.grpo_eval import heldout_fve, memory_probe, sample_table
 from nla.modules.reconstructor import Reconstructor
-from nla.modules.reference import DEVICES, FrozenCopy
+from nla.modules.reference import DEVICES, build_reference
 from nla.modules.rollout import RolloutArgs, ar_loss, av_loss, collect
 from nla.modules.verbalizer import Verbalizer, cjk_rate
 
@@ -62,9 +63,14 @@ class GRPOModule(LightningModule):
         eval_every_n_steps: int = 25,
         eval_max_batches: int | None = None,
         export_dir: str | None = None,
+        final_export_dir: str | None = None,
         samples_every_n_steps: int = 25,
         seed: int = 0,
         memory_probe: bool = True,
+        optimizer: str = "adamw",
+        verbalizer_lora: lora.LoraArgs | None = None,
+        reconstructor_lora: lora.LoraArgs | None = None,
+        reference_quantization: str = "none",
     ) -> None:
         """
         Args:
@@ -91,10 +97,20 @@ class GRPOModule(LightningModule):
             eval_every_n_steps: Held-out greedy AV -> AR evaluation (``val/fve``) every N steps.
             eval_max_batches: Held-out batches per evaluation (None: all).
             export_dir: Where the pair with the best ``val/fve`` so far is exported (None: no export).
+            final_export_dir: Where the pair at the end of training is exported (None: no export).
+                Comparing stages on the held-out split needs this one: the best pair was chosen on
+                that same split, so its score there is biased upwards.
             samples_every_n_steps: A TensorBoard text table of rollout samples every N steps.
             seed: Seed of the rollout sampling (combined with the step).
             memory_probe: Before the first step, run one forward+backward of each model at the
                 longest sequence a step can produce, so an out-of-memory shows at once.
+            optimizer: ``adamw``, ``adamw8bit`` or ``paged_adamw8bit`` (CUDA only), for both models.
+            verbalizer_lora: Train the AV through a LoRA adapter. When the SFT export holds an adapter
+                (exported unmerged), RL continues that adapter and only ``merge_on_export`` is read here.
+                The KL reference is then a frozen copy of the starting adapter on the same base.
+            reconstructor_lora: Train the AR's blocks through a LoRA adapter (its head stays fully trained).
+            reference_quantization: ``none``, ``8bit`` or ``4bit``: load the frozen reference AV from
+                ``sft_export`` in that precision instead of copying the policy (bitsandbytes).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -115,9 +131,10 @@ class GRPOModule(LightningModule):
         self.reconstructor: Reconstructor | None = None
         self.best_fve = float("-inf")
 
-    def setup(self, stage: str) -> None:
+    def configure_model(self) -> None:
         """Build both models (once; a checkpoint's weights are loaded over them afterwards) and the
-        frozen reference from the starting AV."""
+        frozen reference from the starting AV. Sharding strategies (``nla.modules.fsdp``) shard them
+        right after this hook."""
         if self.verbalizer is not None:
             return
         dm, hp = self.trainer.datamodule, self.hparams
@@ -127,6 +144,8 @@ class GRPOModule(LightningModule):
                               f"{dm.batch_size}; the rl batch size is the number of prompts per step")
         if hp.sft_export is None:
             rank_zero_warn("model.sft_export is unset: GRPO starts from the target model itself (ablation only)")
+            with field_scope("data.model"):
+                check_trainable(dm.model_args)
             scale = hp.injection_scale or dm.auto_injection_scale
             verbalizer = Verbalizer(load_causal_lm(dm.model_args), dm.tokenizer, dm.marker, scale)
             reconstructor = Reconstructor.from_backbone(dm.model_args, dm.layer)
@@ -134,18 +153,23 @@ class GRPOModule(LightningModule):
             from nla.export import load_verbalizer
 
             root = Path(hp.sft_export)
-            verbalizer, prompts = load_verbalizer(root / "av", dtype=dm.model_args.dtype)
+            verbalizer, prompts = load_verbalizer(root / "av", dtype=dm.model_args.dtype, trainable_adapter=True)
             reconstructor = Reconstructor.from_pretrained(root / "ar", dtype=dm.model_args.dtype)
             if prompts.av_prompt_ids != dm.prompts.av_prompt_ids or reconstructor.layer != dm.layer:
                 raise ConfigError("model.sft_export", f"{root} was trained with other prompts or another layer "
                                   f"than data (layer {dm.layer}); use the data settings of the SFT run")
+        if hp.verbalizer_lora is not None and not lora.has_lora(verbalizer.model):
+            lora.wrap(verbalizer.model, hp.verbalizer_lora, "model.verbalizer_lora")
+        if hp.reconstructor_lora is not None:
+            lora.wrap(reconstructor.model, hp.reconstructor_lora, "model.reconstructor_lora")
         self.verbalizer, self.reconstructor = verbalizer, reconstructor
-        self.reference = FrozenCopy(verbalizer, hp.reference_device)
+        self.reference = build_reference(verbalizer, hp.sft_export, hp.reference_quantization, hp.reference_device,
+                                         dm.model_args.dtype)
 
     def configure_optimizers(self):
         hp = self.hparams
-        return [torch.optim.AdamW(module.parameters(), lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-                for module, lr in ((self.verbalizer, hp.av_lr), (self.reconstructor, hp.ar_lr))]
+        return [optim.adamw([optim.param_group(name, module, lr)], hp.betas, hp.weight_decay, hp.optimizer)
+                for name, module, lr in (("av", self.verbalizer, hp.av_lr), ("ar", self.reconstructor, hp.ar_lr))]
 
     def on_train_start(self) -> None:
         b = self.trainer.datamodule.batch_size
@@ -228,29 +252,41 @@ class GRPOModule(LightningModule):
         orthogonal) and export the pair when it beats the best so far. Hooks outside training steps
         cannot ``self.log``, so they pass ``progress_bar=False`` and only the loggers record it."""
         dm, hp = self.trainer.datamodule, self.hparams
-        result = heldout_fve(self.verbalizer, self.reconstructor, self.prompts, dm.val_dataloader(),
-                             dm.d, dm.heldout_variance, self.args, hp.eval_max_batches, pad_token_id(dm.tokenizer))
+        with fsdp.gathered(self.verbalizer, self.reconstructor):
+            result = heldout_fve(self.verbalizer, self.reconstructor, self.prompts, dm.val_dataloader(), dm.d,
+                                 dm.heldout_variance, self.args, hp.eval_max_batches, pad_token_id(dm.tokenizer))
         if progress_bar:
             self.log_dict({f"val/{k}": torch.as_tensor(v, dtype=torch.float32) for k, v in result.items()},
                           on_step=True, on_epoch=False, logger=False)
         for logger in self.loggers:
             logger.log_metrics({f"val/{k}": float(v) for k, v in result.items()}, step=self.global_step)
         value = float(result["fve"])
-        if value > self.best_fve:
+        # Rank 0 decides: exporting sharded models is collective, so every process must agree.
+        if self.trainer.strategy.broadcast(value > self.best_fve):
             self.best_fve = value
-            if hp.export_dir is not None and self.trainer.is_global_zero:
+            if hp.export_dir is not None:
                 self._export(value, result)
         return value
 
-    def _export(self, value: float, result: dict) -> None:
+    def on_fit_end(self) -> None:
+        if self.hparams.final_export_dir is not None:
+            self._export(None, None, self.hparams.final_export_dir)
+
+    def _export(self, value: float | None, result: dict | None, directory: str | None = None) -> None:
         from nla.export import export_pair
 
+        # Every process calls this: sharded weights are gathered together, then only rank 0 writes.
+        verbalizer, reconstructor = fsdp.full_copies(self.verbalizer, self.reconstructor)
+        if not self.trainer.is_global_zero:
+            return
         dm = self.trainer.datamodule
-        training = {"steps": self.global_step, "heldout_fve": value, "heldout_mse": float(result["mse"]),
-                    "heldout_variance": dm.heldout_variance, "sft_export": self.hparams.sft_export}
-        export_pair(self.hparams.export_dir, verbalizer=self.verbalizer, reconstructor=self.reconstructor,
+        training = {"steps": self.global_step, "heldout_variance": dm.heldout_variance,
+                    "sft_export": self.hparams.sft_export}
+        if result is not None:
+            training.update(heldout_fve=value, heldout_mse=float(result["mse"]))
+        export_pair(directory or self.hparams.export_dir, verbalizer=verbalizer, reconstructor=reconstructor,
                     prompts=self.prompts, layer=self.layer, base_model=dm.model_args.name_or_path,
-                    stage="grpo", training=training)
+                    stage="grpo", training=training, merge_adapters=lora.merge_on_export(self.hparams.verbalizer_lora))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nla_best_fve"] = self.best_fve

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from nla.marker import Marker, find_marker_slots
 from nla.maths import rescale
+from nla.modules.packing import find_packed_marker_slots
 
 
 @dataclass
@@ -56,14 +57,19 @@ class Injector:
         self.stats = InjectionStats()
         self._vectors: Tensor | None = None
         self._once = False
+        self._cu_seqlens: Tensor | None = None
         self._handle = embeddings.register_forward_hook(self._hook)
 
-    def load(self, vectors: Tensor, once: bool) -> None:
+    def load(self, vectors: Tensor, once: bool, cu_seqlens: Tensor | None = None) -> None:
         """Inject ``vectors`` [B, d] from the next embedding call on; ``once`` disarms after the first
-        call that injects. The vectors are data: they are detached, no gradient reaches them."""
+        call that injects. The vectors are data: they are detached, no gradient reaches them.
+        ``cu_seqlens`` [B + 1] announces packed calls: one row [1, N] holding the B sequences
+        ``cu_seqlens[i]:cu_seqlens[i+1]``, each with its own slot."""
         if vectors.dim() != 2:
             raise ValueError(f"vectors must be [batch, d], got shape {tuple(vectors.shape)}")
-        self._vectors, self._once = vectors.detach(), once
+        if cu_seqlens is not None and cu_seqlens.numel() != vectors.shape[0] + 1:
+            raise ValueError(f"{vectors.shape[0]} vectors loaded for {cu_seqlens.numel() - 1} packed sequences")
+        self._vectors, self._once, self._cu_seqlens = vectors.detach(), once, cu_seqlens
         self.stats = InjectionStats(rows=vectors.shape[0])
 
     def unload(self) -> None:
@@ -86,12 +92,16 @@ class Injector:
         input_ids = args[0] if args else None
         if input_ids is None:
             raise ValueError("the embedding module was called without input ids; the marker slot cannot be found")
-        if input_ids.shape[0] != self._vectors.shape[0]:
+        if self._cu_seqlens is None and input_ids.shape[0] != self._vectors.shape[0]:
             raise ValueError(f"{self._vectors.shape[0]} vectors loaded for a batch of {input_ids.shape[0]} rows")
         if output.shape[-1] != self._vectors.shape[-1]:
             raise ValueError(f"vectors have d={self._vectors.shape[-1]} but the embeddings have d={output.shape[-1]}")
-        slots = find_marker_slots(input_ids, self.marker)
-        rows = torch.arange(input_ids.shape[0], device=output.device)
+        if self._cu_seqlens is None:
+            slots = find_marker_slots(input_ids, self.marker)
+            rows = torch.arange(input_ids.shape[0], device=output.device)
+        else:
+            slots = find_packed_marker_slots(input_ids, self.marker, self._cu_seqlens)
+            rows = torch.zeros_like(slots, device=output.device)
         values = rescale(self._vectors.to(output.device), self.scale).to(output.dtype)
         # Out of place: the embedding output may be needed by autograd for the weight gradient.
         injected = output.index_put((rows, slots.to(output.device)), values)

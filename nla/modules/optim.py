@@ -26,8 +26,20 @@ def param_group(name: str, module: nn.Module, lr: float) -> dict:
     return {"name": name, "params": params, "lr": lr}
 
 
-def adamw(groups: Iterable[dict], betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over ``groups`` (from ``param_group``); every group keeps its own ``lr``."""
+OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
+
+
+def adamw(
+    groups: Iterable[dict], betas: tuple[float, float], weight_decay: float, kind: str = "adamw"
+) -> torch.optim.Optimizer:
+    """AdamW over ``groups`` (from ``param_group``); every group keeps its own ``lr``.
+
+    ``kind``: ``adamw`` (torch), ``adamw8bit`` (bitsandbytes: both moments stored in 8 bits, a quarter
+    of the optimizer memory; tensors under 4096 elements keep 32-bit state) or ``paged_adamw8bit``
+    (the same with its state in CUDA unified memory, paged out to host RAM under memory pressure).
+    """
+    if kind not in OPTIMIZERS:
+        raise ConfigError("model.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
     groups = list(groups)
     if not groups:
         raise ConfigError("model", "nothing to train: enable at least one model")
@@ -38,7 +50,20 @@ def adamw(groups: Iterable[dict], betas: tuple[float, float], weight_decay: floa
         raise ConfigError("model.betas", f"must lie in [0, 1), got {tuple(betas)}")
     if weight_decay < 0:
         raise ConfigError("model.weight_decay", f"must be >= 0, got {weight_decay}")
-    return torch.optim.AdamW(groups, betas=tuple(betas), weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, betas=tuple(betas), weight_decay=weight_decay)
+    return _bnb_adamw(kind)(groups, betas=tuple(betas), weight_decay=weight_decay)
+
+
+def _bnb_adamw(kind: str) -> type[torch.optim.Optimizer]:
+    if kind == "paged_adamw8bit" and not torch.cuda.is_available():
+        raise ConfigError("model.optimizer", "paged_adamw8bit pages its state through CUDA unified memory and "
+                          "needs a CUDA device; use adamw8bit on this machine")
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ConfigError("model.optimizer", f"{kind} needs bitsandbytes: pip install 'nla[quant]'") from None
+    return bitsandbytes.optim.PagedAdamW8bit if kind == "paged_adamw8bit" else bitsandbytes.optim.AdamW8bit
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -20,6 +20,7 @@ from nla.maths import normalized_mse
 from nla.meta import META_FILENAME, NlaMeta, read_meta, write_meta
 from nla.modules import adapters
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_config
+from nla.modules.packing import attention_kwargs, check_packed, pack, use_packing
 
 VALUE_HEAD_FILENAME = "value_head.safetensors"
 
@@ -41,8 +42,12 @@ class Reconstructor(nn.Module):
     which the target never normalises, and never needs logits.
     """
 
-    def __init__(self, model: PreTrainedModel, layer: int, head_weight: Tensor | None = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, layer: int, head_weight: Tensor | None = None, packed: bool | str = "auto"
+    ) -> None:
         super().__init__()
+        # ``auto`` packs exactly when the model runs flash attention, the one kernel that skips padding.
+        self.packed = check_packed(packed, "reconstructor.packed")
         blocks = adapters.num_layers(model.config)
         if blocks != layer + 1 or len(adapters.decoder_layers(model)) != layer + 1:
             raise ConfigError("model.layer", f"the AR for layer {layer} needs {layer + 1} blocks, got {blocks}")
@@ -82,6 +87,8 @@ class Reconstructor(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Predicted activation ``[B, d]`` in float32, read at each row's last real token."""
+        if use_packing(self.packed, self.model):
+            return self._forward_packed(input_ids, attention_mask)
         last = last_real_token(attention_mask)
         # Positions from the mask, not the sequence index: several families count from the left edge,
         # which would shift every position of a left-padded row.
@@ -91,6 +98,13 @@ class Reconstructor(nn.Module):
         ).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return self.head(hidden[rows, last].float())
+
+    def _forward_packed(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The same prediction from all rows packed into one padding-free row; positions restart per row."""
+        packed = pack(input_ids, attention_mask)
+        kwargs = attention_kwargs(packed, self.model.config, self.model.dtype)
+        hidden = adapters.decoder(self.model)(input_ids=packed.input_ids, use_cache=False, **kwargs).last_hidden_state
+        return self.head(hidden[0, packed.last].float())
 
     @staticmethod
     def loss(pred: Tensor, target: Tensor) -> Tensor:

@@ -3,7 +3,8 @@
 A reference only has to answer ``logprobs(rollout, micro)``: the log-probs it gives the rollout's
 sampled tokens, with the vectors injected as in every other pass. ``FrozenCopy`` holds a full frozen
 copy of the starting AV; a LoRA variant can answer the same call by switching the shared base to a
-frozen copy of the starting adapter, with no change to the rollout code.
+frozen copy of the starting adapter, with no change to the rollout code (``AdapterReference``), and
+``FrozenModel`` holds a separately loaded AV (the SFT export in 8 or 4 bits).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch
 from torch import Tensor
 
 from nla.errors import ConfigError
+from nla.modules import lora
+from nla.modules.backbone import QUANTIZATIONS
 from nla.modules.rollout import Rollout, policy_logprobs
 from nla.modules.verbalizer import Verbalizer
 
@@ -47,6 +50,8 @@ class FrozenCopy:
         self.offload = device == "cpu"
         if self.offload:
             self.verbalizer.to("cpu")
+        self.sharded = False
+        """Set by ``nla.modules.fsdp`` once FSDP2 owns the placement (host memory via its CPU offload)."""
 
     @property
     def device(self) -> torch.device:
@@ -54,9 +59,59 @@ class FrozenCopy:
 
     def logprobs(self, rollout: Rollout, micro: int) -> Tensor:
         target = rollout.input_ids.device
-        if self.device != target:
+        if self.device != target and not self.sharded:
             self.verbalizer.to(target)
         chosen, _ = policy_logprobs(self.verbalizer, rollout, micro)
-        if self.offload and target.type != "cpu":
+        if self.offload and target.type != "cpu" and not self.sharded:
             self.verbalizer.to("cpu")
         return chosen
+
+
+class AdapterReference:
+    """The starting AV as a frozen copy of its LoRA adapter (named ``reference``) on the policy's own
+    base weights: the scoring pass switches every LoRA layer to it and back, so no second base model
+    exists. The copy is a parameter of the policy module, frozen, and restored with it on resume."""
+
+    NAME = "reference"
+
+    def __init__(self, verbalizer: Verbalizer) -> None:
+        if not lora.has_lora(verbalizer.model):
+            raise ValueError("AdapterReference needs an AV with a LoRA adapter")
+        lora.add_frozen_copy(verbalizer.model, self.NAME)
+        self.verbalizer = verbalizer
+
+    def logprobs(self, rollout: Rollout, micro: int) -> Tensor:
+        with lora.using(self.verbalizer.model, self.NAME):
+            chosen, _ = policy_logprobs(self.verbalizer, rollout, micro)
+        return chosen
+
+
+class FrozenModel:
+    """An AV loaded on its own for the reference (e.g. quantized), used where it was loaded: 8-bit
+    models cannot move between devices."""
+
+    def __init__(self, verbalizer: Verbalizer) -> None:
+        self.verbalizer = verbalizer.requires_grad_(False).eval()
+
+    def logprobs(self, rollout: Rollout, micro: int) -> Tensor:
+        chosen, _ = policy_logprobs(self.verbalizer, rollout, micro)
+        return chosen
+
+
+def build_reference(verbalizer: Verbalizer, sft_export: str | None, quantization: str, device: str,
+                    dtype: str) -> Reference:
+    """The GRPO reference for ``verbalizer`` (the policy as RL starts): the SFT export's AV loaded
+    again in ``quantization`` when that is not ``none``; else a frozen adapter copy when the AV trains
+    with LoRA; else a full frozen copy on ``device``."""
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError("model.reference_quantization", f"must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    if quantization != "none":
+        if sft_export is None:
+            raise ConfigError("model.reference_quantization", "loads the reference from model.sft_export; set it")
+        from nla.export import load_verbalizer
+
+        reference, _ = load_verbalizer(f"{sft_export}/av", dtype=dtype, quantization=quantization)
+        return FrozenModel(reference)
+    if lora.has_lora(verbalizer.model):
+        return AdapterReference(verbalizer)
+    return FrozenCopy(verbalizer, device)

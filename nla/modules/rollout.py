@@ -19,11 +19,13 @@ from dataclasses import dataclass
 import time
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from nla.grpo_loss import (aggregate, batch_advantages, clipped_surrogate, group_advantages, kl_penalty,
                            penalized_rewards, trim_at_end_of_turn)
 from nla.maths import normalized_mse
+from nla.modules import fsdp
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.verbalizer import Verbalizer
 from nla.padding import pad
@@ -158,8 +160,10 @@ def collect(verbalizer: Verbalizer, reconstructor: Reconstructor, reference, pro
     prompt_mask = batch["attention_mask"].repeat_interleave(group, dim=0)
     vectors = batch["vector"].repeat_interleave(group, dim=0)
     began = time.perf_counter()
-    samples = verbalizer.sample(vectors, prompt_ids, prompt_mask, max_new_tokens=args.max_new_tokens,
-                                temperature=args.temperature, seed=seed)
+    # Sharded: gathered once for the whole loop, since processes stop decoding at different steps.
+    with fsdp.gathered(verbalizer):
+        samples = verbalizer.sample(vectors, prompt_ids, prompt_mask, max_new_tokens=args.max_new_tokens,
+                                    temperature=args.temperature, seed=seed)
     sampled = time.perf_counter()
     device = prompt_ids.device
     prompts_real = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())]
@@ -172,8 +176,9 @@ def collect(verbalizer: Verbalizer, reconstructor: Reconstructor, reference, pro
     mse = torch.full((len(explanations),), float("nan"), device=device)
     kept = valid.nonzero().squeeze(1)
     if len(kept):
-        predicted = reconstruct(reconstructor, prompts, [explanations[i] for i in kept.tolist()],
-                                args.micro_batch_size, pad_id)
+        with fsdp.gathered(reconstructor):
+            predicted = reconstruct(reconstructor, prompts, [explanations[i] for i in kept.tolist()],
+                                    args.micro_batch_size, pad_id)
         mse[kept] = normalized_mse(predicted, vectors[kept].float()).to(mse.dtype)
     rewards = penalized_rewards(torch.nan_to_num(mse, nan=2.0), valid, args.reward).view(-1, group)
     advantages = (group_advantages if args.advantage == "group" else batch_advantages)(rewards).reshape(-1)
@@ -223,15 +228,37 @@ def av_loss(verbalizer: Verbalizer, rollout: Rollout, args: RolloutArgs,
 def ar_loss(reconstructor: Reconstructor, prompts, rollout: Rollout, micro: int, pad_id: int,
             backward: Callable[[Tensor], None]) -> float | None:
     """Normalised MSE of the AR on the rollout's valid answers (explanation -> vector), one
-    ``backward`` per micro-batch; None when no answer was valid (nothing to train on)."""
+    ``backward`` per micro-batch; None when no answer was valid (nothing to train on). Across
+    processes: the mean over every process's valid answers, each process running as many passes as
+    the busiest one, and None everywhere only when no process has a valid answer."""
     kept = rollout.valid.nonzero().squeeze(1).tolist()
-    if not kept:
+    rows_everywhere, passes, processes = _across_processes(len(kept), -(-len(kept) // micro), rollout.vectors.device)
+    if not rows_everywhere:
         return None
     device, total = reconstructor.head.weight.device, 0.0
-    for part in micro_batches(len(kept), micro):
-        rows = kept[part]
-        ids, mask = right_padded([prompts.ar_ids(rollout.explanations[i]) for i in rows], pad_id, device)
-        loss = Reconstructor.loss(reconstructor(ids, mask), rollout.vectors[rows].float()) * (len(rows) / len(kept))
+    for index in range(passes):
+        rows = kept[index * micro:(index + 1) * micro]
+        # A process out of rows still runs the pass (sharded models communicate in each), weightless.
+        texts = [rollout.explanations[i] for i in rows] or [""]
+        ids, mask = right_padded([prompts.ar_ids(text) for text in texts], pad_id, device)
+        predicted = reconstructor(ids, mask)
+        if rows:
+            # Gradients are averaged over processes: x processes / all rows makes that the mean over all rows.
+            weight = len(rows) * processes / rows_everywhere
+            loss = Reconstructor.loss(predicted, rollout.vectors[rows].float()) * weight
+        else:
+            loss = predicted.sum() * 0.0
         backward(loss)
         total += float(loss.detach())
     return total
+
+
+def _across_processes(rows: int, passes: int, device) -> tuple[int, int, int]:
+    """``rows`` summed and ``passes`` maxed over the processes, and their number (this process's own
+    values without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows, passes, 1
+    total, most = torch.tensor([rows], device=device), torch.tensor([passes], device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(total), int(most), dist.get_world_size()

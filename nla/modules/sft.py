@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,8 +23,8 @@ from nla.data.datasets import IGNORE
 from nla.errors import ConfigError, field_scope
 from nla.export import export_pair
 from nla.metrics import FractionOfVarianceExplained
-from nla.modules import optim
-from nla.modules.backbone import load_causal_lm
+from nla.modules import fsdp, lora, optim
+from nla.modules.backbone import check_trainable, load_causal_lm
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.sample_table import sample_rows, sample_table
 from nla.modules.verbalizer import Verbalizer
@@ -50,6 +50,9 @@ class SFTModule(LightningModule):
         export_dir: str | None = None,
         dtype: str | None = None,
         peak_tflops: float = 989.0,
+        optimizer: str = "adamw",
+        verbalizer_lora: lora.LoraArgs | None = None,
+        reconstructor_lora: lora.LoraArgs | None = None,
     ) -> None:
         """
         Args:
@@ -76,6 +79,12 @@ class SFTModule(LightningModule):
             dtype: Override of ``data.model.dtype`` for the trained models (``float32``, ``bfloat16``).
             peak_tflops: Dense bf16 peak of one accelerator, for MFU (H100 SXM: 989). MFU is logged on
                 CUDA only, as 6 x trainable parameters x real tokens per second over this peak.
+            optimizer: ``adamw``, ``adamw8bit`` or ``paged_adamw8bit`` (CUDA only); the 8-bit ones need
+                bitsandbytes (``nla[quant]``).
+            verbalizer_lora: Train a LoRA adapter on the AV instead of all its weights (``nla[lora]``);
+                its ``merge_on_export`` decides the exported AV layout.
+            reconstructor_lora: Train a LoRA adapter on the AR's blocks; its head stays fully trainable
+                and the export is always merged.
         """
         super().__init__()
         if not (train_verbalizer or train_reconstructor):
@@ -130,15 +139,21 @@ class SFTModule(LightningModule):
                               f"{datamodule.cache.directory} was built from {cached!r}; rebuild it or fix the path")
         self.prompts, self.layer, self.base_model = datamodule.prompts, datamodule.layer, args.name_or_path
         self.data_provenance = provenance(datamodule)
+        with field_scope("data.model"):
+            check_trainable(args)
         if hp.train_verbalizer:
             scale = self._injection_scale(datamodule)
             with field_scope("data.model"):
                 model = load_causal_lm(args)
+            if hp.verbalizer_lora is not None:
+                lora.wrap(model, hp.verbalizer_lora, "model.verbalizer_lora")
             # from_pretrained returns eval mode, and Lightning no longer switches modules to train mode.
             self.verbalizer = Verbalizer(model.train(), datamodule.tokenizer, datamodule.marker, scale)
         if hp.train_reconstructor:
             with field_scope("data.model"):
                 self.reconstructor = Reconstructor.from_backbone(args, datamodule.layer).train()
+            if hp.reconstructor_lora is not None:
+                lora.wrap(self.reconstructor.model, hp.reconstructor_lora, "model.reconstructor_lora")
             self.fve = FractionOfVarianceExplained(datamodule.d, variance=datamodule.heldout_variance)
 
     def _injection_scale(self, datamodule) -> float:
@@ -160,7 +175,7 @@ class SFTModule(LightningModule):
             groups.append(optim.param_group("verbalizer", self.verbalizer, hp.verbalizer_lr))
         if self.reconstructor is not None:
             groups.append(optim.param_group("reconstructor", self.reconstructor, hp.reconstructor_lr))
-        optimizer = optim.adamw(groups, hp.betas, hp.weight_decay)
+        optimizer = optim.adamw(groups, hp.betas, hp.weight_decay, hp.optimizer)
         steps = hp.schedule_steps or optim.total_steps(self.trainer)
         schedule = optim.warmup_cosine_schedule(optimizer, hp.warmup_steps, steps)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
@@ -208,7 +223,8 @@ class SFTModule(LightningModule):
         """Add a table of greedy held-out samples to every TensorBoard logger, and log their CJK rate."""
         if self._samples is None:
             self._samples = sample_rows(self.trainer.datamodule, self.hparams.num_samples)
-        table, rate = sample_table(self.verbalizer, self._samples, self.hparams.max_new_tokens)
+        with fsdp.gathered(self.verbalizer):
+            table, rate = sample_table(self.verbalizer, self._samples, self.hparams.max_new_tokens)
         self.log("samples/cjk_rate", rate, batch_size=1)
         if self.trainer.is_global_zero:
             for logger in self.loggers:
@@ -248,8 +264,11 @@ class SFTModule(LightningModule):
     # ---- export ---------------------------------------------------------------------------------
 
     def on_fit_end(self) -> None:
-        if self.hparams.export_dir and self.trainer.is_global_zero:
-            self.export(self.hparams.export_dir)
+        if self.hparams.export_dir:
+            # Sharded weights are gathered by every process together; only rank 0 writes.
+            models = fsdp.full_copies(self.verbalizer, self.reconstructor)
+            if self.trainer.is_global_zero:
+                self.export(self.hparams.export_dir, models=models)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Kept so `nla export` from a checkpoint records the same held-out scores as an end-of-fit export.
@@ -258,23 +277,26 @@ class SFTModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.last_validation = dict(checkpoint.get("nla_last_validation", {}))
 
-    def export(self, directory: str | Path, steps: int | None = None) -> dict[str, Path]:
+    def export(self, directory: str | Path, steps: int | None = None, models: tuple | None = None) -> dict[str, Path]:
         """Write the trained pair as ``directory/av`` and ``directory/ar`` (``nla.export``); ``steps``
-        (recorded in the sidecars) defaults to the trainer's global step."""
+        (recorded in the sidecars) defaults to the trainer's global step; ``models`` replaces
+        ``(self.verbalizer, self.reconstructor)`` (unsharded copies from ``fsdp.full_copies``)."""
         if self.prompts is None:
             raise RuntimeError("export needs the models: call build(datamodule) or fit first")
         training = {
             **self.data_provenance,
             "steps": int(self.global_step if steps is None else steps),
-            "hparams": {key: list(value) if isinstance(value, tuple) else value for key, value in self.hparams.items()},
+            "hparams": {key: list(value) if isinstance(value, tuple) else asdict(value) if is_dataclass(value) else value
+                        for key, value in self.hparams.items()},
         }
         if "val/fve" in self.last_validation:
             training.update(heldout_fve=self.last_validation["val/fve"], heldout_mse=self.last_validation["val/ar_loss"])
         if "val/av_loss_gap" in self.last_validation:
             training["heldout_av_loss_gap"] = self.last_validation["val/av_loss_gap"]
-        return export_pair(directory, verbalizer=self.verbalizer, reconstructor=self.reconstructor,
+        verbalizer, reconstructor = models or (self.verbalizer, self.reconstructor)
+        return export_pair(directory, verbalizer=verbalizer, reconstructor=reconstructor,
                            prompts=self.prompts, layer=self.layer, base_model=self.base_model, stage="sft",
-                           training=training)
+                           training=training, merge_adapters=lora.merge_on_export(self.hparams.verbalizer_lora))
 
 
 def trainable(module: torch.nn.Module) -> int:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from nla.marker import Marker
 from nla.modules import adapters
 from nla.modules.injection import InjectionStats, Injector
+from nla.modules.packing import attention_kwargs, check_packed, pack, use_packing
 from nla.padding import pad, pad_token_id
 from nla.prompts import parse_explanation, turn_closing
 
@@ -63,8 +64,12 @@ class Samples:
 class Verbalizer(nn.Module):
     """A HF causal LM whose marker slot receives ``rescale(vector, injection_scale)``."""
 
-    def __init__(self, model: nn.Module, tokenizer, marker: Marker, injection_scale: float) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer, marker: Marker, injection_scale: float, packed: bool | str = "auto"
+    ) -> None:
         super().__init__()
+        # ``auto`` packs the labelled (SFT) forward exactly when the model runs flash attention.
+        self.packed = check_packed(packed, "verbalizer.packed")
         self.model, self.tokenizer, self.marker = model, tokenizer, marker
         self.injection_scale = float(injection_scale)
         self.injector = Injector(adapters.input_embeddings(model), marker, injection_scale)
@@ -73,7 +78,16 @@ class Verbalizer(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor, labels: Tensor | None = None):
         """The HF output (``logits``; ``loss`` when ``labels`` is given: mean cross-entropy over the
         positions whose label is not -100, shifted by one as usual). The vectors stay loaded afterwards
-        so a checkpointed recompute in backward injects them again; the next call replaces them."""
+        so a checkpointed recompute in backward injects them again; the next call replaces them.
+
+        With ``labels`` and packing on, the rows run as one padding-free packed row: the loss covers the
+        same label tokens, but ``logits`` come back packed, ``[1, N, vocab]`` (``packing.unpack`` restores
+        ``[B, T, vocab]``). Without labels the padded path always runs, so per-row logits keep their shape."""
+        if labels is not None and use_packing(self.packed, self.model):
+            packed = pack(input_ids, attention_mask, labels)
+            self.injector.load(vectors, once=False, cu_seqlens=packed.cu_seqlens)
+            kwargs = attention_kwargs(packed, self.model.config, self.model.dtype)
+            return self.model(input_ids=packed.input_ids, labels=packed.labels, use_cache=False, **kwargs)
         self.injector.load(vectors, once=False)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
 

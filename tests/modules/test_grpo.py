@@ -11,13 +11,8 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nla.cli import main
-from nla.export import export_pair
-from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
-from nla.modules.reconstructor import Reconstructor
-from nla.modules.verbalizer import Verbalizer
-from nla.prompts import PromptArgs, Prompts
 from tests.data.cache_helpers import write_corpus
-from tests.modules.test_rollout import LAYER, SCALE, warm_tiny_llama
+from tests.modules.test_rollout import warm_tiny_llama, write_sft_export
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "grpo.yaml"
 
@@ -27,12 +22,7 @@ def setting(tiny_model_dir, tmp_path_factory):
     """The warm model as target, its SFT export (AV + identity-head AR) and a corpus."""
     root = tmp_path_factory.mktemp("grpo")
     model_dir = warm_tiny_llama(tiny_model_dir("llama"), root / "model")
-    args = BackboneArgs(str(model_dir))
-    tokenizer = load_tokenizer(args)
-    prompts = Prompts.build(tokenizer, PromptArgs())
-    export_pair(root / "sft", verbalizer=Verbalizer(load_causal_lm(args), tokenizer, prompts.marker, SCALE),
-                reconstructor=Reconstructor.from_backbone(args, LAYER), prompts=prompts, layer=LAYER,
-                base_model=str(model_dir), stage="sft", training={})
+    write_sft_export(model_dir, root / "sft")
     write_corpus(root)
     return root, model_dir
 

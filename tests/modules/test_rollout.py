@@ -25,6 +25,19 @@ LAYER = 1
 WORDS = "rivers stones millers wheels teachers numbers boards sailors".split()
 
 
+def write_sft_export(model_dir: Path, directory: Path) -> Path:
+    """An SFT-stage export of ``model_dir``: the model itself as AV and an identity-head AR at LAYER."""
+    from nla.export import export_pair
+
+    args = BackboneArgs(str(model_dir))
+    tokenizer = load_tokenizer(args)
+    prompts = Prompts.build(tokenizer, PromptArgs())
+    export_pair(directory, verbalizer=Verbalizer(load_causal_lm(args), tokenizer, prompts.marker, SCALE),
+                reconstructor=Reconstructor.from_backbone(args, LAYER), prompts=prompts, layer=LAYER,
+                base_model=str(model_dir), stage="sft", training={})
+    return directory
+
+
 def warm_tiny_llama(source: Path, target: Path, steps: int = 60) -> Path:
     """Teach the tiny random llama to answer ``<explanation>W W</explanation><|im_end|>`` (two words
     of WORDS) whatever the vector, so that 12-token samples mix valid, unparseable and truncated

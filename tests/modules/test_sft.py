@@ -25,14 +25,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml"
 STEPS = 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The CI machine is small and shared: two intra-op threads contending with other jobs make
-    # these tiny models ten times slower than one thread does.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@
         --ar runs/smollm2-sft/export/ar [--shuffled] [--resamples 2000]
 
 Uses every held-out row (not the few batches a training run validates on), the held-out split's own
-baseline variance ("rawvar"), and resamples rows to give a 95% interval. With --shuffled, texts are
+baseline variance ("rawvar"), and resamples documents to give a 95% interval. With --shuffled, texts are
 paired with other rows' vectors: the control an AR that reads nothing from the text scores against.
 """
 
@@ -18,7 +18,8 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from nla.data.datamodule import NLADataModule
-from nla.maths import fve, normalized_mse
+from nla.evaluation import document_resamples, fve_interval
+from nla.maths import normalized_mse
 from nla.modules.reconstructor import Reconstructor
 
 
@@ -43,20 +44,20 @@ def main() -> None:
     datamodule.prepare_data()
     datamodule.setup("validate")
     reconstructor = Reconstructor.from_pretrained(args.ar).eval()
-    mse = []
+    mse, documents = [], []
     loader = datamodule.dataloader("heldout", shuffled=args.shuffled)
     with torch.no_grad():
         for batch in loader:
             pred = reconstructor(batch["ar_input_ids"], batch["ar_attention_mask"])
             mse.append(normalized_mse(pred, batch["vector"]))
+            documents += [datamodule.cache.record(i)["doc_id"] for i in batch["index"].tolist()]
     mse = torch.cat(mse).double().numpy()
     variance = datamodule.heldout_variance
-    rng = np.random.default_rng(0)
-    draws = [float(fve(mse[rng.integers(0, len(mse), len(mse))].mean(), variance)) for _ in range(args.resamples)]
-    low, high = np.percentile(draws, [2.5, 97.5])
+    interval = fve_interval(mse, variance, document_resamples(np.array(documents), args.resamples, seed=0))
     label = "shuffled" if args.shuffled else "real"
-    print(f"{label}: {len(mse)} held-out rows, baseline variance {variance:.4f}, mean MSE {mse.mean():.4f}, "
-          f"FVE {float(fve(mse.mean(), variance)):.4f} (95% bootstrap {low:.4f} to {high:.4f})")
+    print(f"{label}: {len(mse)} held-out rows from {len(set(documents))} documents, baseline variance "
+          f"{variance:.4f}, mean MSE {mse.mean():.4f}, FVE {interval.value:.4f} "
+          f"(95% bootstrap over documents {interval.low:.4f} to {interval.high:.4f})")
 
 
 if __name__ == "__main__":

@@ -150,7 +150,8 @@ class TeacherArgs:
     or ``anthropic`` (the Messages API)."""
     model: str | None = None
     """Model name sent to the API, or a hub id / local directory for ``hf``. Required except for
-    ``extractive``."""
+    ``extractive``, where it picks the style: ``full`` (unset: about 80 words, like a real teacher)
+    or ``brief`` (about 25 words, for CPU runs)."""
     base_url: str | None = None
     """Server root, e.g. ``http://localhost:8000`` or ``http://localhost:8000/v1``. Unset: the
     provider's public API."""
@@ -184,6 +185,8 @@ class TeacherArgs:
 def _validate(args: TeacherArgs) -> None:
     if args.provider not in PROVIDERS:
         raise ConfigError("teacher.provider", f"unknown provider '{args.provider}'; use one of {', '.join(PROVIDERS)}")
+    if args.provider == "extractive" and args.model not in (None, "full", "brief"):
+        raise ConfigError("teacher.model", f"the extractive teacher's styles are full and brief, got '{args.model}'")
     if args.provider != "extractive" and not args.model:
         raise ConfigError("teacher.model", f"the {args.provider} teacher needs a model name; set teacher.model")
     positive = {
@@ -224,7 +227,7 @@ def build_teacher(args: TeacherArgs) -> Teacher:
     if args.provider == "extractive":
         from nla.data.teachers.extractive import ExtractiveTeacher
 
-        return ExtractiveTeacher()
+        return ExtractiveTeacher(args.model or "full")
     if args.provider == "hf":
         from nla.data.teachers.hf import HFTeacher
 

@@ -55,20 +55,44 @@ _CODE_LINE = re.compile(
 _LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)])\s+")
 
 
+STYLES = ("full", "brief")
+"""``full``: three sentences of about 80 words, the length of a real teacher's answer. ``brief``: the
+same three features in about 25 words, for CPU runs where every generated token costs; it ends with
+the text's last words verbatim, so an AR prompt that ends with the explanation reads the same final
+token in a similar context as the target did."""
+
+
 class ExtractiveTeacher(Teacher):
     """Features from word counts and surface cues. Same request, same features, on every machine."""
 
     name = "extractive"
-    model = "extractive-v1"
+
+    def __init__(self, style: str = "full") -> None:
+        self.style = style
+        self.model = "extractive-v1" if style == "full" else f"extractive-{style}-v2"
 
     def stream(self, requests: Sequence[TeacherRequest]) -> Iterator[tuple[int, Summary | None]]:
+        write = describe if self.style == "full" else describe_briefly
         for index, request in enumerate(requests):
-            yield index, Summary(describe(request.context, request.token))
+            yield index, Summary(write(request.context, request.token))
 
 
 def describe(context: str, token: str) -> list[str]:
     """Three features: document kind and topic, the open structure at the end, the final token's role."""
     return [_topic_feature(context), _structure_feature(context), _token_feature(context, token)]
+
+
+BRIEF_TAIL_WORDS = 6
+
+
+def describe_briefly(context: str, token: str, tail_words: int = BRIEF_TAIL_WORDS) -> list[str]:
+    """The features of ``describe`` in a few words each: topic and kind, the final token's role, and
+    last the text's final words as they stand (no quotes or full stop after them)."""
+    words = topic_words(context, k=3)
+    about = f"About {', '.join(words)}; " if words else ""
+    role, _ = token_role(context, token)
+    return [f"{about}{document_kind(context)}.", f"Final token {json.dumps(token, ensure_ascii=False)}: {role}.",
+            f"Ends with: {' '.join(context.split()[-tail_words:])}"]
 
 
 def topic_words(text: str, k: int = 4) -> list[str]:

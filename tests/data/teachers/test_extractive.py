@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from nla.data.teachers import MIN_FEATURES, TeacherRequest, summarize_all
-from nla.data.teachers.extractive import ExtractiveTeacher, describe, document_kind, token_role, topic_words
+from nla.data.teachers.extractive import (ExtractiveTeacher, describe, describe_briefly, document_kind, token_role,
+                                          topic_words)
 
 STORY = (
     'The lighthouse keeper climbed the stairs. "The storm is coming," she said, watching the waves. '
@@ -96,3 +97,27 @@ def test_every_extractive_summary_survives_the_feature_filter(tmp_path):
     summaries, report = summarize_all(ExtractiveTeacher(), requests, cache_dir=tmp_path, progress=False)
     assert all(s is not None and len(s.features) >= MIN_FEATURES for s in summaries)
     assert (report.kept, report.dropped, report.failed, report.requested) == (len(CASES), 0, 0, len(CASES))
+
+
+def test_brief_style_keeps_the_features_and_ends_with_the_last_words_verbatim():
+    context = "The garden was quiet after the storm, and Anna walked along the wet path towards the"
+    features = describe_briefly(context, " the")
+    assert features == [
+        "About along, anna, garden; expository prose.",
+        "Final token \" the\": the function word “the”.",
+        "Ends with: along the wet path towards the",
+    ]
+    assert sum(len(feature.split()) for feature in features) < sum(len(f.split()) for f in describe(context, " the")) / 2
+
+
+def test_teacher_style_is_chosen_by_model_and_unknown_styles_are_refused():
+    from nla.data.teachers import TeacherArgs, build_teacher
+    from nla.errors import ConfigError
+
+    brief = build_teacher(TeacherArgs(provider="extractive", model="brief"))
+    request = TeacherRequest(context="One two three four five six seven", token=" seven")
+    (_, summary), = brief.stream([request])
+    assert summary.features[-1] == "Ends with: two three four five six seven"
+    assert brief.model != build_teacher(TeacherArgs(provider="extractive")).model
+    with pytest.raises(ConfigError, match="teacher.model"):
+        build_teacher(TeacherArgs(provider="extractive", model="verbose"))

@@ -1,0 +1,155 @@
+"""``nla quickstart``: the whole method in one command, on a CPU, from packaged model and corpus.
+
+Stages, each the code path its own command runs: the activation cache and teacher summaries
+(``nla cache``), SFT of both models and GRPO (``nla fit`` with the two configs, through the same
+LightningCLI), a held-out comparison of the stages, and explanations of a few example texts
+(``nla explain``). The held-out comparison uses one fixed set of rows for every predictor: the
+training split's mean (the predictor FVE 0 stands for), the final pair with its vectors shuffled
+against the texts, the SFT pair and the pair at the END of GRPO (the best-by-held-out pair would
+be chosen on these same rows). Intervals resample whole documents.
+
+A second run reuses the cache and summaries (the cache's fingerprint decides) and trains again from
+scratch: the previous run's logs and checkpoints under the same directories are replaced.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from lightning.pytorch import seed_everything
+
+from nla.errors import ConfigError
+from nla.quickstart_report import comparison_rows, print_report
+
+EXAMPLES = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.",
+    "She walked to the window and looked out at the rain, wondering whether he would",
+)
+
+
+def _cli(config: str, overrides: list[str]):
+    from nla.trainer_cli import NLALightningCLI
+
+    if not Path(config).is_file():
+        raise ConfigError("sft_config/grpo_config", f"{config} does not exist; pass the path of a fit config")
+    # LightningCLI warns when sys.argv holds other arguments than the ones it is handed: here it holds
+    # the quickstart's own, which it must not read.
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return NLALightningCLI(args=["--config", config, *overrides], run=False)
+    finally:
+        sys.argv = argv
+
+
+def _stage(title: str) -> None:
+    print(f"\n== quickstart: {title}", flush=True)
+
+
+def _fresh_logs(trainer) -> None:
+    """Remove the previous run's version directory, so curves and checkpoints are this run's alone."""
+    directory = Path(trainer.logger.log_dir) if trainer.logger is not None else None
+    if directory is not None and directory.exists():
+        print(f"quickstart: replacing the previous run's logs and checkpoints in {directory}")
+        shutil.rmtree(directory)
+
+
+def quickstart(
+    sft_config: str = "configs/quickstart/sft.yaml",
+    grpo_config: str = "configs/quickstart/grpo.yaml",
+    overrides: list[str] | None = None,
+    eval_rows: int = 192,
+    resamples: int = 2000,
+    examples: list[str] | None = None,
+    seed: int = 0,
+    skip_training: bool = False,
+) -> None:
+    """Run the whole NLA pipeline on CPU: cache -> teacher summaries -> SFT -> GRPO -> held-out
+    comparison -> example explanations, then print the FVE table, wall time per stage and where the
+    logs and exports are.
+
+    Args:
+        sft_config: Fit config of the SFT stage (its ``model.init_args.export_dir`` is the SFT pair).
+        grpo_config: Fit config of the GRPO stage; its ``sft_export`` must be the SFT stage's export
+            and its ``final_export_dir`` set (the pair the table compares).
+        overrides: Dotted overrides applied to BOTH fit configs, e.g. ``["--data.init_args.cache.directory=X"]``.
+        eval_rows: Held-out rows of the comparison (the first ones of the held-out split, in order).
+        resamples: Bootstrap draws (over documents) for the 95% intervals.
+        examples: Texts to explain at the end (their last 3 tokens are printed; every token of the first
+            goes into an explorer page beside the GRPO export); default two sentences of our own.
+        seed: Seed of the bootstrap and of the shuffled control.
+        skip_training: Compare and explain the exports a previous run left (e.g. with more
+            ``eval_rows``) instead of training again.
+    """
+    overrides = list(overrides or [])
+    if eval_rows < 2:
+        raise ConfigError("eval_rows", f"is {eval_rows}; the comparison needs at least 2 held-out rows")
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+
+    # Both configs are read and checked before anything runs, so a mistake in the second costs no training.
+    sft, grpo = _cli(sft_config, overrides), _cli(grpo_config, overrides)
+    sft_export, hp = sft.model.hparams.get("export_dir"), grpo.model.hparams
+    if not sft_export:
+        raise ConfigError("model.init_args.export_dir", f"is unset in {sft_config}; the quickstart needs the SFT export")
+    if hp.get("sft_export") is None or Path(hp["sft_export"]).resolve() != Path(sft_export).resolve():
+        raise ConfigError("model.init_args.sft_export", f"in {grpo_config} must be the SFT stage's export {sft_export}")
+    if not hp.get("final_export_dir"):
+        raise ConfigError("model.init_args.final_export_dir", f"is unset in {grpo_config}; the table compares that pair")
+
+    reused = sft.datamodule.cache_ready()
+    _stage("activation cache and teacher summaries" + (" (reusing the cache)" if reused else ""))
+    clock = time.perf_counter()
+    sft.datamodule.prepare_data()
+    seconds["cache + summaries" + (" (reused)" if reused else "")] = time.perf_counter() - clock
+
+    for name, cli, config in (("SFT", sft, sft_config), ("GRPO", grpo, grpo_config)):
+        if skip_training:
+            for export in (sft_export, hp["final_export_dir"]):
+                if not (Path(export) / "av").is_dir() or not (Path(export) / "ar").is_dir():
+                    raise ConfigError("skip_training", f"{export} holds no av/ and ar/; run the quickstart once without it")
+            grpo.datamodule.setup("validate")
+            break
+        _stage(f"{name} ({config})")
+        _fresh_logs(cli.trainer)
+        # As `nla fit` would: the config's seed right before its fit.
+        seed_everything(cli.config["seed_everything"], workers=True)
+        clock = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        seconds[name] = time.perf_counter() - clock
+
+    _stage("held-out comparison")
+    clock = time.perf_counter()
+    rows = comparison_rows(grpo.datamodule, sft_export, hp["final_export_dir"], hp["max_new_tokens"],
+                           hp["micro_batch_size"], eval_rows, resamples, seed)
+    seconds["held-out evaluation"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    _stage("example explanations")
+    page = Path(hp["final_export_dir"]).parent / "explorer.html"
+    explained = _explain_examples(hp["final_export_dir"], examples or list(EXAMPLES), hp["max_new_tokens"], page)
+    seconds["examples"] = time.perf_counter() - clock
+    seconds["total"] = time.perf_counter() - started
+    logs = sorted({str(Path(cli.trainer.logger.save_dir)) for cli in (sft, grpo) if cli.trainer.logger is not None})
+    print_report(rows, seconds, explained, {"TensorBoard logs": ", ".join(logs), "SFT pair": sft_export,
+                                            "GRPO pair": hp["final_export_dir"], "explorer page": str(page)})
+
+
+def _explain_examples(export: str, texts: list[str], max_new_tokens: int, page: Path) -> list[str]:
+    """Tables of the last three tokens of each text; every token of the first text also goes into the
+    explorer page."""
+    from nla.explain import explain_text
+    from nla.explain_html import write_page
+    from nla.explain_render import render_table
+
+    av, ar = str(Path(export) / "av"), str(Path(export) / "ar")
+    tables = []
+    for number, text in enumerate(texts):
+        rows, variance, target = explain_text(av, ar, text, positions=None if number == 0 else [-3, -2, -1],
+                                              max_new_tokens=max_new_tokens)
+        if number == 0:
+            write_page(str(page), av, ar, text, rows, variance, target)
+        tables.append(f"{text}\n{render_table(rows[-3:], variance, target)}")
+    return tables

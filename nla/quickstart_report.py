@@ -1,0 +1,135 @@
+"""The quickstart's held-out comparison and its printed report."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nla.evaluation import (
+    Interval,
+    derangement,
+    difference_interval,
+    document_resamples,
+    fve_interval,
+    mean_predictor_mse,
+    round_trip,
+    row_mse,
+)
+from nla.maths import fve_variance
+from nla.padding import pad_token_id
+
+
+@dataclass
+class Row:
+    """One line of the comparison table."""
+
+    name: str
+    fve: Interval
+    valid_rate: float | None = None
+    """Share of held-out rows whose greedy answer parsed (None: no AV involved)."""
+    valid_fve: float | None = None
+    """FVE over the rows whose answer parsed only: a diagnostic that separates how well explanations
+    carry the vector from how often the AV fails to finish one (the headline counts those as orthogonal)."""
+
+
+@dataclass
+class Comparison:
+    rows: list[Row]
+    differences: list[Row]
+    count: int
+    documents: int
+    variance: float
+
+
+def heldout_rows(datamodule, count: int) -> list[dict]:
+    """The first ``count`` held-out rows, in split order, as batches."""
+    batches, taken = [], 0
+    for batch in datamodule.dataloader("heldout"):
+        keep = min(len(batch["vector"]), count - taken)
+        batches.append({key: value[:keep] for key, value in batch.items()})
+        taken += keep
+        if taken >= count:
+            break
+    return batches
+
+
+def _pair_round_trip(name: str, directory: str, datamodule, batches, max_new_tokens: int, micro: int):
+    from rich.progress import track
+
+    from nla.export import load_pair
+
+    verbalizer, reconstructor, prompts = load_pair(Path(directory) / "av", Path(directory) / "ar",
+                                                   dtype=datamodule.model_args.dtype)
+    rows = sum(len(batch["vector"]) for batch in batches)
+    result = round_trip(verbalizer.eval(), reconstructor.eval(), prompts,
+                        track(batches, description=f"{name}: greedy AV -> AR on {rows} held-out rows"),
+                        max_new_tokens, micro, pad_token_id(datamodule.tokenizer))
+    del verbalizer, reconstructor
+    gc.collect()
+    return result
+
+
+def comparison_rows(datamodule, sft_export: str, grpo_export: str, max_new_tokens: int, micro: int,
+                    eval_rows: int, resamples: int, seed: int) -> Comparison:
+    """Mean predictor, shuffled control, SFT pair and final GRPO pair on the same held-out rows."""
+    batches = heldout_rows(datamodule, eval_rows)
+    vectors = torch.cat([batch["vector"] for batch in batches]).float()
+    indices = torch.cat([batch["index"] for batch in batches]).tolist()
+    documents = np.array([datamodule.cache.record(i)["doc_id"] for i in indices])
+    variance = float(fve_variance(vectors))
+    draws = document_resamples(documents, resamples, seed)
+
+    sft = _pair_round_trip("SFT pair", sft_export, datamodule, batches, max_new_tokens, micro)
+    grpo = _pair_round_trip("GRPO pair", grpo_export, datamodule, batches, max_new_tokens, micro)
+    mse = {
+        "mean predictor": mean_predictor_mse(vectors, datamodule.cache.stats("ar_sft")["mean"]),
+        "shuffled (GRPO pair)": row_mse(grpo.predictions, vectors[derangement(len(vectors), seed)]),
+        "after SFT": row_mse(sft.predictions, vectors),
+        "after GRPO": row_mse(grpo.predictions, vectors),
+    }
+    pairs = {"shuffled (GRPO pair)": grpo, "after SFT": sft, "after GRPO": grpo}
+    rows = []
+    for name, values in mse.items():
+        trip = pairs.get(name)
+        kept = None if trip is None else np.array([text is not None for text in trip.explanations])
+        valid_fve = None if kept is None or not kept.any() else float(1 - values[kept].mean() / variance)
+        rows.append(Row(name, fve_interval(values, variance, draws), None if trip is None else trip.valid_rate,
+                        valid_fve))
+    differences = [
+        Row("SFT - shuffled", difference_interval(mse["after SFT"], mse["shuffled (GRPO pair)"], variance, draws)),
+        Row("GRPO - SFT", difference_interval(mse["after GRPO"], mse["after SFT"], variance, draws)),
+    ]
+    return Comparison(rows, differences, len(vectors), len(set(documents.tolist())), variance)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
+def print_report(comparison: Comparison, seconds: dict[str, float], examples: list[str], paths: dict[str, str]) -> None:
+    width = max(len(row.name) for row in [*comparison.rows, *comparison.differences])
+    print("\nExample explanations (final pair, last three tokens of each text):\n")
+    for table in examples:
+        print(table + "\n")
+    print(f"Held-out FVE: greedy AV -> AR on {comparison.count} rows from {comparison.documents} documents "
+          f"(baseline variance {comparison.variance:.4f}; 95% intervals resample documents; an answer that\n"
+          f"does not finish counts as an orthogonal prediction, MSE 2)\n")
+    print(f"  {'predictor':<{width}}  {'FVE [95% interval]':<26}  valid answers  FVE on valid answers only")
+    for row in comparison.rows:
+        valid = "-" if row.valid_rate is None else f"{row.valid_rate:.0%}"
+        valid_fve = "-" if row.valid_fve is None else f"{row.valid_fve:+.3f}"
+        print(f"  {row.name:<{width}}  {str(row.fve):<26}  {valid:<13}  {valid_fve}")
+    print("\n  paired differences")
+    for row in comparison.differences:
+        verdict = "beyond noise" if row.fve.low > 0 or row.fve.high < 0 else "within noise"
+        print(f"  {row.name:<{width}}  {str(row.fve):<26}  {verdict}")
+    print("\nWall time per stage")
+    for stage, value in seconds.items():
+        print(f"  {stage:<28} {_minutes(value)}")
+    print()
+    for name, value in paths.items():
+        print(f"{name}: {value}")
