@@ -42,7 +42,9 @@ class RolloutArgs:
     max_new_tokens: int = 150
     """Cap on generated tokens; an answer cut by it is truncated and scores as orthogonal."""
     temperature: float = 1.0
-    """Sampling temperature."""
+    """Sampling temperature. Below 1 the answers are drawn from the sharpened distribution while the
+    ratio, the loss and the KL use the model's own (untempered) log-probs: off the exact policy
+    gradient, but a small AV's temperature-1 answers are often unfinished and teach little."""
     reward: str = "neg_mse"
     """``neg_mse`` or ``neg_log_mse`` (see ``nla.grpo_loss.penalized_rewards``)."""
     advantage: str = "group"
