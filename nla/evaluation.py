@@ -16,10 +16,19 @@ import torch
 from torch import Tensor
 
 from nla.maths import fve, normalized_mse
-from nla.modules.grpo_eval import orthogonal_to
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.rollout import reconstruct
 from nla.modules.verbalizer import Verbalizer
+
+
+def orthogonal_to(targets: Tensor) -> Tensor:
+    """A vector orthogonal to each row of ``targets`` [n, d]: how an answer without an explanation
+    scores, as in the training rewards (normalised MSE 2)."""
+    unit = targets / targets.norm(dim=-1, keepdim=True)
+    basis = torch.zeros_like(unit)
+    # The axis the target leans on least: never parallel to it, so the projection leaves a real vector.
+    basis[torch.arange(len(unit)), unit.abs().argmin(dim=-1)] = 1.0
+    return basis - (basis * unit).sum(dim=-1, keepdim=True) * unit
 
 
 @dataclass
@@ -29,6 +38,8 @@ class RoundTrip:
     predictions: Tensor
     """[n, d] float32 AR reconstructions; rows without a parsed explanation hold a vector orthogonal
     to their target (normalised MSE 2), as in the training rewards."""
+    targets: Tensor
+    """[n, d] float32 the held-out vectors, on the same device as ``predictions``."""
     explanations: list[str | None]
     """The parsed explanation of each row (None: truncated or malformed)."""
 
@@ -41,10 +52,11 @@ class RoundTrip:
 def round_trip(verbalizer: Verbalizer, reconstructor: Reconstructor, prompts, batches, max_new_tokens: int,
                micro_batch_size: int, pad: int) -> RoundTrip:
     """Every row of ``batches`` (held-out batches of ``NLADataModule``) through greedy AV -> AR."""
-    predictions, explanations = [], []
+    device = next(verbalizer.parameters()).device
+    predictions, targets, explanations = [], [], []
     for batch in batches:
-        vectors = batch["vector"].float()
-        samples = verbalizer.sample(vectors, batch["av_prompt_ids"], batch["av_prompt_mask"],
+        vectors = batch["vector"].to(device).float()
+        samples = verbalizer.sample(vectors, batch["av_prompt_ids"].to(device), batch["av_prompt_mask"].to(device),
                                     max_new_tokens=max_new_tokens, greedy=True)
         parsed = [None if cut else text for text, cut in zip(samples.parsed, samples.truncated)]
         kept = [i for i, text in enumerate(parsed) if text is not None]
@@ -53,8 +65,12 @@ def round_trip(verbalizer: Verbalizer, reconstructor: Reconstructor, prompts, ba
             rows[kept] = reconstruct(reconstructor, prompts, [parsed[i] for i in kept], micro_batch_size,
                                      pad).to(rows.dtype)
         predictions.append(rows)
+        targets.append(vectors)
         explanations.extend(parsed)
-    return RoundTrip(torch.cat(predictions), explanations)
+    if not predictions:
+        empty = torch.zeros(0, reconstructor.d_model, device=device)
+        return RoundTrip(empty, empty, [])
+    return RoundTrip(torch.cat(predictions), torch.cat(targets), explanations)
 
 
 def mean_predictor_mse(targets: Tensor, mean: Tensor) -> np.ndarray:

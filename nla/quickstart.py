@@ -105,20 +105,20 @@ def quickstart(
     sft.datamodule.prepare_data()
     seconds["cache + summaries" + (" (reused)" if reused else "")] = time.perf_counter() - clock
 
-    for name, cli, config in (("SFT", sft, sft_config), ("GRPO", grpo, grpo_config)):
-        if skip_training:
-            for export in (sft_export, hp["final_export_dir"]):
-                if not (Path(export) / "av").is_dir() or not (Path(export) / "ar").is_dir():
-                    raise ConfigError("skip_training", f"{export} holds no av/ and ar/; run the quickstart once without it")
-            grpo.datamodule.setup("validate")
-            break
-        _stage(f"{name} ({config})")
-        _fresh_logs(cli.trainer)
-        # As `nla fit` would: the config's seed right before its fit.
-        seed_everything(cli.config["seed_everything"], workers=True)
-        clock = time.perf_counter()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        seconds[name] = time.perf_counter() - clock
+    if skip_training:
+        for export in (sft_export, hp["final_export_dir"]):
+            if not (Path(export) / "av").is_dir() or not (Path(export) / "ar").is_dir():
+                raise ConfigError("skip_training", f"{export} holds no av/ and ar/; run the quickstart once without it")
+        grpo.datamodule.setup("validate")
+    else:
+        for name, cli, config in (("SFT", sft, sft_config), ("GRPO", grpo, grpo_config)):
+            _stage(f"{name} ({config})")
+            _fresh_logs(cli.trainer)
+            # As `nla fit` would: the config's seed right before its fit.
+            seed_everything(cli.config["seed_everything"], workers=True)
+            clock = time.perf_counter()
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+            seconds[name] = time.perf_counter() - clock
 
     _stage("held-out comparison")
     clock = time.perf_counter()

@@ -24,7 +24,6 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from nla.padding import pad_token_id
 from nla.errors import ConfigError, field_scope
 from nla.grpo_loss import AGGREGATION_MODES, KL_ESTIMATORS, REWARD_KINDS, fraction_zero_spread
 from nla.maths import fve, fve_variance
@@ -35,6 +34,7 @@ from nla.modules.reconstructor import Reconstructor
 from nla.modules.reference import DEVICES, build_reference
 from nla.modules.rollout import RolloutArgs, ar_loss, av_loss, collect
 from nla.modules.verbalizer import Verbalizer, cjk_rate
+from nla.padding import pad_token_id
 
 class GRPOModule(LightningModule):
     """GRPO on the AV and regression on the AR, from an SFT export (see the module docstring)."""
@@ -265,14 +265,15 @@ class GRPOModule(LightningModule):
         if self.trainer.strategy.broadcast(value > self.best_fve):
             self.best_fve = value
             if hp.export_dir is not None:
-                self._export(value, result)
+                self._export(hp.export_dir, result)
         return value
 
     def on_fit_end(self) -> None:
         if self.hparams.final_export_dir is not None:
-            self._export(None, None, self.hparams.final_export_dir)
+            self._export(self.hparams.final_export_dir)
 
-    def _export(self, value: float | None, result: dict | None, directory: str | None = None) -> None:
+    def _export(self, directory: str, result: dict | None = None) -> None:
+        """Write the pair to ``directory``, recording the held-out ``result`` it was chosen by, if any."""
         from nla.export import export_pair
 
         # Every process calls this: sharded weights are gathered together, then only rank 0 writes.
@@ -283,8 +284,8 @@ class GRPOModule(LightningModule):
         training = {"steps": self.global_step, "heldout_variance": dm.heldout_variance,
                     "sft_export": self.hparams.sft_export}
         if result is not None:
-            training.update(heldout_fve=value, heldout_mse=float(result["mse"]))
-        export_pair(directory or self.hparams.export_dir, verbalizer=verbalizer, reconstructor=reconstructor,
+            training.update(heldout_fve=float(result["fve"]), heldout_mse=float(result["mse"]))
+        export_pair(directory, verbalizer=verbalizer, reconstructor=reconstructor,
                     prompts=self.prompts, layer=self.layer, base_model=dm.model_args.name_or_path,
                     stage="grpo", training=training, merge_adapters=lora.merge_on_export(self.hparams.verbalizer_lora))
 

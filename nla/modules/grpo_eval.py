@@ -3,53 +3,33 @@ TensorBoard table of rollout samples."""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from itertools import islice
 
+import torch
+
+from nla.evaluation import round_trip
 from nla.metrics import FractionOfVarianceExplained
 from nla.modules.reconstructor import Reconstructor
-from nla.modules.rollout import Rollout, RolloutArgs, reconstruct
+from nla.modules.rollout import Rollout, RolloutArgs
 from nla.modules.verbalizer import Verbalizer
 
 CONTEXT_TAIL = 160
 """Characters of context shown before each sampled explanation."""
 
 
-def orthogonal_to(targets: Tensor) -> Tensor:
-    """A vector orthogonal to each row of ``targets`` [n, d]: how an answer without an explanation
-    scores, as in the training rewards (normalised MSE 2)."""
-    unit = targets / targets.norm(dim=-1, keepdim=True)
-    basis = torch.zeros_like(unit)
-    # The axis the target leans on least: never parallel to it, so the projection leaves a real vector.
-    basis[torch.arange(len(unit)), unit.abs().argmin(dim=-1)] = 1.0
-    return basis - (basis * unit).sum(dim=-1, keepdim=True) * unit
-
-
 @torch.no_grad()
 def heldout_fve(verbalizer: Verbalizer, reconstructor: Reconstructor, prompts, loader, d: int,
                 variance: float | None, args: RolloutArgs, max_batches: int | None, pad: int) -> dict[str, float]:
-    """Greedy AV answer -> AR reconstruction for held-out rows. Returns ``fve`` (against the held-out
+    """Greedy AV -> AR reconstruction for held-out rows. Returns ``fve`` (against the held-out
     split's own variance when given), ``mse``, ``cosine`` and ``valid_rate``; rows without a parsed
     explanation count as orthogonal predictions rather than being left out."""
-    device = next(verbalizer.parameters()).device
-    metric = FractionOfVarianceExplained(d, variance=variance).to(device)
-    rows = valid_rows = 0
-    for number, batch in enumerate(loader):
-        if max_batches is not None and number >= max_batches:
-            break
-        vectors = batch["vector"].to(device).float()
-        samples = verbalizer.sample(vectors, batch["av_prompt_ids"].to(device), batch["av_prompt_mask"].to(device),
-                                    max_new_tokens=args.max_new_tokens, greedy=True)
-        kept = [i for i, (text, cut) in enumerate(zip(samples.parsed, samples.truncated)) if text is not None and not cut]
-        predictions = orthogonal_to(vectors)
-        if kept:
-            predictions[kept] = reconstruct(reconstructor, prompts, [samples.parsed[i] for i in kept],
-                                            args.micro_batch_size, pad).to(predictions.dtype)
-        metric.update(predictions, vectors)
-        rows, valid_rows = rows + len(vectors), valid_rows + len(kept)
+    trip = round_trip(verbalizer, reconstructor, prompts, islice(loader, max_batches), args.max_new_tokens,
+                      args.micro_batch_size, pad)
+    metric = FractionOfVarianceExplained(d, variance=variance).to(trip.predictions.device)
+    metric.update(trip.predictions, trip.targets)
     values = metric.compute_all()
     return {"fve": float(values["fve"]), "mse": float(values["mse"]), "cosine": float(values["cosine"]),
-            "valid_rate": valid_rows / max(rows, 1)}
+            "valid_rate": trip.valid_rate}
 
 
 def memory_probe(verbalizer: Verbalizer, reconstructor: Reconstructor, prompts, micro: int, max_new_tokens: int) -> None:

@@ -185,8 +185,6 @@ class TeacherArgs:
 def _validate(args: TeacherArgs) -> None:
     if args.provider not in PROVIDERS:
         raise ConfigError("teacher.provider", f"unknown provider '{args.provider}'; use one of {', '.join(PROVIDERS)}")
-    if args.provider == "extractive" and args.model not in (None, "full", "brief"):
-        raise ConfigError("teacher.model", f"the extractive teacher's styles are full and brief, got '{args.model}'")
     if args.provider != "extractive" and not args.model:
         raise ConfigError("teacher.model", f"the {args.provider} teacher needs a model name; set teacher.model")
     positive = {

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from nla.data.teachers.base import Summary, Teacher, TeacherRequest
+from nla.errors import ConfigError
 
 STOP_WORDS = frozenset(
     """
@@ -68,6 +69,8 @@ class ExtractiveTeacher(Teacher):
     name = "extractive"
 
     def __init__(self, style: str = "full") -> None:
+        if style not in STYLES:
+            raise ConfigError("teacher.model", f"the extractive teacher's styles are {' and '.join(STYLES)}, got '{style}'")
         self.style = style
         self.model = "extractive-v1" if style == "full" else f"extractive-{style}-v2"
 
