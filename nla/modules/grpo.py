@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from nla.errors import ConfigError, field_scope
-from nla.grpo_loss import AGGREGATION_MODES, KL_ESTIMATORS, REWARD_KINDS, fraction_zero_spread
+from nla.grpo_loss import AGGREGATION_MODES, KL_DEFAULT, KL_ESTIMATORS, REWARD_KINDS, fraction_zero_spread
 from nla.maths import fve, fve_variance
 from nla.modules import fsdp, lora, optim
 from nla.modules.backbone import check_trainable, load_causal_lm
@@ -51,7 +51,7 @@ class GRPOModule(LightningModule):
         advantage: str = "group",
         clip_epsilon: float = 0.2,
         kl_coef: float = 0.01,
-        kl_estimator: str = "k1",
+        kl_estimator: str = KL_DEFAULT,
         loss_aggregation: str = "token_mean",
         av_lr: float = 1e-5,
         ar_lr: float = 5e-5,
@@ -85,7 +85,10 @@ class GRPOModule(LightningModule):
             advantage: ``group`` (per-prompt std) or ``batch`` (batch std).
             clip_epsilon: PPO clip range.
             kl_coef: Weight of the KL penalty to the frozen starting AV.
-            kl_estimator: ``k1`` or ``k3``.
+            kl_estimator: ``k2`` (default: pulls the AV towards the reference, its expected gradient
+                being that of KL(AV || reference)), ``k1`` (the reference code's choice; as a loss its
+                expected gradient is zero, so it only adds noise) or ``k3`` (the gradient of the
+                reverse KL(reference || AV)). See ``nla.grpo_loss.kl_penalty``.
             loss_aggregation: ``token_mean``, ``sequence_mean`` or ``sum_norm``.
             av_lr: AV AdamW learning rate (constant).
             ar_lr: AR AdamW learning rate (constant).
