@@ -97,14 +97,19 @@ class Reconstructor(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return self.head(hidden[rows, last].float())
+        return self._head(hidden[rows, last])
 
     def _forward_packed(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """The same prediction from all rows packed into one padding-free row; positions restart per row."""
         packed = pack(input_ids, attention_mask)
         kwargs = attention_kwargs(packed, self.model.config, self.model.dtype)
         hidden = adapters.decoder(self.model)(input_ids=packed.input_ids, use_cache=False, **kwargs).last_hidden_state
-        return self.head(hidden[0, packed.last].float())
+        return self._head(hidden[0, packed.last])
+
+    def _head(self, hidden: Tensor) -> Tensor:
+        # Outside autocast: under bf16-mixed the fp32 head would otherwise multiply in bf16.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.head(hidden.float())
 
     @staticmethod
     def loss(pred: Tensor, target: Tensor) -> Tensor:
