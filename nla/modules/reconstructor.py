@@ -159,4 +159,6 @@ class Reconstructor(nn.Module):
         tensors = load_file(str(head_file))
         if "weight" not in tensors:
             raise NLAError(f"{VALUE_HEAD_FILENAME}: no tensor named 'weight' in {head_file}")
-        return cls(load_causal_lm(args, keep_layers=layer + 1, config=config), layer, tensors["weight"])
+        # The AR layout saves neither the final norm nor the LM head (it uses neither).
+        model = load_causal_lm(args, keep_layers=layer + 1, config=config, without_head=True)
+        return cls(model, layer, tensors["weight"])
