@@ -9,8 +9,8 @@ steps through the strategy directly), so ``max_steps`` is the number of GRPO ste
 Optimization is manual. Dropout is kept off in every pass: with one update per rollout the ratio of
 the update's log-probs to the sampling log-probs is then exactly 1 at the update, as GRPO assumes.
 Sampling draws from a generator seeded by (seed, global_step, global rank), so a resumed run samples
-exactly what the uninterrupted one would, and data-parallel processes draw different samples; the data position, both models and both optimizers come back from the
-checkpoint. The reference AV (KL penalty) is rebuilt from the starting weights on every start.
+exactly what the uninterrupted one would, and data-parallel processes draw different samples; the
+data position, both models and both optimizers come back from the checkpoint. The reference AV (KL penalty) is rebuilt from the starting weights on every start.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ class GRPOModule(LightningModule):
             seed: Seed of the rollout sampling (combined with the step and the process rank).
             memory_probe: Before the first step, run one forward+backward of each model at the
                 longest sequence a step can produce, so an out-of-memory shows at once.
-            optimizer: ``adamw``, ``adamw8bit``, ``paged_adamw8bit`` (CUDA only) or ``adamw_bf16_kahan``
-                (compensated updates for bf16 weights, ``nla[bf16opt]``), for both models.
+            optimizer: ``adamw``, ``adamw8bit``, ``paged_adamw8bit`` (CUDA only) or ``adamw_bf16_stochastic``
+                (bf16 weights written back with stochastic rounding), for both models.
             verbalizer_lora: Train the AV through a LoRA adapter. When the SFT export holds an adapter
                 (exported unmerged), RL continues that adapter and only ``merge_on_export`` is read here.
                 The KL reference is then a frozen copy of the starting adapter on the same base.
@@ -119,7 +119,7 @@ class GRPOModule(LightningModule):
                 ``sft_export`` in that precision instead of copying the policy (bitsandbytes).
             dtype: Dtype of the trained weights: ``float32`` masters (bf16 compute comes from
                 ``trainer.precision: bf16-mixed`` or the FSDP strategy's ``param_dtype``); ``bfloat16``
-                only with ``optimizer: adamw_bf16_kahan``. ``data.model.dtype`` is not read for them.
+                only with ``optimizer: adamw_bf16_stochastic``. ``data.model.dtype`` is not read for them.
                 The frozen reference is stored in the compute dtype.
         """
         super().__init__()

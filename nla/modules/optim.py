@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from nla.errors import ConfigError
+from nla.modules.stochastic_adamw import StochasticRoundingAdamW
 
 
 def param_group(name: str, module: nn.Module, lr: float) -> dict:
@@ -26,8 +27,8 @@ def param_group(name: str, module: nn.Module, lr: float) -> dict:
     return {"name": name, "params": params, "lr": lr}
 
 
-COMPENSATED = ("adamw_bf16_kahan",)
-"""Optimizers that keep low-precision (bf16/fp16) trained weights moving at small learning rates."""
+COMPENSATED = ("adamw_bf16_stochastic",)
+"""Optimizers that keep bf16 trained weights moving at small learning rates."""
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", *COMPENSATED)
 
 
@@ -39,11 +40,10 @@ def adamw(
     ``kind``: ``adamw`` (torch), ``adamw8bit`` (bitsandbytes: both moments stored in 8 bits, a quarter
     of the optimizer memory; tensors under 4096 elements keep 32-bit state), ``paged_adamw8bit``
     (the same with its state in CUDA unified memory, paged out to host RAM under memory pressure) or
-    ``adamw_bf16_kahan`` (torch-optimi's AdamW with Kahan-compensated updates, the ``bf16opt`` extra):
-    for trained weights stored in bf16, where a plain update below half a bf16 step (most of them at
-    LR 1e-5) rounds away. A bf16 compensation buffer per weight carries what rounding dropped, so the
-    weights follow the float32 trajectory at 2 + 2 bytes per weight instead of 4 + 4 for float32
-    masters; float32 parameters (the AR head) get plain AdamW updates.
+    ``adamw_bf16_stochastic`` (``nla.modules.stochastic_adamw``): for trained weights stored in bf16,
+    where a plain update below half a bf16 step (most of them at LR 1e-5) rounds away; it updates in
+    float32 and writes bf16 weights back with stochastic rounding, unbiased, at 2 bytes per weight
+    plus 8 of float32 moments (float32 masters: 4 + 8).
     """
     if kind not in OPTIMIZERS:
         raise ConfigError("model.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
@@ -59,19 +59,9 @@ def adamw(
         raise ConfigError("model.weight_decay", f"must be >= 0, got {weight_decay}")
     if kind == "adamw":
         return torch.optim.AdamW(groups, betas=tuple(betas), weight_decay=weight_decay)
-    if kind == "adamw_bf16_kahan":
-        return _kahan_adamw()(groups, lr=groups[0]["lr"], betas=tuple(betas), weight_decay=weight_decay,
-                              eps=1e-8, kahan_sum=None)
+    if kind == "adamw_bf16_stochastic":
+        return StochasticRoundingAdamW(groups, betas=tuple(betas), weight_decay=weight_decay)
     return _bnb_adamw(kind)(groups, betas=tuple(betas), weight_decay=weight_decay)
-
-
-def _kahan_adamw() -> type[torch.optim.Optimizer]:
-    try:
-        import optimi
-    except ImportError:
-        raise ConfigError("model.optimizer", "adamw_bf16_kahan needs torch-optimi: pip install 'nla[bf16opt]'") from None
-    # kahan_sum=None: compensated for bf16/fp16 parameters, plain AdamW for float32 ones.
-    return optimi.AdamW
 
 
 def _bnb_adamw(kind: str) -> type[torch.optim.Optimizer]:

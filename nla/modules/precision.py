@@ -25,16 +25,16 @@ CAST_PRECISIONS = {"bf16-true": torch.bfloat16, "16-true": torch.float16}
 AUTOCAST_PRECISIONS = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 FIX = ("keep float32 weights and compute in bf16 with trainer.precision: bf16-mixed (or NLAFSDPStrategy's "
-       f"param_dtype: bfloat16), or set model.optimizer: {COMPENSATED[0]} (pip install 'nla[bf16opt]')")
+       f"param_dtype: bfloat16), or set model.optimizer: {COMPENSATED[0]}")
 
 
 def trained_dtype(dtype: str | None, optimizer: str, field: str = "model.dtype") -> str:
-    """The dtype the trained models load in: ``float32`` (also for None), or a low precision that
-    ``optimizer`` compensates for."""
+    """The dtype the trained models load in: ``float32`` (also for None), or ``bfloat16`` when
+    ``optimizer`` compensates for bf16 rounding."""
     if dtype is None or dtype == "float32":
         return "float32"
-    if dtype not in DTYPES:
-        raise ConfigError(field, f"must be float32, bfloat16 or float16, got {dtype!r}")
+    if dtype != "bfloat16":
+        raise ConfigError(field, f"must be float32 or bfloat16, got {dtype!r}")
     if optimizer not in COMPENSATED:
         raise ConfigError(field, f"is {dtype}: AdamW updates at small learning rates round away on {dtype} "
                           f"weights; {FIX}")
@@ -42,9 +42,11 @@ def trained_dtype(dtype: str | None, optimizer: str, field: str = "model.dtype")
 
 
 def check_trainer(trainer, optimizer: str) -> None:
-    """Refuse a fit whose precision plugin would cast the trained weights to bf16/fp16 (``bf16-true``,
-    ``16-true``) unless ``optimizer`` compensates. Other stages (validate, test) train nothing."""
-    if trainer.state.fn == TrainerFn.FITTING and trainer.precision in CAST_PRECISIONS and optimizer not in COMPENSATED:
+    """Refuse a fit whose precision plugin casts the trained weights: ``16-true`` always, ``bf16-true``
+    unless ``optimizer`` compensates for bf16 rounding. Other stages (validate, test) train nothing."""
+    if trainer.state.fn != TrainerFn.FITTING or trainer.precision not in CAST_PRECISIONS:
+        return
+    if trainer.precision == "16-true" or optimizer not in COMPENSATED:
         raise ConfigError("trainer.precision", f"is {trainer.precision}: it casts the trained weights, whose "
                           f"small-LR AdamW updates then round away; {FIX}")
 

@@ -77,12 +77,12 @@ class SFTModule(LightningModule):
             export_dir: Where the trained pair is exported (``av/`` and ``ar/``) when fit ends; unset: no export.
             dtype: Dtype of the trained weights: ``float32`` masters (bf16 compute comes from
                 ``trainer.precision: bf16-mixed`` or the FSDP strategy's ``param_dtype``); ``bfloat16``
-                only with ``optimizer: adamw_bf16_kahan``. ``data.model.dtype`` is not read for them.
+                only with ``optimizer: adamw_bf16_stochastic``. ``data.model.dtype`` is not read for them.
             peak_tflops: Dense bf16 peak of one accelerator, for MFU (H100 SXM: 989). MFU is logged on
                 CUDA only, as 6 x trainable parameters x real tokens per second over this peak.
             optimizer: ``adamw``, ``adamw8bit`` or ``paged_adamw8bit`` (CUDA only); the 8-bit ones need
-                bitsandbytes (``nla[quant]``). ``adamw_bf16_kahan`` (``nla[bf16opt]``) compensates bf16
-                rounding and is the one optimizer that accepts bf16 trained weights.
+                bitsandbytes (``nla[quant]``). ``adamw_bf16_stochastic`` (stochastic
+                rounding) is the one optimizer that accepts bf16 trained weights.
             verbalizer_lora: Train a LoRA adapter on the AV instead of all its weights (``nla[lora]``);
                 its ``merge_on_export`` decides the exported AV layout.
             reconstructor_lora: Train a LoRA adapter on the AR's blocks; its head stays fully trainable
