@@ -181,11 +181,13 @@ def collect(verbalizer: Verbalizer, reconstructor: Reconstructor, reference, pro
     # which would round the MSEs GRPO ranks (steps of ~0.002 near 0.3).
     mse = torch.full((len(explanations),), float("nan"), dtype=torch.float32, device=device)
     kept = valid.nonzero().squeeze(1)
-    if len(kept):
-        with fsdp.gathered(reconstructor):
+    # Sharded, gathering is collective: every process gathers, also one without a valid answer (each
+    # samples with its own seed, so their counts differ).
+    with fsdp.gathered(reconstructor):
+        if len(kept):
             predicted = reconstruct(reconstructor, prompts, [explanations[i] for i in kept.tolist()],
                                     args.micro_batch_size, pad_id)
-        mse[kept] = normalized_mse(predicted, vectors[kept].float())
+            mse[kept] = normalized_mse(predicted, vectors[kept].float())
     rewards = penalized_rewards(torch.nan_to_num(mse, nan=2.0), valid, args.reward).view(-1, group)
     advantages = (group_advantages if args.advantage == "group" else batch_advantages)(rewards).reshape(-1)
     start = torch.tensor([len(p) for p in prompts_real], device=device)
