@@ -89,4 +89,3 @@ def test_paged_adamw8bit_needs_cuda(model):
 def test_unknown_optimizer_names_the_field(model):
     with pytest.raises(ConfigError, match="model.optimizer: must be one of adamw, adamw8bit, paged_adamw8bit"):
         optim.adamw([optim.param_group("verbalizer", model, 1e-3)], (0.9, 0.95), 0.0, "sgd")
-
