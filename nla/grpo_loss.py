@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 AGGREGATION_MODES = ("token_mean", "sequence_mean", "sum_norm")
-KL_ESTIMATORS = ("k1", "k3")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_DEFAULT = "k2"
 REWARD_KINDS = ("neg_mse", "neg_log_mse")
 
 # The normalised MSE of two orthogonal vectors: what a failed or truncated rollout is scored as.
@@ -73,22 +74,32 @@ def clipped_surrogate(
 
 
 def kl_penalty(
-    logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1", mask: Tensor | None = None
+    logprobs: Tensor, ref_logprobs: Tensor, estimator: str = KL_DEFAULT, mask: Tensor | None = None
 ) -> Tensor:
-    """Per-token estimate of KL(policy || reference) from log-probs of the sampled tokens.
+    """Per-token KL penalty to the reference from the log-probs of tokens sampled from the policy,
+    to be added to the loss. With r = logp - logp_ref:
 
-    ``"k1"``: logp - logp_ref (unbiased, can be negative per token). ``"k3"``:
-    exp(ref - logp) - (ref - logp) - 1 (unbiased, never negative). Zero off ``mask`` when given.
+    - ``"k2"`` (default): r^2 / 2. Its expected gradient on the policy's own samples is exactly the
+      gradient of KL(policy || reference), so it pulls the policy back towards the reference; its
+      value is a biased (second-order) estimate of that KL.
+    - ``"k1"``: r. Its value is an unbiased estimate of KL(policy || reference), but as a loss its
+      expected gradient is zero (E[grad log pi] = 0): it adds noise and pulls nowhere.
+    - ``"k3"``: exp(-r) + r - 1, never negative. Its value is an unbiased estimate of
+      KL(policy || reference), but its expected gradient is that of the reverse KL(reference || policy).
+
+    Zero off ``mask`` when given.
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"estimator: expected one of {', '.join(KL_ESTIMATORS)}, got {estimator!r}")
-    log_ratio = ref_logprobs - logprobs
+    log_ratio = logprobs - ref_logprobs
     if mask is not None:
         # As in clipped_surrogate: keep padding out of exp so it cannot produce inf or NaN.
         log_ratio = torch.where(mask.bool(), log_ratio, 0.0)
     if estimator == "k1":
-        return -log_ratio
-    return log_ratio.exp() - log_ratio - 1
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.square()
+    return (-log_ratio).exp() + log_ratio - 1
 
 
 def aggregate(

@@ -1,14 +1,21 @@
-"""Fraction of variance explained as a torchmetrics ``Metric`` that accumulates exactly.
+"""Fraction of variance explained and a weighted mean as torchmetrics ``Metric``s that accumulate exactly.
 
 Every state is a sum, so batches of any size and any number of processes combine by addition; the
 formulas live in ``nla.maths`` and are shared with the tensor-level helpers.
+
+The states are float64 whatever precision Lightning trains in: ``ExactStates`` keeps them out of the
+whole-module cast of ``bf16-true`` (which would accumulate the held-out FVE and losses in bfloat16),
+and updates run outside autocast (``bf16-mixed``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
-from torchmetrics import Metric
+from torch.nn import Module
+from torchmetrics import MeanMetric, Metric
 
 from nla.maths import (
     cosine,
@@ -20,7 +27,41 @@ from nla.maths import (
 )
 
 
-class FractionOfVarianceExplained(Metric):
+class ExactStates:
+    """Mixin for a ``Metric``: its tensor states keep their dtype through module casts (``.to(dtype)``,
+    as Lightning's ``bf16-true``/``16-true`` precision applies to the whole LightningModule) and only
+    move device; an explicit ``set_dtype`` still converts them."""
+
+    def _apply(self, fn: Callable, exclude_state: tuple = ()) -> Module:
+        if self._dtype_convert:
+            return super()._apply(fn, exclude_state)
+        before = {key: (getattr(self, key), default) for key, default in self._defaults.items()
+                  if isinstance(default, Tensor)}
+        dtype = self._dtype
+        this = super()._apply(fn, exclude_state)
+        for key, (state, default) in before.items():
+            moved = getattr(this, key)
+            if moved.dtype != state.dtype:
+                # The untouched originals, moved only: a cast there and back would already have rounded them.
+                setattr(this, key, state.to(moved.device))
+                this._defaults[key] = default.to(moved.device)
+        this._dtype = dtype
+        return this
+
+
+class WeightedMean(ExactStates, MeanMetric):
+    """``torchmetrics.MeanMetric`` with float64 states that no precision plugin casts."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.set_dtype(torch.float64)
+
+    def update(self, value: Tensor | float, weight: Tensor | float | None = None) -> None:
+        with torch.autocast(self.device.type, enabled=False):
+            super().update(value, weight)
+
+
+class FractionOfVarianceExplained(ExactStates, Metric):
     """FVE = 1 - mean normalised MSE / Var, with the paper's "rawvar" Var of the targets seen.
 
     Args:
@@ -67,9 +108,10 @@ class FractionOfVarianceExplained(Metric):
                 f"got {tuple(pred.shape)} and {tuple(target.shape)}"
             )
         pred, target = pred.detach(), target.detach()
-        self.sum_mse += normalized_mse(pred, target).double().sum()
-        self.sum_cosine += cosine(pred, target).double().sum()
-        sum_normalized, sum_sq_norm, count = target_sums(target)
+        with torch.autocast(pred.device.type, enabled=False):
+            self.sum_mse += normalized_mse(pred, target).double().sum()
+            self.sum_cosine += cosine(pred, target).double().sum()
+            sum_normalized, sum_sq_norm, count = target_sums(target)
         self.sum_normalized += sum_normalized
         self.sum_sq_norm += sum_sq_norm
         self.count += count

@@ -13,6 +13,7 @@ from nla.grpo_loss import (
     penalized_rewards,
     trim_at_end_of_turn,
 )
+from nla.modules.rollout import RolloutArgs
 
 LN2 = math.log(2.0)
 
@@ -84,12 +85,73 @@ def test_kl_penalty_by_hand():
     torch.testing.assert_close(
         kl_penalty(logprobs, ref, "k3", mask), torch.tensor([[0.3068528, 0.1931472, 0.0]])
     )
-    torch.testing.assert_close(kl_penalty(logprobs[:, :2], ref[:, :2]), torch.tensor([[-LN2, LN2]]))
+    # k2: (logp - ref)^2 / 2 = ln2^2 / 2 both ways; the default estimator.
+    torch.testing.assert_close(kl_penalty(logprobs, ref, "k2", mask), torch.tensor([[LN2**2 / 2, LN2**2 / 2, 0.0]]))
+    torch.testing.assert_close(kl_penalty(logprobs[:, :2], ref[:, :2]), torch.tensor([[LN2**2 / 2, LN2**2 / 2]]))
 
 
 def test_kl_penalty_rejects_an_unknown_estimator():
-    with pytest.raises(ValueError, match=r"estimator: expected one of k1, k3, got 'k2'"):
-        kl_penalty(torch.zeros(1, 1), torch.zeros(1, 1), "k2")
+    with pytest.raises(ValueError, match=r"estimator: expected one of k1, k2, k3, got 'k4'"):
+        kl_penalty(torch.zeros(1, 1), torch.zeros(1, 1), "k4")
+
+
+VOCAB_LOGITS = torch.tensor([1.5, -0.5, 0.3, 2.0, -1.0, 0.0])
+REF_LOGITS = torch.tensor([0.0, 1.0, -0.7, 0.4, 0.9, -0.2])
+
+
+def exact_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) summed over the whole vocabulary."""
+    log_p, log_q = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
+    return (log_p.exp() * (log_p - log_q)).sum()
+
+
+@pytest.mark.parametrize("estimator, expected", [
+    ("k1", lambda pi, ref: torch.zeros(())),  # zero expected gradient: noise only
+    ("k2", lambda pi, ref: exact_kl(pi, ref)),  # the gradient of KL(policy || reference)
+    ("k3", lambda pi, ref: exact_kl(ref, pi)),  # the gradient of the reverse KL(reference || policy)
+])
+def test_expected_gradient_of_each_kl_estimator_over_the_whole_vocabulary(estimator, expected):
+    # The expected gradient of a per-token loss on the policy's own samples is the sum over tokens of
+    # pi(x) * grad loss(x), with pi(x) held fixed (the samples do not move with the parameters).
+    theta = VOCAB_LOGITS.clone().requires_grad_(True)
+    log_pi, log_ref = torch.log_softmax(theta, -1), torch.log_softmax(REF_LOGITS, -1)
+    loss = (log_pi.exp().detach() * kl_penalty(log_pi[None], log_ref[None], estimator)[0]).sum()
+    (estimated,) = torch.autograd.grad(loss, theta)
+    pi = VOCAB_LOGITS.clone().requires_grad_(True)
+    target = expected(pi, REF_LOGITS)
+    exact = torch.autograd.grad(target, pi)[0] if target.requires_grad else torch.zeros_like(pi)
+    torch.testing.assert_close(estimated, exact, rtol=1e-5, atol=1e-6)
+
+
+def kl_after_updates(estimator: str, steps: int = 40, samples: int = 256) -> list[float]:
+    """Exact KL(policy || reference) over a 6-token vocabulary along SGD updates whose loss is the GRPO
+    loss with zero advantages: the KL penalty alone, on tokens sampled from the policy each step."""
+    theta = VOCAB_LOGITS.clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([theta], lr=0.5)
+    log_ref = torch.log_softmax(REF_LOGITS, -1)
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.ones(samples, 1, dtype=torch.bool)
+    kls = [float(exact_kl(theta.detach(), REF_LOGITS))]
+    for _ in range(steps):
+        log_pi = torch.log_softmax(theta, -1)
+        tokens = torch.multinomial(log_pi.detach().exp(), samples, replacement=True, generator=generator)[:, None]
+        logprobs = log_pi[tokens]
+        surrogate, _ = clipped_surrogate(logprobs, logprobs.detach(), torch.zeros(samples), mask)
+        loss = aggregate(surrogate + kl_penalty(logprobs, log_ref[tokens], estimator, mask), mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        kls.append(float(exact_kl(theta.detach(), REF_LOGITS)))
+    return kls
+
+
+def test_the_default_kl_penalty_pulls_the_policy_to_the_reference():
+    kls = kl_after_updates(RolloutArgs().kl_estimator)
+    assert kls[-1] < 0.1 * kls[0], kls
+    assert all(later < earlier for earlier, later in zip(kls[::10], kls[10::10])), kls
+    # k1 as a loss only adds noise: the same updates leave the KL near where it started.
+    drift = kl_after_updates("k1")
+    assert drift[-1] > 0.7 * drift[0], drift
 
 
 def aggregate_inputs():

@@ -7,7 +7,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nla.metrics import FractionOfVarianceExplained
+from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision
+from torch import nn
+
+from nla.metrics import FractionOfVarianceExplained, WeightedMean
 
 D = 16
 BATCH_SIZES = (3, 7, 1, 5)
@@ -62,6 +65,27 @@ def test_uneven_batches_match_the_float64_reference():
     assert_matches(metric.compute_all(), expected)
     # The weaker baseline must not be mistaken for the real one.
     assert expected["fve_meannorm"] > expected["fve"]
+
+
+@pytest.mark.parametrize("plugin", [HalfPrecision("bf16-true"), MixedPrecision("bf16-mixed", "cpu")],
+                         ids=["bf16-true", "bf16-mixed"])
+def test_lightning_precision_plugins_leave_the_states_exact(plugin):
+    # bf16-true casts the whole LightningModule (metric states included) and runs steps with bfloat16
+    # as the default dtype; bf16-mixed runs them under autocast.
+    holder = nn.Module()
+    holder.fve, holder.loss = FractionOfVarianceExplained(D), WeightedMean()
+    holder = plugin.convert_module(holder)
+    assert holder.fve.sum_normalized.dtype == holder.loss.mean_value.dtype == torch.float64
+    pred, target = make_data()
+    losses = torch.linspace(1.3, 2.9, len(BATCH_SIZES))
+    weights = torch.tensor([17.0, 3.0, 41.0, 9.0])
+    with plugin.forward_context():
+        for p, t, loss, weight in zip(pred.split(BATCH_SIZES), target.split(BATCH_SIZES), losses, weights):
+            holder.fve.update(p, t)
+            holder.loss.update(loss, weight)
+        values, mean = holder.fve.compute_all(), holder.loss.compute()
+    assert_matches(values, reference(pred, target))
+    assert mean.item() == pytest.approx(float((losses.double() * weights).sum() / weights.sum()), abs=1e-12)
 
 
 def test_hand_computed_fve():

@@ -30,7 +30,7 @@ from nla.data.cache_writer import build_cache
 from nla.data.corpus import CorpusArgs
 from nla.data.datasets import CacheRows, Collator, EpochSampler, ResumableLoader
 from nla.padding import pad_token_id
-from nla.data.splits import SplitArgs
+from nla.data.splits import SplitArgs, spread_over_documents
 from nla.data.summaries import read_summaries, summaries_directory, summary_file, write_summaries
 from nla.data.teachers import TeacherArgs
 from nla.errors import ConfigError, field_scope
@@ -179,6 +179,8 @@ class NLADataModule(LightningDataModule):
             features = read_summaries(summary_file(directory, split))
             indices = self.cache.split_indices(split)
             kept = np.array([i for i in indices if int(i) in features], dtype=np.int64)
+            if split == "heldout":
+                kept = kept[spread_over_documents(np.array([self.cache.record(int(i))["doc_id"] for i in kept]))]
             self.excluded[split] = len(indices) - len(kept)
             self._rows[split] = (kept, [explanation_text(features[int(i)]) for i in kept])
             if self.excluded[split]:
@@ -251,8 +253,10 @@ class NLADataModule(LightningDataModule):
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """Held-out rows in order, with the true pairing; with ``val_shuffled``, a list of that loader
-        and the same rows with shuffled vectors."""
+        """Held-out rows in a fixed order spread over the documents (``splits.spread_over_documents``:
+        the first N rows come from N documents, so ``limit_val_batches`` reads a fair sample), with the
+        true pairing; with ``val_shuffled``, a list of that loader and the same rows with shuffled
+        vectors."""
         if self.val_shuffled:
             return [self.dataloader("heldout"), self.dataloader("heldout", shuffled=True)]
         return self.dataloader("heldout")

@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from nla.errors import ConfigError
 
 SPLITS = ("av_sft", "ar_sft", "rl", "heldout")
@@ -67,3 +69,24 @@ def split_of(doc_id: str, fractions: Mapping[str, float], seed: int = 0) -> str:
             return name
     # Only reachable when the fractions sum to a hair under 1: the remainder joins the last non-empty split.
     return [name for name, value in fractions.items() if value > 0][-1]
+
+
+def spread_over_documents(documents: np.ndarray, seed: int = 0) -> np.ndarray:
+    """An order of the rows whose every prefix spreads over the documents: round after round, one row
+    of each document (documents in a seeded order, each document's rows in a seeded order).
+
+    ``documents[i]`` is row i's document. A held-out evaluation that reads only the first rows
+    (``limit_val_batches``, ``eval_max_batches``) then sees as many documents as it has rows, at
+    random positions, instead of the first documents whole; the FVE baseline, the variance of the
+    whole split, describes such a prefix as well as the whole.
+    """
+    rng = np.random.default_rng(seed)
+    unique, inverse = np.unique(np.asarray(documents), return_inverse=True)
+    # Each row's (round, place of its document in the document order): sorting by it interleaves.
+    place = rng.permutation(len(unique))[inverse]
+    jitter = rng.permutation(len(inverse))
+    by_document = np.lexsort((jitter, inverse))
+    rounds = np.empty(len(inverse), dtype=np.int64)
+    starts = np.searchsorted(inverse[by_document], np.arange(len(unique)))
+    rounds[by_document] = np.arange(len(inverse)) - np.repeat(starts, np.bincount(inverse, minlength=len(unique)))
+    return np.lexsort((place, rounds))

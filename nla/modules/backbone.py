@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
@@ -106,13 +108,46 @@ def _source(args: BackboneArgs) -> tuple[str, str | None]:
 
 @contextmanager
 def _quiet_transformers():
-    """Silence the unused-weights report when loading a truncated model: it is expected, not a warning."""
+    """Silence transformers' own load report: ``check_loaded`` reports missing and unused weights."""
     previous = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
         yield
     finally:
         transformers.logging.set_verbosity(previous)
+
+
+def _parameters_of(model: nn.Module, modules: list[nn.Module]) -> set[str]:
+    prefixes = [name for name, module in model.named_modules() if any(module is m for m in modules)]
+    return {name for name, _ in model.named_parameters(remove_duplicate=False)
+            if any(name.startswith(f"{prefix}.") for prefix in prefixes)}
+
+
+def check_loaded(model: PreTrainedModel, info: dict, source: str, keep_layers: int | None = None,
+                 without_head: bool = False) -> None:
+    """Refuse a model whose checkpoint lacked weights it needs (transformers initialises those at
+    random and only logs it): a renamed wrapper or a wrong truncation would otherwise train from noise.
+    ``without_head``: the final norm and the LM head may be absent (the AR's own layout). Checkpoint
+    weights the model does not use are reported, except the blocks above ``keep_layers``."""
+    missing = set(info.get("missing_keys", ()))
+    if without_head:
+        missing -= _parameters_of(model, [adapters.final_norm(model), model.get_output_embeddings()])
+    if missing:
+        first = sorted(missing, key=_natural)[:3]
+        raise ConfigError("name_or_path", f"'{source}' lacks {len(missing)} weights the model needs (first: "
+                          f"{', '.join(first)}); they would start random: check the checkpoint's files and key names")
+    unused = set(info.get("unexpected_keys", ()))
+    if keep_layers is not None:
+        block = re.compile(rf"(^|\.){re.escape(adapters.family_of(model.config).layers)}\.(\d+)\.")
+        unused = {key for key in unused if not ((hit := block.search(key)) and int(hit.group(2)) >= keep_layers)}
+    if unused:
+        first = sorted(unused, key=_natural)[:3]
+        log.warning("%s holds %d weights this model does not use (first: %s)", source, len(unused), ", ".join(first))
+
+
+def _natural(key: str) -> list:
+    """Sort key that puts layers.2 before layers.10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
 def materialize_gguf(directory: str, gguf_file: str) -> Path:
@@ -203,11 +238,14 @@ def load_tokenizer(args: BackboneArgs):
 
 
 def load_causal_lm(
-    args: BackboneArgs, keep_layers: int | None = None, config: PretrainedConfig | None = None
+    args: BackboneArgs, keep_layers: int | None = None, config: PretrainedConfig | None = None,
+    without_head: bool = False,
 ) -> PreTrainedModel:
     """The model with all its blocks, or only the first ``keep_layers`` (weights above are never read).
 
-    Truncation edits the config before the weights load, so memory holds only the kept blocks.
+    Truncation edits the config before the weights load, so memory holds only the kept blocks. A
+    checkpoint that lacks weights the model needs is refused (``check_loaded``); ``without_head``
+    allows the final norm and the LM head to be absent (the released AR layout).
     """
     name, common = _resolved(args)
     config = config if config is not None else load_config(args)
@@ -215,14 +253,16 @@ def load_causal_lm(
         config = adapters.truncated_config(config, keep_layers)
     try:
         with _quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(
+            model, info = AutoModelForCausalLM.from_pretrained(
                 name,
                 config=config,
                 dtype=resolve_dtype(args.dtype),
                 attn_implementation=resolve_attn_implementation(args.attn_implementation, config),
+                output_loading_info=True,
                 **_quantization_kwargs(args),
                 **common,
             )
     except (OSError, ValueError) as error:
         raise _hub_error(args, error) from error
+    check_loaded(model, info, args.name_or_path, keep_layers, without_head)
     return model

@@ -92,8 +92,9 @@ class NLAFSDPStrategy(ModelParallelStrategy):
         """
         Args:
             param_dtype: Dtype the gathered parameters compute in (``bfloat16`` on GPUs); the shards,
-                gradients and optimizer state stay in the dtype the models loaded in (``model.dtype``,
-                else ``data.model.dtype``; float32 gives fp32 master weights). null: no cast.
+                gradients and optimizer state stay in the dtype the models loaded in: float32 masters
+                (``model.dtype``; ``data.model.dtype`` is not read for trained models). The frozen GRPO
+                reference is stored in this dtype. null: no cast.
             reduce_dtype: Dtype gradients are reduce-scattered in; null: ``param_dtype``.
             activation_checkpointing: Recompute each decoder block's activations in backward instead of
                 storing them (the injected vector is part of the embedding output the first block

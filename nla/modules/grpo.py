@@ -8,14 +8,15 @@ steps through the strategy directly), so ``max_steps`` is the number of GRPO ste
 
 Optimization is manual. Dropout is kept off in every pass: with one update per rollout the ratio of
 the update's log-probs to the sampling log-probs is then exactly 1 at the update, as GRPO assumes.
-Sampling draws from a generator seeded by (seed, global_step), so a resumed run samples exactly what
-the uninterrupted one would; the data position, both models and both optimizers come back from the
-checkpoint. The reference AV (KL penalty) is rebuilt from the starting weights on every start.
+Sampling draws from a generator seeded by (seed, global_step, global rank), so a resumed run samples
+exactly what the uninterrupted one would, and data-parallel processes draw different samples; the
+data position, both models and both optimizers come back from the checkpoint. The reference AV (KL penalty) is rebuilt from the starting weights on every start.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from nla.errors import ConfigError, field_scope
-from nla.grpo_loss import AGGREGATION_MODES, KL_ESTIMATORS, REWARD_KINDS, fraction_zero_spread
+from nla.grpo_loss import AGGREGATION_MODES, KL_DEFAULT, KL_ESTIMATORS, REWARD_KINDS, fraction_zero_spread
 from nla.maths import fve, fve_variance
-from nla.modules import fsdp, lora, optim
+from nla.modules import fsdp, lora, optim, precision
 from nla.modules.backbone import check_trainable, load_causal_lm
 from nla.modules.grpo_eval import heldout_fve, memory_probe, sample_table
 from nla.modules.reconstructor import Reconstructor
@@ -51,7 +52,7 @@ class GRPOModule(LightningModule):
         advantage: str = "group",
         clip_epsilon: float = 0.2,
         kl_coef: float = 0.01,
-        kl_estimator: str = "k1",
+        kl_estimator: str = KL_DEFAULT,
         loss_aggregation: str = "token_mean",
         av_lr: float = 1e-5,
         ar_lr: float = 5e-5,
@@ -71,6 +72,7 @@ class GRPOModule(LightningModule):
         verbalizer_lora: lora.LoraArgs | None = None,
         reconstructor_lora: lora.LoraArgs | None = None,
         reference_quantization: str = "none",
+        dtype: str = "float32",
     ) -> None:
         """
         Args:
@@ -85,7 +87,10 @@ class GRPOModule(LightningModule):
             advantage: ``group`` (per-prompt std) or ``batch`` (batch std).
             clip_epsilon: PPO clip range.
             kl_coef: Weight of the KL penalty to the frozen starting AV.
-            kl_estimator: ``k1`` or ``k3``.
+            kl_estimator: ``k2`` (default: pulls the AV towards the reference, its expected gradient
+                being that of KL(AV || reference)), ``k1`` (the reference code's choice; as a loss its
+                expected gradient is zero, so it only adds noise) or ``k3`` (the gradient of the
+                reverse KL(reference || AV)). See ``nla.grpo_loss.kl_penalty``.
             loss_aggregation: ``token_mean``, ``sequence_mean`` or ``sum_norm``.
             av_lr: AV AdamW learning rate (constant).
             ar_lr: AR AdamW learning rate (constant).
@@ -101,16 +106,21 @@ class GRPOModule(LightningModule):
                 Comparing stages on the held-out split needs this one: the best pair was chosen on
                 that same split, so its score there is biased upwards.
             samples_every_n_steps: A TensorBoard text table of rollout samples every N steps.
-            seed: Seed of the rollout sampling (combined with the step).
+            seed: Seed of the rollout sampling (combined with the step and the process rank).
             memory_probe: Before the first step, run one forward+backward of each model at the
                 longest sequence a step can produce, so an out-of-memory shows at once.
-            optimizer: ``adamw``, ``adamw8bit`` or ``paged_adamw8bit`` (CUDA only), for both models.
+            optimizer: ``adamw``, ``adamw8bit``, ``paged_adamw8bit`` (CUDA only) or ``adamw_bf16_stochastic``
+                (bf16 weights written back with stochastic rounding), for both models.
             verbalizer_lora: Train the AV through a LoRA adapter. When the SFT export holds an adapter
                 (exported unmerged), RL continues that adapter and only ``merge_on_export`` is read here.
                 The KL reference is then a frozen copy of the starting adapter on the same base.
             reconstructor_lora: Train the AR's blocks through a LoRA adapter (its head stays fully trained).
             reference_quantization: ``none``, ``8bit`` or ``4bit``: load the frozen reference AV from
                 ``sft_export`` in that precision instead of copying the policy (bitsandbytes).
+            dtype: Dtype of the trained weights: ``float32`` masters (bf16 compute comes from
+                ``trainer.precision: bf16-mixed`` or the FSDP strategy's ``param_dtype``); ``bfloat16``
+                only with ``optimizer: adamw_bf16_stochastic``. ``data.model.dtype`` is not read for them.
+                The frozen reference is stored in the compute dtype.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -138,23 +148,26 @@ class GRPOModule(LightningModule):
         if self.verbalizer is not None:
             return
         dm, hp = self.trainer.datamodule, self.hparams
+        precision.check_trainer(self.trainer, hp.optimizer)
         self.prompts, self.d, self.layer = dm.prompts, dm.d, dm.layer
         if hp.prompts_per_step is not None and hp.prompts_per_step != dm.batch_size:
             raise ConfigError("model.prompts_per_step", f"is {hp.prompts_per_step} but data.batch_size is "
                               f"{dm.batch_size}; the rl batch size is the number of prompts per step")
+        # Trained weights are float32 masters whatever data.model.dtype (the frozen uses') says.
+        trained = replace(dm.model_args, dtype=precision.trained_dtype(hp.dtype, hp.optimizer))
         if hp.sft_export is None:
             rank_zero_warn("model.sft_export is unset: GRPO starts from the target model itself (ablation only)")
             with field_scope("data.model"):
-                check_trainable(dm.model_args)
+                check_trainable(trained)
             scale = hp.injection_scale or dm.auto_injection_scale
-            verbalizer = Verbalizer(load_causal_lm(dm.model_args), dm.tokenizer, dm.marker, scale)
-            reconstructor = Reconstructor.from_backbone(dm.model_args, dm.layer)
+            verbalizer = Verbalizer(load_causal_lm(trained), dm.tokenizer, dm.marker, scale)
+            reconstructor = Reconstructor.from_backbone(trained, dm.layer)
         else:
             from nla.export import load_verbalizer
 
             root = Path(hp.sft_export)
-            verbalizer, prompts = load_verbalizer(root / "av", dtype=dm.model_args.dtype, trainable_adapter=True)
-            reconstructor = Reconstructor.from_pretrained(root / "ar", dtype=dm.model_args.dtype)
+            verbalizer, prompts = load_verbalizer(root / "av", dtype=trained.dtype, trainable_adapter=True)
+            reconstructor = Reconstructor.from_pretrained(root / "ar", dtype=trained.dtype)
             if prompts.av_prompt_ids != dm.prompts.av_prompt_ids or reconstructor.layer != dm.layer:
                 raise ConfigError("model.sft_export", f"{root} was trained with other prompts or another layer "
                                   f"than data (layer {dm.layer}); use the data settings of the SFT run")
@@ -164,7 +177,7 @@ class GRPOModule(LightningModule):
             lora.wrap(reconstructor.model, hp.reconstructor_lora, "model.reconstructor_lora")
         self.verbalizer, self.reconstructor = verbalizer, reconstructor
         self.reference = build_reference(verbalizer, hp.sft_export, hp.reference_quantization, hp.reference_device,
-                                         dm.model_args.dtype)
+                                         *precision.frozen_storage(self.trainer))
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -187,7 +200,10 @@ class GRPOModule(LightningModule):
             self.evaluate(progress_bar=False)
 
     def _sample_seed(self) -> int:
-        return int(np.random.SeedSequence([self.hparams.seed, self.global_step]).generate_state(1)[0])
+        """Keyed by (seed, step, process): a resumed run draws what the uninterrupted one would, and each
+        data-parallel process draws its own samples."""
+        key = [self.hparams.seed, self.global_step, self.global_rank]
+        return int(np.random.SeedSequence(key).generate_state(1)[0])
 
     def training_step(self, batch: dict) -> None:
         rl, hp = batch["rl"], self.hparams

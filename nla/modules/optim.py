@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from nla.errors import ConfigError
+from nla.modules.stochastic_adamw import StochasticRoundingAdamW
 
 
 def param_group(name: str, module: nn.Module, lr: float) -> dict:
@@ -26,7 +27,9 @@ def param_group(name: str, module: nn.Module, lr: float) -> dict:
     return {"name": name, "params": params, "lr": lr}
 
 
-OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
+COMPENSATED = ("adamw_bf16_stochastic",)
+"""Optimizers that keep bf16 trained weights moving at small learning rates."""
+OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", *COMPENSATED)
 
 
 def adamw(
@@ -35,8 +38,12 @@ def adamw(
     """AdamW over ``groups`` (from ``param_group``); every group keeps its own ``lr``.
 
     ``kind``: ``adamw`` (torch), ``adamw8bit`` (bitsandbytes: both moments stored in 8 bits, a quarter
-    of the optimizer memory; tensors under 4096 elements keep 32-bit state) or ``paged_adamw8bit``
-    (the same with its state in CUDA unified memory, paged out to host RAM under memory pressure).
+    of the optimizer memory; tensors under 4096 elements keep 32-bit state), ``paged_adamw8bit``
+    (the same with its state in CUDA unified memory, paged out to host RAM under memory pressure) or
+    ``adamw_bf16_stochastic`` (``nla.modules.stochastic_adamw``): for trained weights stored in bf16,
+    where a plain update below half a bf16 step (most of them at LR 1e-5) rounds away; it updates in
+    float32 and writes bf16 weights back with stochastic rounding, unbiased, at 2 bytes per weight
+    plus 8 of float32 moments (float32 masters: 4 + 8).
     """
     if kind not in OPTIMIZERS:
         raise ConfigError("model.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {kind!r}")
@@ -52,6 +59,8 @@ def adamw(
         raise ConfigError("model.weight_decay", f"must be >= 0, got {weight_decay}")
     if kind == "adamw":
         return torch.optim.AdamW(groups, betas=tuple(betas), weight_decay=weight_decay)
+    if kind == "adamw_bf16_stochastic":
+        return StochasticRoundingAdamW(groups, betas=tuple(betas), weight_decay=weight_decay)
     return _bnb_adamw(kind)(groups, betas=tuple(betas), weight_decay=weight_decay)
 
 

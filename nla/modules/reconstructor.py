@@ -97,14 +97,19 @@ class Reconstructor(nn.Module):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return self.head(hidden[rows, last].float())
+        return self._head(hidden[rows, last])
 
     def _forward_packed(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """The same prediction from all rows packed into one padding-free row; positions restart per row."""
         packed = pack(input_ids, attention_mask)
         kwargs = attention_kwargs(packed, self.model.config, self.model.dtype)
         hidden = adapters.decoder(self.model)(input_ids=packed.input_ids, use_cache=False, **kwargs).last_hidden_state
-        return self.head(hidden[0, packed.last].float())
+        return self._head(hidden[0, packed.last])
+
+    def _head(self, hidden: Tensor) -> Tensor:
+        # Outside autocast: under bf16-mixed the fp32 head would otherwise multiply in bf16.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.head(hidden.float())
 
     @staticmethod
     def loss(pred: Tensor, target: Tensor) -> Tensor:
@@ -154,4 +159,6 @@ class Reconstructor(nn.Module):
         tensors = load_file(str(head_file))
         if "weight" not in tensors:
             raise NLAError(f"{VALUE_HEAD_FILENAME}: no tensor named 'weight' in {head_file}")
-        return cls(load_causal_lm(args, keep_layers=layer + 1, config=config), layer, tensors["weight"])
+        # The AR layout saves neither the final norm nor the LM head (it uses neither).
+        model = load_causal_lm(args, keep_layers=layer + 1, config=config, without_head=True)
+        return cls(model, layer, tensors["weight"])

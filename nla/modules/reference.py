@@ -13,11 +13,12 @@ import copy
 from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from nla.errors import ConfigError
 from nla.modules import lora
 from nla.modules.backbone import QUANTIZATIONS
+from nla.modules.precision import dtype_name
 from nla.modules.rollout import Rollout, policy_logprobs
 from nla.modules.verbalizer import Verbalizer
 
@@ -30,7 +31,10 @@ class Reference(Protocol):
 
 
 class FrozenCopy:
-    """A deep copy of ``verbalizer`` taken now, frozen (no gradients, eval mode, its own injector).
+    """A deep copy of ``verbalizer`` taken now, frozen (no gradients, eval mode, its own injector),
+    its parameters stored in ``dtype`` (the policy's compute dtype; None: as they are), and its
+    floating buffers too with ``buffers`` (see ``nla.modules.precision.frozen_storage``). Each tensor
+    is cast while it is copied, so the full-precision copy never exists.
 
     ``device="cpu"`` keeps it in host memory between rollouts: it moves to the rollout's device for
     the scoring pass only, so accelerator memory holds two AVs only while no gradients or activations
@@ -41,12 +45,17 @@ class FrozenCopy:
     starting AV is rebuilt from its source on resume instead.
     """
 
-    def __init__(self, verbalizer: Verbalizer, device: str = "same") -> None:
+    def __init__(self, verbalizer: Verbalizer, device: str = "same", dtype: torch.dtype | None = None,
+                 buffers: bool = False) -> None:
         if device not in DEVICES:
             raise ConfigError("model.reference_device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
         verbalizer.injector.unload()
+        # deepcopy takes these stand-ins for the originals (tied weights stay tied: one entry per tensor).
+        memo = {id(p): nn.Parameter(_stored(p, dtype), requires_grad=False) for p in verbalizer.parameters()}
+        if buffers:
+            memo.update({id(b): _stored(b, dtype) for b in verbalizer.buffers() if b.is_floating_point()})
         # Copying the Verbalizer as a whole copies its injector hooked onto the copied embeddings.
-        self.verbalizer = copy.deepcopy(verbalizer).requires_grad_(False).eval()
+        self.verbalizer = copy.deepcopy(verbalizer, memo).requires_grad_(False).eval()
         self.offload = device == "cpu"
         if self.offload:
             self.verbalizer.to("cpu")
@@ -65,6 +74,10 @@ class FrozenCopy:
         if self.offload and target.type != "cpu" and not self.sharded:
             self.verbalizer.to("cpu")
         return chosen
+
+
+def _stored(tensor: Tensor, dtype: torch.dtype | None) -> Tensor:
+    return tensor.detach().to(dtype=dtype or tensor.dtype, copy=True)
 
 
 class AdapterReference:
@@ -99,10 +112,11 @@ class FrozenModel:
 
 
 def build_reference(verbalizer: Verbalizer, sft_export: str | None, quantization: str, device: str,
-                    dtype: str) -> Reference:
-    """The GRPO reference for ``verbalizer`` (the policy as RL starts): the SFT export's AV loaded
-    again in ``quantization`` when that is not ``none``; else a frozen adapter copy when the AV trains
-    with LoRA; else a full frozen copy on ``device``."""
+                    dtype: torch.dtype, buffers: bool = False) -> Reference:
+    """The GRPO reference for ``verbalizer`` (the policy as RL starts), stored in ``dtype`` (the
+    policy's compute dtype): the SFT export's AV loaded again in ``quantization`` (computing in
+    ``dtype``) when that is not ``none``; else a frozen adapter copy when the AV trains with LoRA;
+    else a full frozen copy on ``device`` (``buffers``: cast its buffers too, as ``FrozenCopy``)."""
     if quantization not in QUANTIZATIONS:
         raise ConfigError("model.reference_quantization", f"must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     if quantization != "none":
@@ -110,8 +124,8 @@ def build_reference(verbalizer: Verbalizer, sft_export: str | None, quantization
             raise ConfigError("model.reference_quantization", "loads the reference from model.sft_export; set it")
         from nla.export import load_verbalizer
 
-        reference, _ = load_verbalizer(f"{sft_export}/av", dtype=dtype, quantization=quantization)
+        reference, _ = load_verbalizer(f"{sft_export}/av", dtype=dtype_name(dtype), quantization=quantization)
         return FrozenModel(reference)
     if lora.has_lora(verbalizer.model):
         return AdapterReference(verbalizer)
-    return FrozenCopy(verbalizer, device)
+    return FrozenCopy(verbalizer, device, dtype, buffers)

@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from nla.grpo_loss import (aggregate, batch_advantages, clipped_surrogate, group_advantages, kl_penalty,
-                           penalized_rewards, trim_at_end_of_turn)
+from nla.grpo_loss import (KL_DEFAULT, aggregate, batch_advantages, clipped_surrogate, group_advantages,
+                           kl_penalty, penalized_rewards, trim_at_end_of_turn)
 from nla.maths import normalized_mse
 from nla.modules import fsdp
 from nla.modules.reconstructor import Reconstructor
@@ -53,8 +53,10 @@ class RolloutArgs:
     """PPO clip range of the probability ratio."""
     kl_coef: float = 0.01
     """Weight of the KL penalty to the reference AV."""
-    kl_estimator: str = "k1"
-    """``k1`` or ``k3``."""
+    kl_estimator: str = KL_DEFAULT
+    """``k2`` (pulls towards the reference: its expected gradient is that of KL(policy || reference)),
+    ``k1`` (zero expected gradient as a loss: noise only) or ``k3`` (the gradient of the reverse
+    KL(reference || policy)); see ``nla.grpo_loss.kl_penalty``."""
     loss_aggregation: str = "token_mean"
     """``token_mean``, ``sequence_mean`` or ``sum_norm`` (see ``nla.grpo_loss.aggregate``)."""
 
@@ -175,13 +177,17 @@ def collect(verbalizer: Verbalizer, reconstructor: Reconstructor, reference, pro
     truncated = torch.tensor(samples.truncated, device=device)
     valid = torch.tensor([text is not None for text in samples.parsed], device=device) & ~truncated
     explanations = [text if ok else None for text, ok in zip(samples.parsed, valid.tolist())]
-    mse = torch.full((len(explanations),), float("nan"), device=device)
+    # float32 whatever the default dtype: under bf16-true Lightning makes it bfloat16 inside a step,
+    # which would round the MSEs GRPO ranks (steps of ~0.002 near 0.3).
+    mse = torch.full((len(explanations),), float("nan"), dtype=torch.float32, device=device)
     kept = valid.nonzero().squeeze(1)
-    if len(kept):
-        with fsdp.gathered(reconstructor):
+    # Sharded, gathering is collective: every process gathers, also one without a valid answer (each
+    # samples with its own seed, so their counts differ).
+    with fsdp.gathered(reconstructor):
+        if len(kept):
             predicted = reconstruct(reconstructor, prompts, [explanations[i] for i in kept.tolist()],
                                     args.micro_batch_size, pad_id)
-        mse[kept] = normalized_mse(predicted, vectors[kept].float()).to(mse.dtype)
+            mse[kept] = normalized_mse(predicted, vectors[kept].float())
     rewards = penalized_rewards(torch.nan_to_num(mse, nan=2.0), valid, args.reward).view(-1, group)
     advantages = (group_advantages if args.advantage == "group" else batch_advantages)(rewards).reshape(-1)
     start = torch.tensor([len(p) for p in prompts_real], device=device)
@@ -204,9 +210,10 @@ def _share(mode: str, mask: Tensor, part: slice) -> float:
 
 def av_loss(verbalizer: Verbalizer, rollout: Rollout, args: RolloutArgs,
             backward: Callable[[Tensor], None]) -> dict[str, float]:
-    """Clipped surrogate plus ``kl_coef`` x KL to the reference, aggregated over the trimmed tokens;
-    ``backward`` is called once per micro-batch on its weighted loss. Returns the batch's loss, KL
-    and clip fraction."""
+    """Clipped surrogate plus ``kl_coef`` x the KL penalty (``args.kl_estimator``) to the reference,
+    aggregated over the trimmed tokens; ``backward`` is called once per micro-batch on its weighted
+    loss. Returns the batch's loss, clip fraction and ``kl``: the token mean of the k3 estimate of
+    KL(policy || reference), unbiased and never negative, whichever estimator the loss uses."""
     mode, width = args.loss_aggregation, rollout.completion_ids.shape[1]
     totals = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
     tokens = max(1, int(rollout.mask.sum()))
@@ -221,7 +228,8 @@ def av_loss(verbalizer: Verbalizer, rollout: Rollout, args: RolloutArgs,
         loss = aggregate(surrogate + args.kl_coef * kl, mask, mode, args.max_new_tokens) * share
         backward(loss)
         totals["loss"] += float(loss.detach())
-        totals["kl"] += float(torch.where(mask, kl.detach(), 0.0).sum()) / tokens
+        measured = kl_penalty(logprobs.detach(), rollout.ref_logprobs[part], "k3", mask)
+        totals["kl"] += float(torch.where(mask, measured, 0.0).sum()) / tokens
         totals["clip_ratio"] += float(clipped.sum()) / tokens
     verbalizer.injector.unload()
     return totals

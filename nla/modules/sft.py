@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
-from torchmetrics import MeanMetric
 
 from nla.data.datasets import IGNORE
 from nla.errors import ConfigError, field_scope
 from nla.export import export_pair
-from nla.metrics import FractionOfVarianceExplained
-from nla.modules import fsdp, lora, optim
+from nla.metrics import FractionOfVarianceExplained, WeightedMean
+from nla.modules import fsdp, lora, optim, precision
 from nla.modules.backbone import check_trainable, load_causal_lm
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.sample_table import sample_rows, sample_table
@@ -48,7 +47,7 @@ class SFTModule(LightningModule):
         num_samples: int = 4,
         max_new_tokens: int = 150,
         export_dir: str | None = None,
-        dtype: str | None = None,
+        dtype: str = "float32",
         peak_tflops: float = 989.0,
         optimizer: str = "adamw",
         verbalizer_lora: lora.LoraArgs | None = None,
@@ -76,11 +75,14 @@ class SFTModule(LightningModule):
             num_samples: Held-out rows sampled for the table (always the same rows).
             max_new_tokens: Cap on generated tokens per sample; 150 as in the reference.
             export_dir: Where the trained pair is exported (``av/`` and ``ar/``) when fit ends; unset: no export.
-            dtype: Override of ``data.model.dtype`` for the trained models (``float32``, ``bfloat16``).
+            dtype: Dtype of the trained weights: ``float32`` masters (bf16 compute comes from
+                ``trainer.precision: bf16-mixed`` or the FSDP strategy's ``param_dtype``); ``bfloat16``
+                only with ``optimizer: adamw_bf16_stochastic``. ``data.model.dtype`` is not read for them.
             peak_tflops: Dense bf16 peak of one accelerator, for MFU (H100 SXM: 989). MFU is logged on
                 CUDA only, as 6 x trainable parameters x real tokens per second over this peak.
             optimizer: ``adamw``, ``adamw8bit`` or ``paged_adamw8bit`` (CUDA only); the 8-bit ones need
-                bitsandbytes (``nla[quant]``).
+                bitsandbytes (``nla[quant]``). ``adamw_bf16_stochastic`` (stochastic
+                rounding) is the one optimizer that accepts bf16 trained weights.
             verbalizer_lora: Train a LoRA adapter on the AV instead of all its weights (``nla[lora]``);
                 its ``merge_on_export`` decides the exported AV layout.
             reconstructor_lora: Train a LoRA adapter on the AR's blocks; its head stays fully trainable
@@ -110,8 +112,8 @@ class SFTModule(LightningModule):
         self._sampled_at = -1
         self._step_started = 0.0
         self._step_tokens: dict[str, int] = {}
-        self.av_val_loss = MeanMetric()
-        self.av_val_loss_shuffled = MeanMetric()
+        self.av_val_loss = WeightedMean()
+        self.av_val_loss_shuffled = WeightedMean()
 
     # ---- building -------------------------------------------------------------------------------
 
@@ -119,6 +121,7 @@ class SFTModule(LightningModule):
         datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "model_args"):
             raise ConfigError("data", "SFTModule needs an NLADataModule (data.class_path)")
+        precision.check_trainer(self.trainer, self.hparams.optimizer)
         self.build(datamodule)
 
     def build(self, datamodule) -> None:
@@ -132,7 +135,8 @@ class SFTModule(LightningModule):
             raise ConfigError("data.train_splits", f"must be {sorted(expected)} for train_verbalizer="
                               f"{hp.train_verbalizer} and train_reconstructor={hp.train_reconstructor}, "
                               f"got {list(datamodule.train_splits)}")
-        args = datamodule.model_args if hp.dtype is None else replace(datamodule.model_args, dtype=hp.dtype)
+        # Trained weights are float32 masters whatever data.model.dtype (the frozen uses') says.
+        args = replace(datamodule.model_args, dtype=precision.trained_dtype(hp.dtype, hp.optimizer))
         cached = datamodule.cache.meta.get("model", {}).get("name_or_path")
         if cached != args.name_or_path:
             raise ConfigError("data.model.name_or_path", f"is {args.name_or_path!r} but the cache in "
@@ -179,6 +183,16 @@ class SFTModule(LightningModule):
         steps = hp.schedule_steps or optim.total_steps(self.trainer)
         schedule = optim.warmup_cosine_schedule(optimizer, hp.warmup_steps, steps)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """``trainer.gradient_clip_val`` by norm clips the AV's and the AR's gradients each with its own
+        norm (as GRPO does): one joint norm would let the larger model's gradients shrink the other's."""
+        if gradient_clip_algorithm not in (None, "norm"):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        if gradient_clip_val:
+            for group in optimizer.param_groups:
+                torch.nn.utils.clip_grad_norm_(group["params"], gradient_clip_val)
 
     # ---- training -------------------------------------------------------------------------------
 

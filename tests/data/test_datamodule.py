@@ -147,6 +147,16 @@ def test_rl_and_heldout_batches(built):
     assert torch.all(held["av_prompt_mask"][:, -1] == 1)
 
 
+def test_limited_heldout_evaluation_reads_rows_of_many_documents(built):
+    # limit_val_batches / eval_max_batches read the first batches: they must not be the first documents.
+    _, _, dm = built
+    documents = [dm.cache.record(int(i))["doc_id"] for i in dm.dataset("heldout").indices]
+    count = len(set(documents))
+    assert count >= 3 and len(documents) > count
+    assert len(set(documents[:count])) == count
+    assert sorted(dm.dataset("heldout").indices.tolist()) == dm.cache.split_indices("heldout").tolist()
+
+
 def test_shuffled_pairs_texts_with_a_fixed_permutation_of_vectors(built):
     _, _, dm = built
     real, shuffled = dm.dataset("ar_sft"), dm.dataset("ar_sft", shuffled=True)

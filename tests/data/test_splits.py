@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 
-from nla.data.splits import SPLITS, SplitArgs, split_of
+from nla.data.splits import SPLITS, SplitArgs, split_of, spread_over_documents
 from nla.errors import ConfigError
 
 IDS = [f"doc-{i}" for i in range(10_000)]
@@ -54,3 +55,17 @@ def test_bad_fractions_name_the_field():
         SplitArgs(heldout=0.1)
     with pytest.raises(ConfigError, match="splits.heldout"):
         split_of("x", {"rl": 1.0, "heldout": float("nan")})
+
+
+def test_spread_over_documents_deals_one_row_per_document_per_round():
+    documents = np.array(["a", "a", "a", "b", "c", "c", "d", "a", "b"])
+    order = spread_over_documents(documents)
+    assert sorted(order.tolist()) == list(range(len(documents)))
+    dealt = documents[order].tolist()
+    assert sorted(dealt[:4]) == ["a", "b", "c", "d"]  # round 0: every document once
+    assert sorted(dealt[4:7]) == ["a", "b", "c"]      # round 1: those with a second row
+    assert dealt[7:] == ["a", "a"]
+    # One document order for every round, fixed by the seed.
+    assert [d for d in dealt[:4] if d != "d"] == dealt[4:7]
+    assert np.array_equal(spread_over_documents(documents), order)
+    assert not all(np.array_equal(spread_over_documents(documents, seed), order) for seed in range(1, 6))

@@ -1,5 +1,9 @@
+import logging
+import shutil
+
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from nla.errors import ConfigError, NLAError
 from nla.modules import adapters
@@ -94,3 +98,34 @@ def test_packaged_name_resolves_to_the_installed_gguf(smollm2_dir):
     assert config.model_type == "llama" and adapters.hidden_size(config) == 576
     with pytest.raises(NLAError, match="unknown packaged model 'gpt5'; choose from smollm2"):
         load_config(BackboneArgs("packaged:gpt5"))
+
+
+def copy_checkpoint(source, target, edit):
+    """``source`` copied to ``target`` with its safetensors weights passed through ``edit``."""
+    shutil.copytree(source, target)
+    weights = load_file(str(target / "model.safetensors"))
+    save_file(edit(weights), str(target / "model.safetensors"), metadata={"format": "pt"})
+    return target
+
+
+def test_a_checkpoint_missing_a_blocks_weights_is_refused(tiny_model_dir, tmp_path):
+    broken = copy_checkpoint(tiny_model_dir("llama"), tmp_path / "broken",
+                             lambda weights: {k: v for k, v in weights.items() if ".layers.1." not in k})
+    with pytest.raises(ConfigError, match=r"name_or_path: .* lacks 9 weights the model needs \(first: "
+                                          r"model\.layers\.1\.input_layernorm\.weight,") as error:
+        load_causal_lm(BackboneArgs(str(broken)))
+    assert "\n" not in str(error.value)
+    # Truncated above the gap, nothing the model needs is missing.
+    assert len(adapters.decoder_layers(load_causal_lm(BackboneArgs(str(broken)), keep_layers=1))) == 1
+
+
+def test_unused_weights_are_reported_except_the_truncated_blocks(tiny_model_dir, tmp_path, caplog):
+    args = BackboneArgs(str(tiny_model_dir("llama")))
+    with caplog.at_level(logging.WARNING, logger="nla.modules.backbone"):
+        load_causal_lm(args, keep_layers=2)
+    assert not caplog.records
+    extra = copy_checkpoint(tiny_model_dir("llama"), tmp_path / "extra",
+                            lambda weights: {**weights, "model.adapter.weight": torch.zeros(2)})
+    with caplog.at_level(logging.WARNING, logger="nla.modules.backbone"):
+        load_causal_lm(BackboneArgs(str(extra)))
+    assert "holds 1 weights this model does not use (first: model.adapter.weight)" in caplog.text

@@ -303,3 +303,42 @@ def test_sharded_grpo_resumes_from_last_and_exports(setting, tmp_path):
     assert "stage: grpo" in (tmp_path / "export" / "av" / "nla_meta.yaml").read_text()
     load_pair(tmp_path / "export" / "av", tmp_path / "export" / "ar")
     assert_trained_export(tmp_path / "final", warm, every=False)
+
+
+def bf16_config(kind: str, run: Path, model_dir: Path, root: Path, **model) -> Path:
+    """``sharded_config`` computing in bf16 (param_dtype) with data.model.dtype bfloat16, AV LR 1e-5."""
+    path = sharded_config(kind, run, model_dir, root, **model)
+    config = yaml.safe_load(path.read_text())
+    config["trainer"]["strategy"]["init_args"] = {"param_dtype": "bfloat16"}
+    config["data"]["init_args"]["model"]["dtype"] = "bfloat16"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def changed_fraction(av_dir: Path, start_dir: Path) -> dict[str, float]:
+    exported, start = load_file(str(av_dir / "model.safetensors")), load_file(str(start_dir / "model.safetensors"))
+    assert all(value.dtype == torch.float32 for value in exported.values()), "float32 sharded masters"
+    fractions = {}
+    for kind, match in (("linear", lambda k: k.endswith("proj.weight") or k == "lm_head.weight"),
+                        ("norm", lambda k: "norm" in k)):
+        keys = [k for k in start if match(k)]
+        fractions[kind] = sum(int((exported[k] != start[k]).sum()) for k in keys) / sum(start[k].numel() for k in keys)
+    return fractions
+
+
+def test_sharded_bf16_sft_step_in_warmup_moves_every_verbalizer_weight(setting, tmp_path):
+    root, model_dir, _ = setting
+    config = bf16_config("sft", tmp_path, model_dir, root, verbalizer_lr=1e-5, reconstructor_lr=1e-5,
+                         warmup_steps=50, sample_every_n_steps=0)
+    cli(config, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0")
+    fractions = changed_fraction(tmp_path / "export" / "av", model_dir)
+    assert fractions["linear"] > 0.99 and fractions["norm"] > 0.99, fractions
+
+
+def test_sharded_bf16_grpo_step_moves_every_verbalizer_weight(setting, tmp_path):
+    root, _, warm = setting
+    config = bf16_config("grpo", tmp_path, warm, root, sft_export=str(root / "sft"),
+                         final_export_dir=str(tmp_path / "final"), memory_probe=False)
+    cli(config, "--trainer.max_steps", "1")
+    fractions = changed_fraction(tmp_path / "final" / "av", warm)
+    assert fractions["linear"] > 0.99 and fractions["norm"] > 0.99, fractions

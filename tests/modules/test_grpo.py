@@ -4,6 +4,7 @@ files, the best pair is exported, and a resumed run ends exactly where an uninte
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nla.cli import main
+from nla.modules.grpo import GRPOModule
 from tests.data.cache_helpers import write_corpus
 from tests.modules.test_rollout import warm_tiny_llama, write_sft_export
 
@@ -108,3 +110,41 @@ def test_prompts_per_step_must_match_the_batch_size(setting, capsys):
         fit(setting, "mismatch", "--model.init_args.prompts_per_step", "3")
     assert failed.value.code == 2
     assert "model.prompts_per_step" in capsys.readouterr().err
+
+
+def test_one_bf16_mixed_step_moves_every_verbalizer_weight(setting):
+    _, model_dir = setting
+    # data.model.dtype bfloat16 is the frozen uses' dtype: the trained AV and AR still load in float32.
+    run = fit(setting, "mixed", "--trainer.precision", "bf16-mixed", "--data.init_args.model.dtype", "bfloat16",
+              "--trainer.max_steps", "1", "--model.init_args.final_export_dir", str(setting[0] / "mixed" / "final"))
+    exported = load_file(str(run / "final" / "av" / "model.safetensors"))
+    start = load_file(str(next(model_dir.glob("*.safetensors"))))
+    assert all(value.dtype == torch.float32 for value in exported.values())
+    for kind, match in (("linear", lambda k: k.endswith("proj.weight") or k == "lm_head.weight"),
+                        ("norm", lambda k: "norm" in k)):
+        keys = [k for k in start if match(k)]
+        changed = sum(int((exported[k] != start[k]).sum()) for k in keys) / sum(start[k].numel() for k in keys)
+        assert changed > 0.99, (kind, changed)
+    # The reference is stored in bf16 and the policy computes in bf16 under autocast: close, not equal.
+    ((_, kl),) = scalars(run)["train/kl"]
+    assert 0 <= kl < 1e-3
+
+
+def test_the_reference_matches_the_policy_at_the_first_step_under_bf16_true(setting):
+    # bf16 weights train only with the stochastic rounding optimizer; the reference, stored in the
+    # policy's compute dtype, then scores the first rollout exactly as the policy does.
+    run = fit(setting, "true", "--trainer.precision", "bf16-true", "--trainer.max_steps", "1",
+              "--model.init_args.optimizer", "adamw_bf16_stochastic")
+    assert scalars(run)["train/kl"] == [(0, 0.0)]
+
+
+def test_each_process_samples_with_its_own_seed():
+    module = GRPOModule(seed=7)
+    seeds = {}
+    for rank in (0, 1):
+        for step in (0, 1):
+            module._trainer = SimpleNamespace(global_rank=rank, global_step=step)
+            seeds[rank, step] = module._sample_seed()
+    assert len(set(seeds.values())) == 4
+    module._trainer = SimpleNamespace(global_rank=1, global_step=1)
+    assert module._sample_seed() == seeds[1, 1]

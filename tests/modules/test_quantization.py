@@ -123,7 +123,7 @@ def test_quantized_reference_scores_like_the_policy(wide_dir, tmp_path, kind):
     reconstructor = Reconstructor.from_backbone(args, LAYER)
     export_pair(tmp_path, verbalizer=verbalizer, reconstructor=reconstructor, prompts=prompts, layer=LAYER,
                 base_model=str(model_dir), stage="sft", training={})
-    reference = build_reference(verbalizer, str(tmp_path), kind, "same", "float32")
+    reference = build_reference(verbalizer, str(tmp_path), kind, "same", torch.float32)
     assert isinstance(reference, FrozenModel)
     assert type(reference.verbalizer.model.model.layers[0].mlp.up_proj).__name__ == LINEAR[kind]
     assert not any(p.requires_grad for p in reference.verbalizer.parameters())
@@ -147,6 +147,6 @@ def test_quantized_reference_needs_the_sft_export(tiny_model_dir):
     prompts = Prompts.build(tokenizer, PromptArgs())
     verbalizer = Verbalizer(load_causal_lm(args), tokenizer, prompts.marker, SCALE)
     with pytest.raises(ConfigError, match="^model.reference_quantization: loads the reference from model.sft_export"):
-        build_reference(verbalizer, None, "8bit", "same", "float32")
+        build_reference(verbalizer, None, "8bit", "same", torch.float32)
     with pytest.raises(ConfigError, match="^model.reference_quantization: must be one of"):
-        build_reference(verbalizer, None, "2bit", "same", "float32")
+        build_reference(verbalizer, None, "2bit", "same", torch.float32)

@@ -123,6 +123,20 @@ def test_bf16_backbone_keeps_an_fp32_head_that_moves_at_small_lr(tiny_model_dir)
     assert torch.tensor(1 + 1e-4).bfloat16().item() == 1.0 and torch.tensor(1 - 1e-4).bfloat16().item() == 1.0
 
 
+def test_the_head_computes_in_fp32_under_bf16_autocast(tiny_model_dir):
+    args = BackboneArgs(str(tiny_model_dir("llama")))
+    ar = Reconstructor.from_backbone(args, LAYER).eval()
+    with torch.no_grad():
+        ar.head.weight.add_(torch.randn(32, 32, generator=torch.Generator().manual_seed(0)) * 1e-3)
+    seen = []
+    ar.head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = ar(*batch(load_tokenizer(args), TEXTS))
+    # The blocks compute in bf16; the head multiplies their float32-cast output by its float32 weight.
+    assert seen[0].dtype == torch.float32 and pred.dtype == torch.float32
+    torch.testing.assert_close(pred, seen[0].double().matmul(ar.head.weight.double().T).float(), rtol=1e-6, atol=1e-6)
+
+
 def test_training_on_a_fixed_batch_lowers_the_loss(tiny_model_dir):
     args = BackboneArgs(str(tiny_model_dir("llama")))
     tokenizer = load_tokenizer(args)

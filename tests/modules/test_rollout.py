@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import HalfPrecision
 
 from nla.grpo_loss import AGGREGATION_MODES
-from nla.maths import normalized_mse
+from nla.maths import normalized_mse, rescale
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.reference import FrozenCopy
-from nla.modules.rollout import RolloutArgs, av_loss, ar_loss, collect, policy_logprobs, reconstruct
+from nla.modules.rollout import (RolloutArgs, av_loss, ar_loss, collect, policy_logprobs, reconstruct,
+                                token_logprobs)
 from nla.modules.verbalizer import Verbalizer
 from nla.prompts import PromptArgs, Prompts
 
@@ -143,7 +145,7 @@ def test_old_logprobs_are_the_policy_before_the_update_and_nothing_is_clipped(pa
 
 def test_kl_to_an_identical_reference_is_zero(parts):
     verbalizer = parts[0]
-    for estimator in ("k1", "k3"):
+    for estimator in ("k1", "k2", "k3"):
         rollout, args = rollout_of(parts, kl_estimator=estimator)
         assert torch.equal(rollout.ref_logprobs[rollout.mask], rollout.old_logprobs[rollout.mask])
         stats = av_loss(verbalizer, rollout, args, lambda loss: loss.backward())
@@ -197,3 +199,46 @@ def test_rewards_use_the_reconstructor_before_its_update(parts):
     assert loss == pytest.approx(float(expected.mean()), rel=1e-5)
     assert not torch.allclose(after, expected)
     assert float(after.mean()) < float(expected.mean())
+
+
+def test_rewards_and_advantages_stay_float32_under_bf16_true(parts):
+    # Lightning's bf16-true casts the modules and makes bfloat16 the default dtype inside each step.
+    verbalizer, reconstructor, prompts = parts
+    plugin = HalfPrecision("bf16-true")
+    plugin.convert_module(verbalizer)
+    plugin.convert_module(reconstructor)
+    with plugin.forward_context():
+        rollout, _ = rollout_of(parts)
+        kept = rollout.valid.nonzero().squeeze(1).tolist()
+        predicted = reconstruct(reconstructor, prompts, [rollout.explanations[i] for i in kept], 4,
+                                prompts.tokenizer.pad_token_id)
+    assert torch.get_default_dtype() == torch.float32
+    for name in ("mse", "rewards", "advantages"):
+        assert getattr(rollout, name).dtype == torch.float32, name
+    torch.testing.assert_close(rollout.mse[kept], normalized_mse(predicted, rollout.vectors[kept]), rtol=0, atol=0)
+
+
+def test_token_logprobs_match_a_log_softmax_of_a_plain_forward(parts):
+    """The rollout's log-probs against a hand-made pass: the marker's embedding row replaced by the
+    rescaled vector, a plain HF forward on those embeddings, log-softmax, each completion token read
+    at the position before it."""
+    verbalizer, _, prompts = parts
+    rollout, _ = rollout_of(parts)
+    width = rollout.completion_ids.shape[1]
+    chosen, _ = token_logprobs(verbalizer, rollout.input_ids, rollout.attention_mask, rollout.vectors,
+                               rollout.start, width)
+    verbalizer.injector.unload()
+    model = verbalizer.model
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings()(rollout.input_ids)
+        slot = prompts.av_prompt_ids.index(prompts.marker.token_id)
+        embeddings[:, slot] = rescale(rollout.vectors, SCALE)
+        logits = model(inputs_embeds=embeddings, attention_mask=rollout.attention_mask).logits
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    for row in range(len(rollout.start)):
+        for j in range(int(rollout.mask[row].sum())):
+            position = int(rollout.start[row]) + j
+            token = int(rollout.input_ids[row, position])
+            assert token == int(rollout.completion_ids[row, j])
+            expected = float(log_probs[row, position - 1, token])
+            assert float(chosen[row, j]) == pytest.approx(expected, abs=1e-5), (row, j)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 
@@ -16,7 +17,9 @@ from nla.data.corpus import CorpusArgs
 from nla.data.datamodule import NLADataModule
 from nla.data.splits import SplitArgs
 from nla.errors import ConfigError
+from nla.maths import normalized_mse
 from nla.meta import read_meta
+from nla.modules import optim
 from nla.modules.backbone import BackboneArgs
 from nla.modules.sft import SFTModule
 from tests.data.cache_helpers import write_corpus
@@ -196,3 +199,102 @@ def test_bad_arguments_name_their_field(kwargs, field):
     with pytest.raises(ConfigError) as error:
         SFTModule(**kwargs)
     assert error.value.field == field
+
+
+def changed_fraction(export: Path, start_dir: Path) -> dict[str, float]:
+    """Fraction of the AV's linear and norm weights that differ from the starting checkpoint."""
+    exported = load_file(str(export / "av" / "model.safetensors"))
+    start = load_file(str(start_dir / "model.safetensors"))
+    assert all(value.dtype == torch.float32 for value in exported.values()), "float32 masters"
+    fractions = {}
+    for kind, match in (("linear", lambda k: k.endswith("proj.weight") or k == "lm_head.weight"),
+                        ("norm", lambda k: "norm" in k)):
+        keys = [k for k in start if match(k)]
+        assert keys
+        changed = sum(int((exported[k] != start[k]).sum()) for k in keys)
+        fractions[kind] = changed / sum(start[k].numel() for k in keys)
+    return fractions
+
+
+def test_one_bf16_mixed_step_in_warmup_moves_every_verbalizer_weight(shared, tmp_path):
+    # data.model.dtype bfloat16 (the frozen uses' dtype) must not make the trained weights bf16.
+    fit(shared, tmp_path, "--trainer.max_steps", "1", "--trainer.precision", "bf16-mixed",
+        "--trainer.limit_val_batches", "0", "--data.init_args.model.dtype", "bfloat16",
+        "--model.init_args.verbalizer_lr", "1e-5", "--model.init_args.reconstructor_lr", "1e-5",
+        "--model.init_args.warmup_steps", "50", "--model.init_args.sample_every_n_steps", "0")
+    fractions = changed_fraction(tmp_path / "export", shared[1])
+    assert fractions["linear"] > 0.99 and fractions["norm"] > 0.99, fractions
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("--trainer.precision", "bf16-true"), "trainer.precision: is bf16-true: it casts the trained weights"),
+    (("--model.init_args.dtype", "bfloat16"), "model.dtype: is bfloat16: AdamW updates at small learning rates"),
+])
+def test_bf16_trained_weights_are_refused_without_a_compensating_optimizer(shared, tmp_path, capsys, overrides,
+                                                                          message):
+    with pytest.raises(SystemExit) as done:
+        fit(shared, tmp_path, "--trainer.max_steps", "1", *overrides)
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "bf16-mixed" in err and "adamw_bf16_stochastic" in err
+
+
+def test_bf16_trained_weights_train_with_the_stochastic_rounding_optimizer(shared, tmp_path):
+    fit(shared, tmp_path, "--trainer.max_steps", "1", "--trainer.precision", "bf16-true",
+        "--trainer.limit_val_batches", "0", "--model.init_args.optimizer", "adamw_bf16_stochastic",
+        "--model.init_args.sample_every_n_steps", "0")
+    state = checkpoint(tmp_path)["state_dict"]
+    assert state["verbalizer.model.model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16
+    assert state["reconstructor.head.weight"].dtype == torch.float32
+
+
+class Recorded:
+    """Wraps a metric's ``update`` to keep what it was given."""
+
+    def __init__(self, metric) -> None:
+        self.calls, self.update = [], metric.update
+        metric.update = self
+
+    def __call__(self, *args) -> None:
+        self.calls.append([value.detach().double().clone() for value in args])
+        self.update(*args)
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed"])
+def test_validation_metrics_are_exact_under_bf16_precisions(shared, precision):
+    from lightning.pytorch import Trainer
+
+    dm = datamodule(shared, val_shuffled=False)
+    module = SFTModule()
+    module.build(dm)
+    fve, loss = Recorded(module.fve), Recorded(module.av_val_loss)
+    Trainer(accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False).validate(module, datamodule=dm)
+    # The float32/float64 computation on the same predictions and losses.
+    mse = torch.cat([normalized_mse(pred.float(), target.float()) for pred, target in fve.calls]).double()
+    expected_fve = 1 - float(mse.mean()) / dm.heldout_variance
+    losses, tokens = (torch.stack(values) for values in zip(*loss.calls))
+    expected_loss = float((losses * tokens).sum() / tokens.sum())
+    assert len(mse) == len(dm.dataset("heldout"))
+    assert module.last_validation["val/fve"] == pytest.approx(expected_fve, abs=1e-6)
+    assert module.last_validation["val/av_loss"] == pytest.approx(expected_loss, abs=1e-6)
+
+
+def test_gradient_clipping_clips_each_model_by_its_own_norm(shared):
+    from lightning.pytorch import Trainer
+
+    dm = datamodule(shared)
+    module = SFTModule()
+    module.build(dm)
+    module.trainer = Trainer(accelerator="cpu", gradient_clip_val=1.0, logger=False, enable_checkpointing=False)
+    optimizer = optim.adamw([optim.param_group("verbalizer", module.verbalizer, 1e-5),
+                             optim.param_group("reconstructor", module.reconstructor, 1e-5)], (0.9, 0.95), 0.0)
+    for scale, group in zip((10.0, 1e-3), optimizer.param_groups):
+        for p in group["params"]:
+            p.grad = torch.full_like(p, scale)
+    small = [p.grad.clone() for p in optimizer.param_groups[1]["params"]]
+    module.configure_gradient_clipping(optimizer, 1.0, "norm")
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in optimizer.param_groups[0]["params"]]))
+    assert float(norm) == pytest.approx(1.0, rel=1e-4)
+    # The AR's small gradients are under the threshold on their own: untouched.
+    assert all(torch.equal(p.grad, g) for p, g in zip(optimizer.param_groups[1]["params"], small))

@@ -19,7 +19,8 @@ steps add: activations, gradients, optimizer state, sampling cache; Linux, read 
 Settings (``SETTINGS``): baseline (fp32 weights, torch AdamW, full fine-tuning), adamw8bit,
 paged_adamw8bit (CUDA), lora and lora+adamw8bit (adapters on AV and AR), grad_ckpt (each decoder
 block recomputed in backward), reference_8bit / reference_4bit (GRPO only: the frozen KL reference is
-the target loaded again in those bits) and bf16 (CUDA: bf16 weights, fp32 AR head). A setting this
+the target loaded again in those bits) and bf16 (CUDA: bf16 weights with the stochastic-rounding AdamW
+that keeps them training, fp32 AR head). A setting this
 machine cannot run, or one that fails or runs out of memory, gets an ``n/a (reason)`` row.
 """
 
@@ -59,7 +60,7 @@ class Setting:
     """One combination of memory-saving switches, as the training YAML would select it."""
 
     optimizer: str = "adamw"
-    """``model.optimizer``: adamw, adamw8bit or paged_adamw8bit."""
+    """``model.optimizer``: adamw, adamw8bit, paged_adamw8bit or adamw_bf16_stochastic."""
     lora: bool = False
     """LoRA adapters (``LoraArgs`` defaults) on the AV and the AR."""
     checkpointing: bool = False
@@ -79,7 +80,8 @@ SETTINGS = {
     "grad_ckpt": Setting(checkpointing=True),
     "reference_8bit": Setting(reference="8bit"),
     "reference_4bit": Setting(reference="4bit"),
-    "bf16": Setting(dtype="bfloat16"),
+    # bf16 trained weights need an optimizer that compensates bf16 rounding (nla.modules.precision).
+    "bf16": Setting(dtype="bfloat16", optimizer="adamw_bf16_stochastic"),
 }
 
 
@@ -89,7 +91,8 @@ def unavailable(setting: Setting, device: str) -> str | None:
         return "paged optimizer needs CUDA"
     if setting.dtype == "bfloat16" and device != "cuda":
         return "bf16 is measured on CUDA only"
-    if (setting.optimizer != "adamw" or setting.reference != "none") and not importlib.util.find_spec("bitsandbytes"):
+    bnb = setting.optimizer in ("adamw8bit", "paged_adamw8bit") or setting.reference != "none"
+    if bnb and not importlib.util.find_spec("bitsandbytes"):
         return "needs bitsandbytes"
     if setting.lora and not importlib.util.find_spec("peft"):
         return "needs peft"
