@@ -41,6 +41,9 @@ class FrozenCopy:
     starting AV is rebuilt from its source on resume instead.
     """
 
+    shardable = True
+    """Its verbalizer is a full copy of its own, which ``nla.modules.fsdp`` shards like the policy's."""
+
     def __init__(self, verbalizer: Verbalizer, device: str = "same") -> None:
         if device not in DEVICES:
             raise ConfigError("model.reference_device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
