@@ -7,7 +7,7 @@ from itertools import islice
 
 import torch
 
-from nla.evaluation import round_trip
+from nla.evaluation.round_trip import round_trip
 from nla.metrics import FractionOfVarianceExplained
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.rollout import Rollout, RolloutArgs

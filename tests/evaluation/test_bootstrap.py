@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nla.evaluation import (
-    derangement,
-    difference_interval,
-    document_resamples,
-    fve_interval,
-    mean_predictor_mse,
-    row_mse,
-)
+from nla.evaluation.bootstrap import difference_interval, document_resamples, fve_interval
+from nla.evaluation.round_trip import derangement, mean_predictor_mse, row_mse
 
 
 def test_derangement_moves_every_row_and_is_seeded():
