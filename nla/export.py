@@ -85,10 +85,11 @@ def export_pair(
 ) -> dict[str, Path]:
     """Write ``directory/av`` and/or ``directory/ar`` (a ``None`` side is skipped and left as it was).
 
-    ``training`` is stored in both sidecars and summarised in the model cards. The cards and
-    ``nla explain`` read these keys when present (see ``nla.model_card.TRAINING_FIELDS``):
-    ``corpus``, ``documents``, ``split_sizes``, ``teacher``, ``steps``, ``heldout_fve``,
-    ``heldout_variance`` (the rawvar baseline of the held-out split), ``heldout_mse``.
+    ``training`` is stored in both sidecars and summarised in the model cards. The cards,
+    ``nla explain`` and ``nla evaluate`` read these keys when present (see
+    ``nla.model_card.TRAINING_FIELDS``): ``corpus``, ``documents``, ``split_sizes``, ``teacher``,
+    ``steps``, ``heldout_variance`` (the rawvar baseline of the held-out split) and ``figures`` (each
+    held-out figure named for what it measures, ``nla.meta.figure``).
     A LoRA AV is merged into its weights, or with ``merge_adapters=False`` written as its adapter
     alone; a LoRA AR is always merged (the released AR layout has no adapter form).
     Returns ``{"av": path, "ar": path}`` for the sides written.

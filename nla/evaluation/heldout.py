@@ -34,6 +34,8 @@ class HeldoutRows:
     None when the data has no training split (texts)."""
     source: dict
     """Where the rows come from, for the report."""
+    layer: int
+    """K: the vectors are the residual after this block."""
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -58,6 +60,7 @@ def cache_rows(directory: str, split: str, count: int, layer: int, d: int) -> He
         mean=mean,
         source={"kind": "cache", "cache": str(directory), "split": split, "order": "split order, first rows",
                 "mean_predictor": "the ar_sft split's mean normalised vector" if mean is not None else None},
+        layer=layer,
     )
 
 
@@ -80,7 +83,7 @@ def text_rows(model, tokenizer, layer: int, texts: list[str], positions: list[in
         raise ConfigError("positions", "select a single row; an evaluation needs at least 2")
     return HeldoutRows(torch.cat(vectors), np.array(documents), chosen, token_ids, contexts, whole, None,
                        {"kind": "texts", "texts": len(texts), "positions": positions or "default",
-                        "mean_predictor": None})
+                        "mean_predictor": None}, layer)
 
 
 def splice_inputs(rows: HeldoutRows, tokenizer) -> tuple[list[int], list[list[int]]]:
