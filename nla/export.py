@@ -250,6 +250,19 @@ def read_pair_meta(av_dir: str | Path, ar_dir: str | Path) -> tuple[tuple[Path, 
     return av, ar
 
 
+def pair_directories(av: str | None, ar: str | None, pair: str | None) -> tuple[str, str]:
+    """The AV and AR directories a command was given: ``--av`` and ``--ar``, or ``--pair`` (an export
+    directory holding ``av/`` and ``ar/``)."""
+    if pair is not None:
+        if av is not None or ar is not None:
+            raise ConfigError("pair", "names both halves; give --pair or --av and --ar, not both")
+        return str(Path(pair) / "av"), str(Path(pair) / "ar")
+    if av is None or ar is None:
+        raise ConfigError("av" if av is None else "ar", "is missing; give --av and --ar, or --pair with an export "
+                          "directory")
+    return av, ar
+
+
 def load_pair_with_meta(
     av_dir: str | Path, ar_dir: str | Path, dtype: str = "auto"
 ) -> tuple[Verbalizer, Reconstructor, Prompts, NlaMeta, NlaMeta]:

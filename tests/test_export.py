@@ -135,6 +135,19 @@ def test_sidecars_and_cards_record_the_pair(tmp_path, tiny_model_dir):
     assert json.loads((paths["ar"] / "tokenizer_config.json").read_text())["padding_side"] == "right"
 
 
+def test_generation_settings_come_from_the_recorded_round_trip():
+    from nla.meta import figure, generation_settings
+
+    assert generation_settings(TRAINING) == {"max_new_tokens": 48, "decoding": "greedy"}
+    assert generation_settings({}) is None and generation_settings({"figures": {"ar_on_teacher_text": {}}}) is None
+    recorded = figure("round_trip", fve=0.5, mse=0.25, rows=8, documents=2, variance=0.5, step=3, max_new_tokens=96,
+                      decoding="greedy")
+    assert generation_settings({"figures": {"round_trip": recorded}}) == {"max_new_tokens": 96, "decoding": "greedy"}
+    assert recorded["what"].startswith("the AV explaining held-out vectors") and recorded["interval"] is None
+    with pytest.raises(ValueError, match="unknown figure"):
+        figure("heldout_fve", fve=0.5, mse=0.25, rows=8, documents=2, variance=0.5, step=3)
+
+
 def test_a_card_never_passes_an_unnamed_figure_for_the_round_trip():
     from nla.model_card import figure_lines
 

@@ -24,7 +24,7 @@ from nla.evaluation.bootstrap import difference_interval, document_resamples, fv
 from nla.evaluation.heldout import HeldoutRows, cache_rows, splice_inputs, text_rows
 from nla.evaluation.report import markdown, write_report
 from nla.evaluation.round_trip import derangement, mean_predictor_mse, round_trip, row_mse, vector_batches
-from nla.export import load_pair_with_meta, read_pair_meta
+from nla.export import load_pair_with_meta, pair_directories, read_pair_meta
 from nla.maths import fve_variance
 from nla.meta import generation_settings
 from nla.modules.rollout import reconstruct
@@ -33,16 +33,6 @@ from nla.padding import pad_token_id
 
 CHECKS = ("round_trip", "transforms", "detail", "splice", "claims")
 ORTHOGONAL_MSE = 2.0
-
-
-def _pair_dirs(av: str | None, ar: str | None, pair: str | None) -> tuple[str, str]:
-    if pair is not None:
-        if av is not None or ar is not None:
-            raise ConfigError("pair", "names both halves; give --pair or --av and --ar, not both")
-        return str(Path(pair) / "av"), str(Path(pair) / "ar")
-    if av is None or ar is None:
-        raise ConfigError("av" if av is None else "ar", "is missing; give --av and --ar, or --pair with an export directory")
-    return av, ar
 
 
 def _settings(checks, transforms, rewriter, cache, texts, rows, resamples, window, threshold, recurring_at):
@@ -139,7 +129,7 @@ def evaluate(
         resamples: Bootstrap draws over documents for every interval.
         seed: Seed of the bootstrap, the shuffled pairing and the local transforms.
     """
-    av, ar = _pair_dirs(av, ar, pair)
+    av, ar = pair_directories(av, ar, pair)
     checks, transform_kinds = _settings(checks, transforms, rewriter, cache, texts, rows, resamples, claim_window,
                                         claim_threshold, recurring_at)
     (_, av_meta), (_, ar_meta) = read_pair_meta(av, ar)

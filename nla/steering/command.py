@@ -24,7 +24,7 @@ from transformers.utils import logging as hf_logging
 
 from nla.errors import ConfigError
 from nla.explain.command import recorded_variance
-from nla.export import load_pair_with_meta, read_pair_meta
+from nla.export import load_pair_with_meta, pair_directories, read_pair_meta
 from nla.maths import normalized_mse
 from nla.modules.patching import greedy_continuation, rescaled
 from nla.modules.target import choose_positions, load_target, residuals, target_tokenizer, tokenize
@@ -128,17 +128,18 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
-def steer(av: str, ar: str, text: str, position: int = -1, replace: list[str] | None = None,
-          explanation: str | None = None, mode: str = "replace", tokens: int = 20, watch: str | None = None,
-          target: str | None = None, max_new_tokens: int = 150, json: bool = False) -> None:
+def steer(text: str, av: str | None = None, ar: str | None = None, pair: str | None = None, position: int = -1,
+          replace: list[str] | None = None, explanation: str | None = None, mode: str = "replace", tokens: int = 20,
+          watch: str | None = None, target: str | None = None, max_new_tokens: int = 150, json: bool = False) -> None:
     """Edit what an explanation says and see what the target does differently: explain POSITION of
     TEXT, apply the edit, patch the edited explanation's reconstruction into the target's residual
     after block K at that position, and print the clean, original and steered continuations.
 
     Args:
+        text: The text to steer; the continuation follows its end.
         av: Directory of the verbalizer (an ``nla`` export or a released ``-av`` checkpoint).
         ar: Directory of the reconstructor that pairs with it.
-        text: The text to steer; the continuation follows its end.
+        pair: An export directory holding ``av/`` and ``ar/``, instead of ``av`` and ``ar``.
         position: The token whose activation is explained and patched (BOS included in the count;
             negative counts from the end). Default: the last token.
         replace: Edits of the explanation, ``OLD=NEW`` (repeatable); each OLD must occur in it. With
@@ -153,6 +154,7 @@ def steer(av: str, ar: str, text: str, position: int = -1, replace: list[str] | 
         max_new_tokens: Cap on the explanation's length in tokens.
         json: Print the result as JSON (``nla explain --steering FILE`` shows it on the explorer page).
     """
+    av, ar = pair_directories(av, ar, pair)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:

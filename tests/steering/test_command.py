@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,8 @@ def test_a_large_edit_changes_the_next_token_distribution(pair, capsys, mode):
 
 
 def test_table_output_and_position(pair, capsys):
-    main(["steer", "--av", pair[0], "--ar", pair[1], "--text", TEXT, "--position", "3", "--max_new_tokens", "8",
+    export = str(Path(pair[0]).parent)
+    main(["steer", "--pair", export, "--text", TEXT, "--position", "3", "--max_new_tokens", "8",
           "--tokens", "4", "--explanation", FAR, "--watch", "waves"])
     out = capsys.readouterr().out
     assert "position 3" in out and "clean run" in out and "steered (edited)" in out and "original explanation" in out
@@ -63,6 +65,7 @@ def test_table_output_and_position(pair, capsys):
     (["--mode", "swap"], "nla: error: mode: is 'swap'"),
     (["--replace", "a=b", "--explanation", "x"], "nla: error: explanation: replaces the whole explanation"),
     (["--position", "99"], "nla: error: positions: 99 is out of range"),
+    (["--pair", "/somewhere"], "nla: error: pair: names both halves"),
 ])
 def test_bad_input_is_one_line_and_exit_2(pair, capsys, argv, prefix):
     with pytest.raises(SystemExit) as done:
