@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cache": ("nla.data.cache_command:cache", "cache residual-stream activations to sharded memmaps"),
     "export": ("nla.export_command:export", "write a training checkpoint's AV/AR pair as HF directories"),
     "explain": ("nla.explain.command:explain", "explain a text's activations token by token with a trained AV/AR pair"),
-    "evaluate": ("nla.evaluation.command:evaluate", "the paper's checks of a pair on held-out data: report, plots, scalars"),
+    "evaluate": ("nla.evaluation.command:evaluate", "the paper's checks of a pair on held-out data, with intervals"),
     "steer": ("nla.steering.command:steer", "edit an explanation, patch its reconstruction into the target, compare"),
     "quickstart": ("nla.quickstart:quickstart", "the whole pipeline on CPU: cache, SFT, GRPO, held-out FVE table"),
 }
@@ -74,8 +74,8 @@ def list_options(function: Callable) -> set[str]:
     hints = typing.get_type_hints(function)
     names = set()
     for name, hint in hints.items():
-        options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-            else (hint,)
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        options = typing.get_args(hint) if union else (hint,)
         if any(typing.get_origin(option) is list for option in options):
             names.add(name)
     return names

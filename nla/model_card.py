@@ -56,7 +56,8 @@ def _figure_line(name: str, record: dict) -> str:
     line = f"- {FIGURE_TITLES.get(name, name)}: FVE {_number(record.get('fve'))} on {where}, step {record.get('step')}"
     if name == "round_trip":
         line += (f"; {record.get('decoding', NOT_RECORDED)} decoding, at most "
-                 f"{record.get('max_new_tokens', NOT_RECORDED)} new tokens, valid answers {_number(record.get('valid_rate'))}")
+                 f"{record.get('max_new_tokens', NOT_RECORDED)} new tokens, valid answers "
+                 f"{_number(record.get('valid_rate'))}")
     interval = record.get("interval")
     line += "; no interval" if not interval else f"; 95% interval {interval}"
     return line + f". Measures {record.get('what', NOT_RECORDED)}."

@@ -20,7 +20,8 @@ class NLALightningCLI(LightningCLI):
             subclass_mode_model=True,
             datamodule_class=LightningDataModule,
             subclass_mode_data=True,
-            parser_kwargs={"prog": "nla", **RAISE_ON_ERROR, **{name: RAISE_ON_ERROR for name in LightningCLI.subcommands()}},
+            parser_kwargs={"prog": "nla", **RAISE_ON_ERROR,
+                           **{name: RAISE_ON_ERROR for name in LightningCLI.subcommands()}},
             # A rerun into the same log directory must not abort because the config file exists.
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,

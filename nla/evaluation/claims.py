@@ -26,7 +26,8 @@ import numpy as np
 from nla.evaluation.bootstrap import bootstrap_interval
 from nla.evaluation.text import content_words, sentences
 
-_SPECIFIC = re.compile(r"[\"“”‘]|(?<!\w)'\S|\b(final|last|current|next|this)\s+(token|word|character|char)s?\b", re.I)
+_SPECIFIC = re.compile(r"[\"“”‘]|(?<!\w)'\S|\b(final|last|current|next|this)\s+(token|word|character|char)s?\b",
+                       re.I)
 
 JUDGE = """\
 Below is the beginning of a text, cut off where a language model has just read it, and one claim \

@@ -8,6 +8,7 @@ reconstructions; the causal splice loads the full target last, after the pair is
 from __future__ import annotations
 
 import gc
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from nla.data.teachers import Teacher, TeacherArgs, build_teacher
-from nla.errors import ConfigError, field_scope
+from nla.errors import ConfigError
 from nla.evaluation import claims as claim_check
 from nla.evaluation import detail as detail_check
 from nla.evaluation import splice as splice_check
@@ -35,6 +36,11 @@ CHECKS = ("round_trip", "transforms", "detail", "splice", "claims")
 ORTHOGONAL_MSE = 2.0
 
 
+def _stage(message: str) -> None:
+    # Progress on stderr: stdout carries the report only.
+    print(f"nla evaluate: {message}", file=sys.stderr, flush=True)
+
+
 def _settings(checks, transforms, rewriter, cache, texts, rows, resamples, window, threshold, recurring_at):
     """The checks and transforms to run, after every argument check that needs no model."""
     checks = list(CHECKS if checks is None else checks)
@@ -42,8 +48,10 @@ def _settings(checks, transforms, rewriter, cache, texts, rows, resamples, windo
     if unknown or not checks:
         raise ConfigError("checks", f"unknown {unknown}; choose from {', '.join(CHECKS)}" if unknown else "is empty")
     known = {**{name: kind for name, (kind, _) in transform_check.LOCAL.items()}, **transform_check.REWRITES}
-    names = list(transform_check.LOCAL) + (list(transform_check.REWRITES) if rewriter else []) \
-        if transforms is None else list(transforms)
+    if transforms is None:
+        names = list(transform_check.LOCAL) + (list(transform_check.REWRITES) if rewriter else [])
+    else:
+        names = list(transforms)
     for name in names:
         if name not in known:
             raise ConfigError("transforms", f"unknown transform '{name}'; choose from {', '.join(known)}")
@@ -66,10 +74,15 @@ def _teacher(args: TeacherArgs | None, field: str) -> Teacher | None:
     """The configured chat model, checked before any model loads (a rule-based teacher cannot answer)."""
     if args is None:
         return None
-    with field_scope(field):
+    try:
         teacher = build_teacher(args)
-        if type(teacher).answer is Teacher.answer:
-            teacher.answer([])
+    except ConfigError as error:
+        # The registry names the warm start's key (teacher.*); here the settings are --rewriter/--judge.
+        raise ConfigError(f"{field}.{error.field.removeprefix('teacher.')}",
+                          error.detail.replace("teacher.", f"{field}.")) from None
+    if type(teacher).answer is Teacher.answer:
+        raise ConfigError(f"{field}.provider", f"the {teacher.name} teacher builds features from rules and cannot "
+                          "rewrite or judge; use hf, openai or anthropic")
     return teacher
 
 
@@ -130,6 +143,8 @@ def evaluate(
         seed: Seed of the bootstrap, the shuffled pairing and the local transforms.
     """
     av, ar = pair_directories(av, ar, pair)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError("out", f"'{out}' is a file; give a directory for the report")
     checks, transform_kinds = _settings(checks, transforms, rewriter, cache, texts, rows, resamples, claim_window,
                                         claim_threshold, recurring_at)
     (_, av_meta), (_, ar_meta) = read_pair_meta(av, ar)
@@ -176,6 +191,7 @@ def run_checks(av: str, ar: str, held: HeldoutRows, checks: list[str], transform
     verbalizer.to(device).eval()
     reconstructor.to(device).eval()
     pad = pad_token_id(prompts.tokenizer)
+    _stage(f"round trip on {len(held)} rows (greedy, at most {cap} new tokens)")
     trip = round_trip(verbalizer, reconstructor, prompts, vector_batches(vectors, prompts, micro), cap, micro, pad)
     predictions, explanations = trip.predictions.cpu(), trip.explanations
     mse = row_mse(predictions, vectors)
@@ -190,17 +206,21 @@ def run_checks(av: str, ar: str, held: HeldoutRows, checks: list[str], transform
                            "resamples": resamples, "seed": seed, "invalid_answer": "orthogonal prediction, MSE 2"},
               "round_trip": _round_trip(mse, valid, predictions, vectors, held, variance, draws, seed)}
     if "transforms" in checks and valid.any():
+        _stage(f"transforms: {', '.join(transform_kinds)}")
         report["transforms"] = _transforms(transform_kinds, explanations, valid, mse, vectors, held, variance,
                                            score, teachers["rewriter"], language, resamples, seed)
     if "detail" in checks:
+        _stage("detail curve")
         report["detail"] = _detail(explanations, valid, vectors, variance, draws, score, prompts.tokenizer)
     if "claims" in checks:
+        _stage("claims" + (" (asking the judge)" if teachers["judge"] is not None else ""))
         report["claims"] = _claims(explanations, held, draws, teachers["judge"], *claim_args)
     if "round_trip" not in checks:
         report.pop("round_trip")
     del verbalizer, reconstructor
     gc.collect()
     if "splice" in checks:
+        _stage("causal splice")
         if model is None:
             model = load_target(target, vectors.shape[1], device)
         report["splice"] = _splice(model, target_tokenizer(target), held, predictions, vectors, resamples, seed)
@@ -279,5 +299,6 @@ def _splice(model, tokenizer, held, predictions, vectors, resamples, seed) -> di
     scores = splice_check.splice_scores(model, held.layer, ids, [held.positions[i] for i in kept], directions)
     draws = document_resamples(held.documents[kept], resamples, seed)
     return {"rows": len(kept), "skipped": len(held) - len(kept),
-            "ablation": "the training split's mean direction" if held.mean is not None else "these rows' mean direction",
+            "ablation": ("the training split's mean direction" if held.mean is not None
+                         else "these rows' mean direction"),
             "variants": splice_check.summary(scores, draws)}

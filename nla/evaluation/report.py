@@ -50,15 +50,17 @@ def markdown(report: dict) -> str:
     data, pair = report["data"], report["pair"]
     lines = [f"# nla evaluate: {pair['av']} + {pair['ar']}", "",
              f"{data['rows']} rows from {data['documents']} documents ({data['source']['kind']}); FVE = 1 - MSE / Var "
-             f"with Var = {data['variance']:.4f}, these rows' own rawvar. Intervals: 95%, {report['settings']['resamples']} "
-             "bootstrap draws over documents. Explanations: greedy decoding, at most "
+             f"with Var = {data['variance']:.4f}, these rows' own rawvar. Intervals: 95%, "
+             f"{report['settings']['resamples']} bootstrap draws over documents. Explanations: greedy decoding, "
+             "at most "
              f"{report['settings']['max_new_tokens']} new tokens; an answer that does not finish counts as an "
              "orthogonal prediction (MSE 2).", ""]
     trip = report.get("round_trip")
     if trip:
         lines += ["## Round trip (AV -> AR)", ""]
         lines += _table(["predictor", "FVE [95% interval]"], [[name, value] for name, value in trip["fve"].items()])
-        lines += ["", f"valid answers: {trip['valid_rate']:.1%}; FVE on valid answers only: {_cell(trip['valid_fve'])}", ""]
+        lines += ["", f"valid answers: {trip['valid_rate']:.1%}; FVE on valid answers only: "
+                      f"{_cell(trip['valid_fve'])}", ""]
         lines += _table(["paired difference", "FVE [95% interval]", ""],
                         [[name, value, "beyond noise" if value.beyond_noise else "within noise"]
                          for name, value in trip["differences"].items()]) + [""]
@@ -68,7 +70,8 @@ def markdown(report: dict) -> str:
                   "FVE when the explanation is transformed before the AR reads it, on the rows with a valid answer; "
                   "difference = transformed - untransformed, paired.", ""]
         lines += _table(["transform", "kind", "rows", "FVE", "difference"],
-                        [[name, t["kind"], t["rows"], t.get("fve"), t.get("difference")] for name, t in transforms.items()])
+                        [[name, t["kind"], t["rows"], t.get("fve"), t.get("difference")]
+                         for name, t in transforms.items()])
         lines.append("")
     detail = report.get("detail")
     if detail:

@@ -120,7 +120,8 @@ def interval_chart(title: str, rows: list[tuple[str, float, float, float]], x_la
     if reference is not None:
         parts.append(f'<line x1="{x(reference):.1f}" y1="{TOP}" x2="{x(reference):.1f}" y2="{bottom}" '
                      f'stroke="#333" stroke-dasharray="4 3"/>')
-    parts.append(f'<text x="{label_w + plot_w / 2:.1f}" y="{height - 12}" text-anchor="middle">{escape(x_label)}</text>')
+    parts.append(f'<text x="{label_w + plot_w / 2:.1f}" y="{height - 12}" text-anchor="middle">'
+                 f'{escape(x_label)}</text>')
     for index, (label, value, low, high) in enumerate(rows):
         y = TOP + row_h * index + row_h / 2
         color = COLORS[index % len(COLORS)]

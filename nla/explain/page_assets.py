@@ -72,7 +72,8 @@ function paint() {
 }
 function showDetail(row, index) {
   const point = row.detail[index];
-  document.getElementById('detail-tokens').textContent = point.tokens + ' of ' + row.detail[row.detail.length - 1].tokens;
+  const whole = row.detail[row.detail.length - 1].tokens;
+  document.getElementById('detail-tokens').textContent = point.tokens + ' of ' + whole;
   document.getElementById('detail-value').textContent = fmt(point[metric]);
   document.getElementById('detail-read').textContent = row.explanation.slice(0, point.chars);
   document.getElementById('detail-rest').textContent = row.explanation.slice(point.chars);

@@ -113,7 +113,8 @@ def render(result: dict) -> str:
              f"(token {result['token']!r})  mode: {result['mode']}",
              f"explanation: {line(result['explanation'])}", f"edited:      {line(result['edited_explanation'])}",
              "reconstruction MSE (0 same direction, 2 orthogonal): original "
-             f"{result['reconstruction']['original']['mse']:.4f}, edited {result['reconstruction']['edited']['mse']:.4f}",
+             f"{result['reconstruction']['original']['mse']:.4f}, "
+             f"edited {result['reconstruction']['edited']['mse']:.4f}",
              ""]
     labels = {"clean": "clean run", "original": "original explanation", "steered": "steered (edited)"}
     for name, text in result["continuations"].items():

@@ -81,7 +81,8 @@ def test_paired_differences_leave_out_rows_a_transform_could_not_rewrite():
     assert result["worse"]["rows"] == 4
     # Every row loses 0.25 of MSE = 0.5 of FVE: a point interval, since the pairing removes row noise.
     assert result["worse"]["difference"].value == pytest.approx(-0.5)
-    assert result["worse"]["difference"].low == pytest.approx(-0.5) and result["worse"]["difference"].high == pytest.approx(-0.5)
+    worse = result["worse"]["difference"]
+    assert (worse.low, worse.high) == pytest.approx((-0.5, -0.5))
     assert result["partial"]["rows"] == 2 and result["partial"]["difference"].value == pytest.approx(0.0)
     assert result["partial"]["untransformed_fve"].value == pytest.approx(1 - base[[0, 2]].mean() / 0.5)
     assert result["none"] == {"rows": 0}
