@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import types
+import typing
 from typing import Callable
 
 from nla.errors import NLAError
@@ -27,7 +29,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("nla.inspect:inspect_model", "show family, depth, width, default layer and marker of a model"),
     "cache": ("nla.data.cache_command:cache", "cache residual-stream activations to sharded memmaps"),
     "export": ("nla.export_command:export", "write a training checkpoint's AV/AR pair as HF directories"),
-    "explain": ("nla.explain:explain", "explain a text's activations token by token with a trained AV/AR pair"),
+    "explain": ("nla.explain.command:explain", "explain a text's activations token by token with a trained AV/AR pair"),
+    "evaluate": ("nla.evaluation.command:evaluate", "the paper's checks of a pair on held-out data, with intervals"),
+    "steer": ("nla.steering.command:steer", "edit an explanation, patch its reconstruction into the target, compare"),
     "quickstart": ("nla.quickstart:quickstart", "the whole pipeline on CPU: cache, SFT, GRPO, held-out FVE table"),
 }
 
@@ -65,10 +69,35 @@ def configure_jsonargparse() -> None:
     jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
+def list_options(function: Callable) -> set[str]:
+    """Names of ``function``'s parameters typed as a list (alone or in a union with None or str)."""
+    hints = typing.get_type_hints(function)
+    names = set()
+    for name, hint in hints.items():
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        options = typing.get_args(hint) if union else (hint,)
+        if any(typing.get_origin(option) is list for option in options):
+            names.add(name)
+    return names
+
+
+def repeatable_lists(argv: list[str], names: set[str]) -> list[str]:
+    """``--name value`` of a list option, value not written as a list, appends (``--name+ value``):
+    list options can be repeated, ``--replace a=b --replace c=d``, or given whole, ``--replace '[...]'``."""
+    out = []
+    for index, arg in enumerate(argv):
+        value = argv[index + 1] if index + 1 < len(argv) else ""
+        if arg.startswith("--") and arg[2:] in names and not value.lstrip().startswith(("[", "--")) and value:
+            arg += "+"
+        out.append(arg)
+    return out
+
+
 def run_function(name: str, argv: list[str]) -> None:
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     function = resolve(SUBCOMMANDS[name][0])
+    argv = repeatable_lists(argv, list_options(function))
     parser = ArgumentParser(
         # The docstring's first paragraph describes the command; its Args block already documents each option.
         prog=f"nla {name}",

@@ -85,10 +85,11 @@ def export_pair(
 ) -> dict[str, Path]:
     """Write ``directory/av`` and/or ``directory/ar`` (a ``None`` side is skipped and left as it was).
 
-    ``training`` is stored in both sidecars and summarised in the model cards. The cards and
-    ``nla explain`` read these keys when present (see ``nla.model_card.TRAINING_FIELDS``):
-    ``corpus``, ``documents``, ``split_sizes``, ``teacher``, ``steps``, ``heldout_fve``,
-    ``heldout_variance`` (the rawvar baseline of the held-out split), ``heldout_mse``.
+    ``training`` is stored in both sidecars and summarised in the model cards. The cards,
+    ``nla explain`` and ``nla evaluate`` read these keys when present (see
+    ``nla.model_card.TRAINING_FIELDS``): ``corpus``, ``documents``, ``split_sizes``, ``teacher``,
+    ``steps``, ``heldout_variance`` (the rawvar baseline of the held-out split) and ``figures`` (each
+    held-out figure named for what it measures, ``nla.meta.figure``).
     A LoRA AV is merged into its weights, or with ``merge_adapters=False`` written as its adapter
     alone; a LoRA AR is always merged (the released AR layout has no adapter form).
     Returns ``{"av": path, "ar": path}`` for the sides written.
@@ -246,6 +247,19 @@ def read_pair_meta(av_dir: str | Path, ar_dir: str | Path) -> tuple[tuple[Path, 
         if value(ar[1]) != "" and value(av[1]) != value(ar[1]):
             raise ConfigError(field, f"the AV says {value(av[1])!r} but the AR says {value(ar[1])!r}; "
                               "these two directories are not one pair")
+    return av, ar
+
+
+def pair_directories(av: str | None, ar: str | None, pair: str | None) -> tuple[str, str]:
+    """The AV and AR directories a command was given: ``--av`` and ``--ar``, or ``--pair`` (an export
+    directory holding ``av/`` and ``ar/``)."""
+    if pair is not None:
+        if av is not None or ar is not None:
+            raise ConfigError("pair", "names both halves; give --pair or --av and --ar, not both")
+        return str(Path(pair) / "av"), str(Path(pair) / "ar")
+    if av is None or ar is None:
+        raise ConfigError("av" if av is None else "ar", "is missing; give --av and --ar, or --pair with an export "
+                          "directory")
     return av, ar
 
 

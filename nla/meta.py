@@ -237,6 +237,39 @@ def read_meta(directory_or_file: str | Path) -> NlaMeta:
     )
 
 
+FIGURES = {
+    "ar_on_teacher_text": "the AR reading the teacher's explanations of held-out rows (teacher-written text, no AV "
+                          "involved): how well the AR reads good explanations, not what the pair achieves",
+    "round_trip": "the AV explaining held-out vectors (greedy, at most max_new_tokens new tokens, the AV prompt "
+                  "rendered with the tokenizer's chat template and add_generation_prompt=true) and the AR reading "
+                  "what it wrote; an answer without its closing tag counts as an orthogonal prediction (MSE 2)",
+}
+"""Held-out figures a sidecar's ``training.figures`` may record, by name, and what each measures."""
+
+
+def figure(name: str, *, fve: float, mse: float, rows: int, documents: int | None, variance: float | None,
+           step: int, **settings) -> dict:
+    """One entry of ``training.figures``: the value, what it measures, on which rows (the first
+    ``rows`` rows of the held-out split, in split order), with which baseline, at which step, and
+    the settings that reproduce it (for a round trip: ``max_new_tokens``, ``decoding``,
+    ``valid_rate``); no interval unless one is given."""
+    if name not in FIGURES:
+        raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+    return {"what": FIGURES[name], "fve": float(fve), "mse": float(mse), "split": "heldout",
+            "rows": int(rows), "rows_order": "the first rows of the split, in split order",
+            "documents": None if documents is None else int(documents),
+            "variance": None if variance is None else float(variance), "baseline": "rawvar of the held-out split",
+            "step": int(step), "interval": None, **settings}
+
+
+def generation_settings(training: dict) -> dict | None:
+    """``{"max_new_tokens", "decoding"}`` of the round trip a sidecar records, None when it records none."""
+    trip = (training.get("figures") or {}).get("round_trip")
+    if not isinstance(trip, dict) or not isinstance(trip.get("max_new_tokens"), int):
+        return None
+    return {"max_new_tokens": trip["max_new_tokens"], "decoding": trip.get("decoding", "greedy")}
+
+
 _MARKER_FIELDS = {"char": "tokens.injection_char", "token_id": "tokens.injection_token_id",
                   "left_id": "tokens.injection_left_neighbor_id",
                   "right_id": "tokens.injection_right_neighbor_id", "content": "prompt_templates.av"}

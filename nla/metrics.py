@@ -130,7 +130,8 @@ class FractionOfVarianceExplained(ExactStates, Metric):
 
         ``fve`` (as ``compute()``), ``mse``, ``cosine`` (means), ``variance`` (the baseline used),
         ``target_variance`` (rawvar of the targets seen), and, for REPORTING ONLY,
-        ``meannorm_variance`` and ``fve_meannorm`` (the weaker baseline that inflates FVE).
+        ``meannorm_variance`` and ``fve_meannorm`` (the weaker baseline that inflates FVE), and ``count``
+        (the rows seen, over all processes).
         """
         with self.sync_context(
             dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
@@ -145,5 +146,6 @@ class FractionOfVarianceExplained(ExactStates, Metric):
                 "target_variance": rawvar_from_sums(self.sum_normalized, self.sum_sq_norm, self.count),
                 "meannorm_variance": meannorm,
                 "fve_meannorm": fve(mse, meannorm),
+                "count": self.count,
             }
             return {name: value.clone() for name, value in values.items()}

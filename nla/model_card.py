@@ -19,9 +19,9 @@ TRAINING_FIELDS = {
     "split_sizes": "rows per split, a mapping such as {av_sft: 1000, ar_sft: 1000, rl: 2000, heldout: 200}",
     "teacher": "the model or rule that wrote the warm-start explanations",
     "steps": "optimizer steps of the stage that produced these weights",
-    "heldout_fve": "fraction of variance explained on the held-out split (rawvar baseline)",
     "heldout_variance": "the held-out split's own rawvar: mean ||v - mu||^2 / d of its normalised vectors",
-    "heldout_mse": "mean normalised MSE on the held-out split (2(1 - cos))",
+    "figures": "held-out figures by name (nla.meta.FIGURES: ar_on_teacher_text, round_trip), each with what it "
+               "measures, FVE, MSE, rows, documents, baseline, step and the settings that reproduce it",
 }
 """Keys of a sidecar's ``training`` mapping that the card and ``nla explain`` understand."""
 
@@ -45,6 +45,35 @@ def _splits(value) -> str:
     if not isinstance(value, dict) or not value:
         return NOT_RECORDED
     return ", ".join(f"{name} {count}" for name, count in value.items())
+
+
+FIGURE_TITLES = {"round_trip": "round trip (AV -> AR)", "ar_on_teacher_text": "AR on teacher text"}
+
+
+def _figure_line(name: str, record: dict) -> str:
+    documents = record.get("documents") or "an unrecorded number of"
+    where = f"{record.get('rows', NOT_RECORDED)} held-out rows from {documents} documents"
+    line = f"- {FIGURE_TITLES.get(name, name)}: FVE {_number(record.get('fve'))} on {where}, step {record.get('step')}"
+    if name == "round_trip":
+        line += (f"; {record.get('decoding', NOT_RECORDED)} decoding, at most "
+                 f"{record.get('max_new_tokens', NOT_RECORDED)} new tokens, valid answers "
+                 f"{_number(record.get('valid_rate'))}")
+    interval = record.get("interval")
+    line += "; no interval" if not interval else f"; 95% interval {interval}"
+    return line + f". Measures {record.get('what', NOT_RECORDED)}."
+
+
+def figure_lines(training: dict) -> list[str]:
+    """One line per recorded figure, named for what it is; the round trip first, marked as not
+    recorded when missing (it is the pair's own figure)."""
+    figures = training.get("figures") if isinstance(training.get("figures"), dict) else {}
+    lines = [_figure_line(name, figures[name]) for name in ("round_trip", "ar_on_teacher_text") if name in figures]
+    if "round_trip" not in figures:
+        lines.insert(0, f"- round trip (AV -> AR): {NOT_RECORDED} (`nla evaluate` measures it)")
+    if "heldout_fve" in training:
+        # Sidecars written before figures were named: what the number measured was not recorded.
+        lines.append(f"- held-out FVE (what it measures not recorded): {_number(training.get('heldout_fve'))}")
+    return lines
 
 
 def model_card(meta: NlaMeta) -> str:
@@ -92,10 +121,11 @@ def model_card(meta: NlaMeta) -> str:
         "",
         "## Metrics",
         "",
-        f"- held-out FVE: {_number(training.get('heldout_fve'))}, baseline \"rawvar\": FVE = 1 - MSE / Var, "
-        f"Var = mean ||v - mu||^2 / d over the held-out split's vectors normalised to norm sqrt(d) "
-        f"(here {_number(variance)})",
-        f"- held-out normalised MSE: {_number(training.get('heldout_mse'))} (0 same direction, 2 orthogonal)",
+        "FVE = 1 - MSE / Var, MSE the normalised MSE (2(1 - cos): 0 same direction, 2 orthogonal), Var = mean "
+        f"||v - mu||^2 / d over the held-out split's vectors normalised to norm sqrt(d) (\"rawvar\"; here "
+        f"{_number(variance)}).",
+        "",
+        *figure_lines(training),
         f"- steps: {_number(training.get('steps'))}",
         "",
         "## Use",

@@ -140,9 +140,9 @@ def quickstart(
 def _explain_examples(export: str, texts: list[str], max_new_tokens: int, page: Path) -> list[str]:
     """Tables of the last three tokens of each text; every token of the first text also goes into the
     explorer page."""
-    from nla.explain import explain_text
-    from nla.explain_html import write_page
-    from nla.explain_render import render_table
+    from nla.explain.command import explain_text
+    from nla.explain.page import write_page
+    from nla.explain.table import render_table
 
     av, ar = str(Path(export) / "av"), str(Path(export) / "ar")
     tables = []

@@ -9,16 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nla.evaluation import (
-    Interval,
-    derangement,
-    difference_interval,
-    document_resamples,
-    fve_interval,
-    mean_predictor_mse,
-    round_trip,
-    row_mse,
-)
+from nla.evaluation.bootstrap import Interval, difference_interval, document_resamples, fve_interval
+from nla.evaluation.round_trip import derangement, mean_predictor_mse, round_trip, row_mse
 from nla.maths import fve_variance
 from nla.padding import pad_token_id
 

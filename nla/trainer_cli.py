@@ -5,8 +5,6 @@ from __future__ import annotations
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from nla.cli import TRAINER_SUBCOMMANDS
-
 # Parser errors must reach nla.cli as exceptions so they print as one line with exit status 2.
 RAISE_ON_ERROR = {"exit_on_error": False, "allow_abbrev": False}
 
@@ -22,7 +20,8 @@ class NLALightningCLI(LightningCLI):
             subclass_mode_model=True,
             datamodule_class=LightningDataModule,
             subclass_mode_data=True,
-            parser_kwargs={"prog": "nla", **RAISE_ON_ERROR, **{name: RAISE_ON_ERROR for name in TRAINER_SUBCOMMANDS}},
+            parser_kwargs={"prog": "nla", **RAISE_ON_ERROR,
+                           **{name: RAISE_ON_ERROR for name in LightningCLI.subcommands()}},
             # A rerun into the same log directory must not abort because the config file exists.
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,

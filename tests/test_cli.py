@@ -106,3 +106,16 @@ def test_missing_model_is_one_line_exit_2():
     result = run_nla("inspect", "--model.name_or_path", "./no/such/dir")
     assert result.returncode == 2
     assert result.stderr == "nla: error: model.name_or_path: model directory './no/such/dir' does not exist; check the path\n"
+
+
+def test_list_options_can_be_repeated_or_given_whole():
+    from nla.cli import list_options, repeatable_lists
+
+    def command(replace: list[str] | None = None, positions: list[int] = (), text: str = "", n: int | None = None):
+        """A stand-in with list and plain options."""
+
+    names = list_options(command)
+    assert names == {"replace", "positions"}
+    argv = ["--replace", "a=b", "--replace", "c=d", "--positions", "[1, 2]", "--positions", "-1", "--text", "t"]
+    assert repeatable_lists(argv, names) == ["--replace+", "a=b", "--replace+", "c=d", "--positions", "[1, 2]",
+                                             "--positions+", "-1", "--text", "t"]

@@ -28,8 +28,10 @@ TRAINING = {
     "split_sizes": {"av_sft": 20, "ar_sft": 20, "heldout": 8},
     "teacher": "extractive",
     "steps": 12,
-    "heldout_fve": 0.3125,
     "heldout_variance": 0.75,
+    "figures": {"round_trip": {"what": "the AV explaining and the AR reading", "fve": 0.3125, "mse": 0.515625,
+                               "rows": 8, "documents": 3, "step": 12, "max_new_tokens": 48, "decoding": "greedy",
+                               "valid_rate": 0.875, "interval": None}},
 }
 RELEASED_AV = (
     "Here is a vector from inside a language model: <concept>" + MARKER_CHAR + "</concept>. "
@@ -124,11 +126,36 @@ def test_sidecars_and_cards_record_the_pair(tmp_path, tiny_model_dir):
         front = yaml.safe_load(card.split("---")[1])
         assert front["base_model"] == "tiny/llama-base" and "nla" in front["tags"]
         assert "tiny/llama-base" in card and f"layer {LAYER}" in card and "| d_model | 32 |" in card
-        assert "0.3125" in card and "rawvar" in card and "our-own-words.jsonl" in card
+        assert "round trip (AV -> AR): FVE 0.3125 on 8 held-out rows from 3 documents, step 12; greedy decoding, " \
+               "at most 48 new tokens, valid answers 0.8750; no interval" in card
+        assert "rawvar" in card and "our-own-words.jsonl" in card
         assert "av_sft 20, ar_sft 20, heldout 8" in card and "inherit the base model's license" in card
     assert list((paths["av"]).glob("*.safetensors")) and (paths["ar"] / VALUE_HEAD_FILENAME).is_file()
     assert json.loads((paths["ar"] / "config.json").read_text())["num_hidden_layers"] == LAYER + 1
     assert json.loads((paths["ar"] / "tokenizer_config.json").read_text())["padding_side"] == "right"
+
+
+def test_generation_settings_come_from_the_recorded_round_trip():
+    from nla.meta import figure, generation_settings
+
+    assert generation_settings(TRAINING) == {"max_new_tokens": 48, "decoding": "greedy"}
+    assert generation_settings({}) is None and generation_settings({"figures": {"ar_on_teacher_text": {}}}) is None
+    recorded = figure("round_trip", fve=0.5, mse=0.25, rows=8, documents=2, variance=0.5, step=3, max_new_tokens=96,
+                      decoding="greedy")
+    assert generation_settings({"figures": {"round_trip": recorded}}) == {"max_new_tokens": 96, "decoding": "greedy"}
+    assert recorded["what"].startswith("the AV explaining held-out vectors") and recorded["interval"] is None
+    with pytest.raises(ValueError, match="unknown figure"):
+        figure("heldout_fve", fve=0.5, mse=0.25, rows=8, documents=2, variance=0.5, step=3)
+
+
+def test_a_card_never_passes_an_unnamed_figure_for_the_round_trip():
+    from nla.model_card import figure_lines
+
+    lines = figure_lines({"heldout_fve": 0.891, "figures": {"ar_on_teacher_text": {
+        "what": "the AR reading the teacher's text", "fve": 0.891, "rows": 64, "documents": 12, "step": 300}}})
+    assert lines[0] == "- round trip (AV -> AR): not recorded (`nla evaluate` measures it)"
+    assert lines[1].startswith("- AR on teacher text: FVE 0.8910 on 64 held-out rows from 12 documents, step 300")
+    assert lines[2] == "- held-out FVE (what it measures not recorded): 0.8910"
 
 
 def write_released_pair(root, source, layer: int = LAYER):

@@ -46,6 +46,7 @@ def reference(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         "target_variance": variance,
         "meannorm_variance": meannorm,
         "fve_meannorm": 1 - mse / meannorm,
+        "count": len(p),
     }
 
 

@@ -95,8 +95,8 @@ class ActivationCache:
         return np.flatnonzero(self.index["split"] == SPLITS.index(split))
 
     def record(self, i: int) -> dict:
-        """Where vector ``i`` comes from: document id, split, token position and id, and the context text
-        (the document up to and including that token)."""
+        """Where vector ``i`` comes from: document id, split, token position and id, the context text
+        (the document up to and including that token) and the document's whole ``text``."""
         shard, row = self._locate(int(i))
         if shard not in self._docs:
             lines = shard_files(self.directory, shard)["docs"].read_text().splitlines()
@@ -109,6 +109,7 @@ class ActivationCache:
             "position": int(entry["position"]),
             "token_id": int(entry["token_id"]),
             "context": doc["text"][: int(entry["char_end"])],
+            "text": doc["text"],
         }
 
     def stats(self, split: str = "all") -> dict:

@@ -213,6 +213,11 @@ class NLADataModule(LightningDataModule):
         """The FVE baseline (rawvar) of the held-out split itself; None when it is empty."""
         return self.cache.stats("heldout").get("variance")
 
+    def split_documents(self, split: str, rows: int) -> int:
+        """Distinct documents among the first ``rows`` rows of ``split`` in the order it is evaluated."""
+        indices = self._rows[split][0][:rows] if split in self._rows else self.cache.split_indices(split)[:rows]
+        return len({self.cache.record(int(i))["doc_id"] for i in indices})
+
     def dataset(self, split: str, shuffled: bool = False) -> CacheRows:
         """The rows of ``split`` as its dataset kind; ``shuffled`` pairs texts with other rows' vectors."""
         if split not in self._rows:

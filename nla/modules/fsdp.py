@@ -52,12 +52,11 @@ def sharding_plan(module: nn.Module) -> list[tuple[str, nn.Module, bool]]:
     (``reconstructor``) and of the GRPO reference (``reference.verbalizer``, not a submodule), and
     the AR head, which stays in fp32 whatever the mixed precision (a bf16 identity cannot move at a
     small learning rate)."""
-    from nla.modules.reference import FrozenCopy
-
     plan: list[tuple[str, nn.Module, bool]] = []
     reference = getattr(module, "reference", None)
-    # Other references share the policy's weights (LoRA) or are quantized: nothing of theirs to shard.
-    copied = reference.verbalizer if isinstance(reference, FrozenCopy) else None
+    # Only a reference that owns a full copy says so (``FrozenCopy.shardable``); the others share the
+    # policy's weights (LoRA) or are quantized: nothing of theirs to shard.
+    copied = reference.verbalizer if getattr(reference, "shardable", False) else None
     for name, verbalizer in (("verbalizer", getattr(module, "verbalizer", None)), ("reference", copied)):
         if verbalizer is not None:
             model = verbalizer.model

@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from nla.errors import ConfigError, field_scope
 from nla.grpo_loss import AGGREGATION_MODES, KL_DEFAULT, KL_ESTIMATORS, REWARD_KINDS, fraction_zero_spread
 from nla.maths import fve, fve_variance
+from nla.meta import figure
 from nla.modules import fsdp, lora, optim, precision
 from nla.modules.backbone import check_trainable, load_causal_lm
 from nla.modules.grpo_eval import heldout_fve, memory_probe, sample_table
@@ -140,6 +141,7 @@ class GRPOModule(LightningModule):
         self.verbalizer: Verbalizer | None = None
         self.reconstructor: Reconstructor | None = None
         self.best_fve = float("-inf")
+        self.last_heldout: dict | None = None
 
     def configure_model(self) -> None:
         """Build both models (once; a checkpoint's weights are loaded over them afterwards) and the
@@ -267,10 +269,8 @@ class GRPOModule(LightningModule):
         """Greedy AV -> AR on the held-out split: log ``val/fve`` (invalid answers scored as
         orthogonal) and export the pair when it beats the best so far. Hooks outside training steps
         cannot ``self.log``, so they pass ``progress_bar=False`` and only the loggers record it."""
-        dm, hp = self.trainer.datamodule, self.hparams
-        with fsdp.gathered(self.verbalizer, self.reconstructor):
-            result = heldout_fve(self.verbalizer, self.reconstructor, self.prompts, dm.val_dataloader(), dm.d,
-                                 dm.heldout_variance, self.args, hp.eval_max_batches, pad_token_id(dm.tokenizer))
+        hp = self.hparams
+        result = self._heldout()
         if progress_bar:
             self.log_dict({f"val/{k}": torch.as_tensor(v, dtype=torch.float32) for k, v in result.items()},
                           on_step=True, on_epoch=False, logger=False)
@@ -281,15 +281,30 @@ class GRPOModule(LightningModule):
         if self.trainer.strategy.broadcast(value > self.best_fve):
             self.best_fve = value
             if hp.export_dir is not None:
-                self._export(hp.export_dir, result)
+                self._export(hp.export_dir, self.last_heldout)
         return value
+
+    def _heldout(self) -> dict:
+        """The held-out round trip now (``heldout_fve``); also kept, with its step, for the exports."""
+        dm = self.trainer.datamodule
+        with fsdp.gathered(self.verbalizer, self.reconstructor):
+            result = heldout_fve(self.verbalizer, self.reconstructor, self.prompts, dm.val_dataloader(), dm.d,
+                                 dm.heldout_variance, self.args, self.hparams.eval_max_batches,
+                                 pad_token_id(dm.tokenizer))
+        rows = result.pop("rows")
+        self.last_heldout = {**result, "rows": rows, "step": int(self.global_step)}
+        return result
 
     def on_fit_end(self) -> None:
         if self.hparams.final_export_dir is not None:
-            self._export(self.hparams.final_export_dir)
+            # The final pair's own figure: measured now unless the last evaluation was at this step.
+            if self.last_heldout is None or self.last_heldout["step"] != self.global_step:
+                self._heldout()
+            self._export(self.hparams.final_export_dir, self.last_heldout)
 
     def _export(self, directory: str, result: dict | None = None) -> None:
-        """Write the pair to ``directory``, recording the held-out ``result`` it was chosen by, if any."""
+        """Write the pair to ``directory``, recording the held-out round trip ``result`` (from
+        ``_heldout``) it was measured with, if any."""
         from nla.export import export_pair
 
         # Every process calls this: sharded weights are gathered together, then only rank 0 writes.
@@ -300,7 +315,11 @@ class GRPOModule(LightningModule):
         training = {"steps": self.global_step, "heldout_variance": dm.heldout_variance,
                     "sft_export": self.hparams.sft_export}
         if result is not None:
-            training.update(heldout_fve=float(result["fve"]), heldout_mse=float(result["mse"]))
+            training["figures"] = {"round_trip": figure(
+                "round_trip", fve=result["fve"], mse=result["mse"], rows=result["rows"],
+                documents=dm.split_documents("heldout", result["rows"]), variance=dm.heldout_variance,
+                step=result["step"], cosine=float(result["cosine"]), valid_rate=float(result["valid_rate"]),
+                max_new_tokens=int(self.args.max_new_tokens), decoding="greedy", add_generation_prompt=True)}
         export_pair(directory, verbalizer=verbalizer, reconstructor=reconstructor,
                     prompts=self.prompts, layer=self.layer, base_model=dm.model_args.name_or_path,
                     stage="grpo", training=training, merge_adapters=lora.merge_on_export(self.hparams.verbalizer_lora))

@@ -7,7 +7,7 @@ from itertools import islice
 
 import torch
 
-from nla.evaluation import round_trip
+from nla.evaluation.round_trip import round_trip
 from nla.metrics import FractionOfVarianceExplained
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.rollout import Rollout, RolloutArgs
@@ -21,15 +21,15 @@ CONTEXT_TAIL = 160
 def heldout_fve(verbalizer: Verbalizer, reconstructor: Reconstructor, prompts, loader, d: int,
                 variance: float | None, args: RolloutArgs, max_batches: int | None, pad: int) -> dict[str, float]:
     """Greedy AV -> AR reconstruction for held-out rows. Returns ``fve`` (against the held-out
-    split's own variance when given), ``mse``, ``cosine`` and ``valid_rate``; rows without a parsed
-    explanation count as orthogonal predictions rather than being left out."""
+    split's own variance when given), ``mse``, ``cosine``, ``valid_rate`` and ``rows``; rows without a
+    parsed explanation count as orthogonal predictions rather than being left out."""
     trip = round_trip(verbalizer, reconstructor, prompts, islice(loader, max_batches), args.max_new_tokens,
                       args.micro_batch_size, pad)
     metric = FractionOfVarianceExplained(d, variance=variance).to(trip.predictions.device)
     metric.update(trip.predictions, trip.targets)
     values = metric.compute_all()
     return {"fve": float(values["fve"]), "mse": float(values["mse"]), "cosine": float(values["cosine"]),
-            "valid_rate": trip.valid_rate}
+            "valid_rate": trip.valid_rate, "rows": len(trip.explanations)}
 
 
 def memory_probe(verbalizer: Verbalizer, reconstructor: Reconstructor, prompts, micro: int, max_new_tokens: int) -> None:

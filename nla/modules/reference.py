@@ -45,6 +45,9 @@ class FrozenCopy:
     starting AV is rebuilt from its source on resume instead.
     """
 
+    shardable = True
+    """Its verbalizer is a full copy of its own, which ``nla.modules.fsdp`` shards like the policy's."""
+
     def __init__(self, verbalizer: Verbalizer, device: str = "same", dtype: torch.dtype | None = None,
                  buffers: bool = False) -> None:
         if device not in DEVICES:

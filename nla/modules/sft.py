@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from nla.data.datasets import IGNORE
 from nla.errors import ConfigError, field_scope
 from nla.export import export_pair
+from nla.meta import figure
 from nla.metrics import FractionOfVarianceExplained, WeightedMean
 from nla.modules import fsdp, lora, optim, precision
 from nla.modules.backbone import check_trainable, load_causal_lm
@@ -274,6 +275,11 @@ class SFTModule(LightningModule):
         self.log_dict(values)
         if not self.trainer.sanity_checking:
             self.last_validation = {name: float(value) for name, value in values.items()}
+            if "val/fve" in values:
+                # Which rows the figure is about, so an export can say it (not logged: not a curve).
+                rows = int(scores["count"])
+                self.last_validation.update(rows=rows, step=int(self.global_step),
+                                            documents=self.trainer.datamodule.split_documents("heldout", rows))
 
     # ---- export ---------------------------------------------------------------------------------
 
@@ -303,8 +309,12 @@ class SFTModule(LightningModule):
             "hparams": {key: list(value) if isinstance(value, tuple) else asdict(value) if is_dataclass(value) else value
                         for key, value in self.hparams.items()},
         }
-        if "val/fve" in self.last_validation:
-            training.update(heldout_fve=self.last_validation["val/fve"], heldout_mse=self.last_validation["val/ar_loss"])
+        last = self.last_validation
+        if "val/fve" in last:
+            training["figures"] = {"ar_on_teacher_text": figure(
+                "ar_on_teacher_text", fve=last["val/fve"], mse=last["val/ar_loss"], rows=int(last.get("rows", 0)),
+                documents=last.get("documents"), variance=training.get("heldout_variance"),
+                step=int(last.get("step", training["steps"])))}
         if "val/av_loss_gap" in self.last_validation:
             training["heldout_av_loss_gap"] = self.last_validation["val/av_loss_gap"]
         verbalizer, reconstructor = models or (self.verbalizer, self.reconstructor)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nla.cli import main
+from nla.meta import read_meta
 from nla.modules.grpo import GRPOModule
 from tests.data.cache_helpers import write_corpus
 from tests.modules.test_rollout import warm_tiny_llama, write_sft_export
@@ -37,6 +38,7 @@ def fit(setting, run: str, *extra: str) -> Path:
           "--data.init_args.cache.directory", str(root / "cache"),
           "--model.init_args.sft_export", str(root / "sft"),
           "--model.init_args.export_dir", str(root / run / "export"),
+          "--model.init_args.final_export_dir", str(root / run / "final"),
           "--trainer.default_root_dir", str(root / run), *extra])
     return root / run
 
@@ -87,6 +89,28 @@ def test_both_models_learn_and_metrics_are_logged(setting, uninterrupted):
     export = uninterrupted / "export"
     assert (export / "av" / "nla_meta.yaml").is_file() and (export / "ar" / "value_head.safetensors").is_file()
     assert "stage: grpo" in (export / "av" / "nla_meta.yaml").read_text()
+
+
+def test_exports_record_their_round_trip_with_what_reproduces_it(uninterrupted):
+    """The final pair records its own held-out figure (it used to read "not recorded"), named for
+    what it is, with the generation cap and decoding a third party needs to reproduce it."""
+    hparams = checkpoint(uninterrupted)["hyper_parameters"]
+    logged = dict(scalars(uninterrupted)["val/fve"])
+    for directory, step in (("final", 4), ("export", None)):
+        for role in ("av", "ar"):
+            meta = read_meta(uninterrupted / directory / role)
+            trip = meta.training["figures"]["round_trip"]
+            assert set(meta.training["figures"]) == {"round_trip"} and "heldout_fve" not in meta.training
+            assert trip["max_new_tokens"] == hparams["max_new_tokens"] and trip["decoding"] == "greedy"
+            assert trip["fve"] == pytest.approx(logged[trip["step"]], abs=1e-5)
+            assert trip["rows"] > 0 and 0 < trip["documents"] <= trip["rows"] and 0 <= trip["valid_rate"] <= 1
+            assert trip["variance"] == meta.training["heldout_variance"] and "MSE 2" in trip["what"]
+            if step is not None:
+                assert trip["step"] == step
+            card = (uninterrupted / directory / role / "README.md").read_text()
+            assert f"round trip (AV -> AR): FVE {trip['fve']:.4f} on {trip['rows']} held-out rows" in card
+            assert f"at most {hparams['max_new_tokens']} new tokens" in card and "not recorded" not in card.split(
+                "## Metrics")[1].split("## Use")[0]
 
 
 def test_resume_from_last_matches_the_uninterrupted_run(setting, uninterrupted):

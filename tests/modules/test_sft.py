@@ -109,7 +109,19 @@ def test_fit_exports_the_pair_at_the_end(trained):
         meta = read_meta(trained / "export" / role)
         assert (meta.role, meta.stage, meta.extraction_layer_index) == (role, "sft", 3)
         assert meta.training["steps"] == STEPS
-        assert math.isfinite(meta.training["heldout_fve"]) and meta.training["split_sizes"]["heldout"] > 0
+        assert meta.training["split_sizes"]["heldout"] > 0 and "heldout_fve" not in meta.training
+        # SFT measures the AR on the teacher's text, not the pair's round trip: the figure says so.
+        figure = meta.training["figures"]["ar_on_teacher_text"]
+        assert set(meta.training["figures"]) == {"ar_on_teacher_text"} and "no AV" in figure["what"]
+        assert math.isfinite(figure["fve"]) and figure["rows"] > 0 and 0 < figure["documents"] <= figure["rows"]
+        # The figure is the last validation's, at its own step (the weights may be a few steps newer;
+        # the step is the optimizer steps done, where Lightning's logger counts one less).
+        _, last_fve = max(scalars(trained)["val/fve"])
+        assert 0 < figure["step"] < STEPS and figure["fve"] == pytest.approx(last_fve, abs=1e-6)
+        assert figure["variance"] == meta.training["heldout_variance"]
+        card = (trained / "export" / role / "README.md").read_text()
+        assert f"AR on teacher text: FVE {figure['fve']:.4f} on {figure['rows']} held-out rows" in card
+        assert "round trip (AV -> AR): not recorded (`nla evaluate` measures it)" in card
     assert (trained / "export" / "av" / "model.safetensors").is_file()
     assert (trained / "export" / "ar" / "value_head.safetensors").is_file()
 

@@ -18,7 +18,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from nla.data.datamodule import NLADataModule
-from nla.evaluation import document_resamples, fve_interval
+from nla.evaluation.bootstrap import document_resamples, fve_interval
 from nla.maths import normalized_mse
 from nla.modules.reconstructor import Reconstructor
 

@@ -11,23 +11,11 @@ built as plain text, so docs need no plotting library and the figure diffs clean
 from __future__ import annotations
 
 import argparse
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-WIDTH, HEIGHT = 720, 420
-LEFT, RIGHT, TOP, BOTTOM = 70, 190, 50, 55
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-
-
-@dataclass
-class Series:
-    label: str
-    points: list[tuple[int, float]]
-    """(step, value) sorted by step, one value per step."""
+from nla.evaluation.svg import Series, render_svg
 
 
 def event_files(run: Path) -> list[Path]:
@@ -65,74 +53,6 @@ def read_series(runs: list[Path], tags: list[str], labels: list[str] | None = No
             name = label if len(tags) == 1 else f"{label} {tag}"
             series.append(Series(name, [(step, value) for step, (_, value) in sorted(found[tag].items())]))
     return series
-
-
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round tick values (1, 2 or 5 times a power of ten apart) covering [low, high]."""
-    if high <= low:
-        low, high = low - 0.5, high + 0.5
-    raw = (high - low) / count
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    # The tolerance keeps float noise (0.3 / 0.1 = 2.9999...) from adding a tick below the data.
-    first = math.floor(low / step + 1e-9) * step
-    ticks: list[float] = []
-    while len(ticks) < 2 or ticks[-1] < high - step * 1e-9:
-        ticks.append(round(first + len(ticks) * step, 12))
-    return ticks
-
-
-def tick_text(value: float) -> str:
-    return f"{value:.6g}"
-
-
-def render_svg(series: list[Series], title: str, y_label: str, x_label: str = "step") -> str:
-    """The chart as an SVG document: one polyline (plus point markers) per series, with axes, ticks,
-    grid lines, a legend on the right and the title on top. Non-finite values are left out."""
-    finite = [[(s, v) for s, v in item.points if math.isfinite(v)] for item in series]
-    steps = [s for points in finite for s, _ in points] or [0]
-    values = [v for points in finite for _, v in points] or [0.0]
-    x_ticks = nice_ticks(min(steps), max(steps))
-    y_ticks = nice_ticks(min(values), max(values))
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-
-    def x(step: float) -> float:
-        return LEFT + (step - x_ticks[0]) / (x_ticks[-1] - x_ticks[0]) * plot_w
-
-    def y(value: float) -> float:
-        return TOP + plot_h - (value - y_ticks[0]) / (y_ticks[-1] - y_ticks[0]) * plot_h
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
-        f'<text x="{LEFT + plot_w / 2:.1f}" y="{TOP / 2 + 6:.1f}" text-anchor="middle" font-size="16">'
-        f'{escape(title)}</text>',
-    ]
-    for tick in x_ticks:
-        px = x(tick)
-        parts.append(f'<line x1="{px:.1f}" y1="{TOP}" x2="{px:.1f}" y2="{TOP + plot_h}" stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{px:.1f}" y="{TOP + plot_h + 18}" text-anchor="middle">{tick_text(tick)}</text>')
-    for tick in y_ticks:
-        py = y(tick)
-        parts.append(f'<line x1="{LEFT}" y1="{py:.1f}" x2="{LEFT + plot_w}" y2="{py:.1f}" stroke="#e5e5e5"/>')
-        parts.append(f'<text x="{LEFT - 8}" y="{py + 4:.1f}" text-anchor="end">{tick_text(tick)}</text>')
-    parts.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>')
-    parts.append(f'<text x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 12}" text-anchor="middle">{escape(x_label)}</text>')
-    parts.append(f'<text x="18" y="{TOP + plot_h / 2:.1f}" text-anchor="middle" '
-                 f'transform="rotate(-90 18 {TOP + plot_h / 2:.1f})">{escape(y_label)}</text>')
-    for index, (item, points) in enumerate(zip(series, finite)):
-        color = COLORS[index % len(COLORS)]
-        coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in points)
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}">'
-                     f'<title>{escape(item.label)}</title></polyline>')
-        parts.extend(f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.5" fill="{color}"/>' for s, v in points)
-        legend_y = TOP + 10 + index * 20
-        parts.append(f'<line x1="{LEFT + plot_w + 15}" y1="{legend_y}" x2="{LEFT + plot_w + 40}" y2="{legend_y}" '
-                     f'stroke="{color}" stroke-width="2"/>')
-        parts.append(f'<text x="{LEFT + plot_w + 46}" y="{legend_y + 4}">{escape(item.label)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
 
 
 def markdown_table(series: list[Series]) -> str:

@@ -4,17 +4,16 @@ from nla.data.teachers.base import (
     INSTRUCTION,
     INSTRUCTION_VERSION,
     MIN_FEATURES,
-    PROVIDERS,
     Summary,
     Teacher,
     TeacherArgs,
     TeacherRequest,
-    build_teacher,
     clean_feature,
     parse_features,
     render_instruction,
 )
 from nla.data.teachers.cache import SummaryCache, TeacherReport, cache_key, summarize_all
+from nla.data.teachers.registry import PROVIDERS, build_teacher
 
 __all__ = [
     "INSTRUCTION",

@@ -134,8 +134,14 @@ class Teacher(ABC):
                 results[index] = summary
         return results
 
+    def answer(self, messages: Sequence[str]) -> list[str | None]:
+        """The raw answer to each free-form user message, in order (None where a request failed):
+        how ``nla evaluate`` asks a teacher to rewrite an explanation or to judge a claim. Teachers
+        backed by a chat model answer; a rule-based one cannot."""
+        raise ConfigError("provider", f"the {self.name} teacher builds features from rules and cannot answer "
+                          "free-form requests; use hf, openai or anthropic")
 
-PROVIDERS = ("extractive", "hf", "openai", "anthropic")
+
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
 DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
@@ -182,31 +188,6 @@ class TeacherArgs:
     """Directory of the resumable answer cache; unset: answers are not cached."""
 
 
-def _validate(args: TeacherArgs) -> None:
-    if args.provider not in PROVIDERS:
-        raise ConfigError("teacher.provider", f"unknown provider '{args.provider}'; use one of {', '.join(PROVIDERS)}")
-    if args.provider != "extractive" and not args.model:
-        raise ConfigError("teacher.model", f"the {args.provider} teacher needs a model name; set teacher.model")
-    positive = {
-        "max_concurrency": args.max_concurrency,
-        "max_tokens": args.max_tokens,
-        "batch_size": args.batch_size,
-        "timeout_s": args.timeout_s,
-    }
-    for field, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"teacher.{field}", f"must be positive, got {value}")
-    non_negative = {
-        "max_retries": args.max_retries,
-        "retry_base_delay_s": args.retry_base_delay_s,
-        "retry_max_delay_s": args.retry_max_delay_s,
-        "temperature": args.temperature,
-    }
-    for field, value in non_negative.items():
-        if value < 0:
-            raise ConfigError(f"teacher.{field}", f"must not be negative, got {value}")
-
-
 def api_key_env_name(args: TeacherArgs) -> str | None:
     """The environment variable the key is read from, or None when the server needs no key."""
     if args.api_key_env:
@@ -217,19 +198,3 @@ def api_key_env_name(args: TeacherArgs) -> str | None:
     ):
         return None
     return DEFAULT_KEY_ENVS.get(args.provider)
-
-
-def build_teacher(args: TeacherArgs) -> Teacher:
-    """The configured teacher. Provider modules load lazily, so the offline default imports no torch."""
-    _validate(args)
-    if args.provider == "extractive":
-        from nla.data.teachers.extractive import ExtractiveTeacher
-
-        return ExtractiveTeacher(args.model or "full")
-    if args.provider == "hf":
-        from nla.data.teachers.hf import HFTeacher
-
-        return HFTeacher(args)
-    from nla.data.teachers.remote import AnthropicTeacher, OpenAITeacher
-
-    return (OpenAITeacher if args.provider == "openai" else AnthropicTeacher)(args)

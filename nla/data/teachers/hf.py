@@ -56,14 +56,22 @@ class HFTeacher(Teacher):
 
     def prompt(self, request: TeacherRequest) -> str:
         """The rendered chat prompt (special tokens included, so encode it with ``add_special_tokens=False``)."""
-        messages = [{"role": "user", "content": render_instruction(request, self.instruction)}]
+        return self.chat_prompt(render_instruction(request, self.instruction))
+
+    def chat_prompt(self, message: str) -> str:
+        """``message`` as the single user turn of the model's chat template, ready for the answer."""
+        messages = [{"role": "user", "content": message}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    @torch.inference_mode()
     def generate(self, requests: Sequence[TeacherRequest]) -> list[str]:
-        """Raw answer texts for one batch, in request order."""
+        """Raw answer texts for one batch of requests, in request order."""
+        return self.generate_texts([render_instruction(request, self.instruction) for request in requests])
+
+    @torch.inference_mode()
+    def generate_texts(self, messages: Sequence[str]) -> list[str]:
+        """Raw answer texts for one batch of user messages, in order."""
         batch = self.tokenizer(
-            [self.prompt(request) for request in requests],
+            [self.chat_prompt(message) for message in messages],
             return_tensors="pt",
             padding=True,
             add_special_tokens=False,
@@ -71,6 +79,11 @@ class HFTeacher(Teacher):
         output = self.lm.generate(**batch, generation_config=self.generation_config)
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def answer(self, messages: Sequence[str]) -> list[str | None]:
+        size = self.args.batch_size
+        chunks = (self.generate_texts(messages[start : start + size]) for start in range(0, len(messages), size))
+        return [text for chunk in chunks for text in chunk]
 
     def stream(self, requests: Sequence[TeacherRequest]) -> Iterator[tuple[int, Summary | None]]:
         # Batching prompts of similar length wastes less compute on padding.

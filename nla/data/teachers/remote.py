@@ -123,17 +123,29 @@ class RemoteTeacher(Teacher):
         """The answer text of a decoded response; a lookup error when the body has none."""
 
     def stream(self, requests: Sequence[TeacherRequest]) -> Iterator[tuple[int, Summary | None]]:
+        messages = [render_instruction(request, self.instruction) for request in requests]
+        for index, text in self._texts(messages):
+            yield index, None if text is None else Summary(parse_features(text))
+
+    def answer(self, messages: Sequence[str]) -> list[str | None]:
+        answers: list[str | None] = [None] * len(messages)
+        for index, text in self._texts(messages):
+            answers[index] = text
+        return answers
+
+    def _texts(self, messages: Sequence[str]) -> Iterator[tuple[int, str | None]]:
+        """``(index, answer text or None)`` for each user message, as the answers arrive."""
         stop = threading.Event()
         limit = self.args.max_concurrency
         pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"teacher-{self.name}")
-        todo = iter(enumerate(requests))
+        todo = iter(enumerate(messages))
         pending: dict[Future, int] = {}
 
         def refill() -> None:
             # Submitting lazily keeps memory flat for a million requests; twice the limit keeps the
             # pool busy while answers are handed out.
-            for index, request in todo:
-                pending[pool.submit(self._ask, request, stop)] = index
+            for index, message in todo:
+                pending[pool.submit(self._ask, message, stop)] = index
                 if len(pending) >= 2 * limit:
                     return
 
@@ -148,8 +160,7 @@ class RemoteTeacher(Teacher):
                     if future.exception() is not None:
                         error = error or future.exception()
                         continue
-                    text = future.result()
-                    yield index, None if text is None else Summary(parse_features(text))
+                    yield index, future.result()
                 if error is not None:
                     raise error
                 refill()
@@ -164,9 +175,9 @@ class RemoteTeacher(Teacher):
         backoff = min(cap, self.args.retry_base_delay_s * 2**attempt)
         return backoff * (0.5 + 0.5 * self._jitter.random())
 
-    def _ask(self, request: TeacherRequest, stop: threading.Event) -> str | None:
+    def _ask(self, message: str, stop: threading.Event) -> str | None:
         """The answer text, None when this request failed, NLAError when the endpoint is unusable."""
-        body = json.dumps(self._body(render_instruction(request, self.instruction))).encode()
+        body = json.dumps(self._body(message)).encode()
         post = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
         attempts = 1 + self.args.max_retries
         last_error, malformed = "", False

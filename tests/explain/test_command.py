@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nla.cli import main
-from nla.explain import DEFAULT_POSITIONS
+from nla.modules.target import DEFAULT_POSITIONS
 from nla.export import export_pair, load_pair
 from nla.maths import cosine
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
@@ -70,7 +70,8 @@ def test_table_has_one_row_per_requested_position(pairs, capsys):
 def test_json_rows_match_an_independent_reconstruction(pairs, capsys):
     pair = pairs["with"]
     rows = explain_json(capsys, pair, "--positions", "[2, -1]")
-    assert [set(row) for row in rows] == [{"position", "token", "explanation", "parsed", "cosine", "mse", "fve"}] * 2
+    assert [set(row) for row in rows] == [{"position", "token", "explanation", "parsed", "cosine", "mse", "fve",
+                                           "detail", "flag"}] * 2
     # Recompute the last row by hand: the target's residual against the AR's reading of the explanation.
     source = str(pairs["source"])
     tokenizer = load_tokenizer(BackboneArgs(source))
@@ -85,6 +86,33 @@ def test_json_rows_match_an_independent_reconstruction(pairs, capsys):
     assert rows[1]["position"] == position and rows[1]["token"] == tokenizer.decode([int(ids[0, -1])])
     assert rows[1]["cosine"] == pytest.approx(cosine(predicted, vector.float()).item(), abs=1e-5)
     assert rows[1]["fve"] == pytest.approx(1 - rows[1]["mse"] / TRAINING["heldout_variance"], rel=1e-6)
+
+
+def test_detail_curve_reads_growing_prefixes_and_ends_with_the_whole_explanation(pairs, capsys):
+    rows = explain_json(capsys, pairs["with"], "--positions", "[-2, -1]", "--detail_points", "4")
+    _, reconstructor, prompts = load_pair(pairs["with"]["av"], pairs["with"]["ar"])
+    source = str(pairs["source"])
+    ids = torch.tensor([load_tokenizer(BackboneArgs(source))(TEXT)["input_ids"]])
+    target = load_causal_lm(BackboneArgs(source), keep_layers=LAYER + 1).eval()
+    for row in rows:
+        detail = row["detail"]
+        tokens = [point["tokens"] for point in detail]
+        assert tokens == sorted(set(tokens)) and tokens[0] == 1 and 2 <= len(detail) <= 4
+        assert detail[-1]["chars"] == len(row["explanation"])
+        assert detail[-1]["mse"] == pytest.approx(row["mse"], abs=1e-5)
+        assert detail[-1]["fve"] == pytest.approx(row["fve"], abs=1e-4)
+        # A middle point is the AR reading exactly that prefix of the explanation.
+        point = detail[1]
+        assert point["chars"] < len(row["explanation"])
+        vector = read_residual(target, LAYER, ids, torch.ones_like(ids), torch.tensor([0]),
+                               torch.tensor([row["position"]])).float()
+        read = torch.tensor([prompts.ar_ids(row["explanation"][: point["chars"]])])
+        with torch.no_grad():
+            alone = reconstructor(read, torch.ones_like(read))
+        assert point["cosine"] == pytest.approx(cosine(alone, vector).item(), abs=1e-5)
+        assert point["fve"] == pytest.approx(1 - point["mse"] / TRAINING["heldout_variance"], abs=1e-6)
+    assert all(row["detail"] == [] for row in explain_json(capsys, pairs["with"], "--positions", "[-1]",
+                                                            "--detail_points", "0"))
 
 
 def test_default_positions_and_no_baseline(pairs, capsys):

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import colorsys
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -12,8 +14,8 @@ import shutil
 import pytest
 
 from nla.cli import main
-from nla.explain import ExplainedToken
-from nla.explain_html import embed_json, render_page
+from nla.explain.command import ExplainedToken
+from nla.explain.page import embed_json, render_page
 from nla.export import export_pair
 from nla.modules.backbone import BackboneArgs, load_tokenizer
 from tests.test_export import LAYER, TRAINING, build_pair
@@ -67,10 +69,12 @@ def test_without_fve_the_page_colours_by_cosine():
 
 
 def test_a_diverged_score_is_embedded_as_null():
-    rows = [ExplainedToken(position=1, token="b", explanation="x", parsed=True, cosine=float("nan"), mse=float("nan"),
-                           fve=float("nan"))]
+    nan = float("nan")
+    rows = [ExplainedToken(position=1, token="b", explanation="x", parsed=True, cosine=nan, mse=nan, fve=nan,
+                           detail=[{"tokens": 1, "chars": 1, "cosine": nan, "mse": nan, "fve": nan}])]
     assert _data(render_page(rows, ["a", "b"], FIELDS))["rows"][0] == {
-        "position": 1, "token": "b", "explanation": "x", "parsed": True, "cosine": None, "mse": None, "fve": None}
+        "position": 1, "token": "b", "explanation": "x", "parsed": True, "cosine": None, "mse": None, "fve": None,
+        "detail": [{"tokens": 1, "chars": 1, "cosine": None, "mse": None, "fve": None}], "flag": None}
 
 
 def test_embed_json_round_trips_and_hides_markup():
@@ -151,11 +155,91 @@ def _rgb(css: str) -> tuple[int, ...]:
     return tuple(int(v) for v in re.findall(r"\d+", css)[:3])
 
 
-def test_page_in_headless_chromium_shows_the_clicked_token(pair, capsys, tmp_path):
+def _expected_rgb(value: float) -> tuple[int, int, int]:
+    """The page's fixed diverging scale (nla.explain.page_assets), computed here independently."""
+    t = max(-1.0, min(1.0, value))
+    js_round = lambda x: math.floor(x + 0.5)  # noqa: E731  (JavaScript's Math.round)
+    hue, saturation, lightness = (130, 0.55, js_round(100 - 55 * t)) if t >= 0 else (4, 0.80, js_round(100 + 45 * t))
+    red, green, blue = colorsys.hls_to_rgb(hue / 360, lightness / 100, saturation)
+    return round(red * 255), round(green * 255), round(blue * 255)
+
+
+def _close(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    return all(abs(a - b) <= 1 for a, b in zip(got, want))
+
+
+STEERING = {"text": "a b c", "position": 2, "mode": "replace", "edited_explanation": "about a <mouse>",
+            "continuations": {"clean": " one", "original": " two", "steered": " three <mouse>"},
+            "watch": [{"word": "mouse", "token": " mouse", "before": 0.125, "steered": 0.5}]}
+
+
+def test_fixed_scale_flags_detail_slider_and_steering_in_headless_chromium(tmp_path):
+    """A hand-made page: the same FVE has the same colour whatever else is on the page, 0 is white,
+    negatives are red with a dashed outline, the flag and the steering panel show, the slider reads
+    the detail curve."""
+    values = [-2.0, -0.5, 0.0, 0.5, 1.0]
+    tokens = ["<s>", *[f" t{i}" for i in range(len(values))]]
+    detail = [{"tokens": 1, "chars": 5, "cosine": 0.1, "mse": 1.8, "fve": -0.2},
+              {"tokens": 3, "chars": 11, "cosine": 0.5, "mse": 1.0, "fve": 0.25}]
+    rows = [ExplainedToken(position=i + 1, token=tokens[i + 1], explanation="first then more", parsed=True,
+                           cosine=0.5, mse=1.0, fve=value, detail=detail if i == 3 else [],
+                           flag="t9" if i == 1 else None) for i, value in enumerate(values)]
+    narrow = [ExplainedToken(position=1, token=" t0", explanation="x", parsed=True, cosine=0.5, mse=1.0, fve=0.5),
+              ExplainedToken(position=2, token=" t1", explanation="y", parsed=True, cosine=0.5, mse=1.0, fve=0.55)]
+    (tmp_path / "wide.html").write_text(render_page(rows, tokens, FIELDS, steering=STEERING), encoding="utf-8")
+    (tmp_path / "narrow.html").write_text(render_page(narrow, tokens[:3], FIELDS), encoding="utf-8")
+    browser = _browser()
+    try:
+        browser.get((tmp_path / "wide.html").as_uri())
+        spans = browser.find_elements("css selector", "#text .tok")
+        colours = [_rgb(span.value_of_css_property("background-color")) for span in spans]
+        for value, colour in zip(values, colours):
+            assert _close(colour, _expected_rgb(value)), (value, colour)
+        assert colours[2] == (255, 255, 255) and _close(colours[0], _expected_rgb(-1))
+        assert colours[1][0] > colours[1][1] and colours[3][1] > colours[3][0]
+        assert ["neg" in span.get_attribute("class") for span in spans] == [True, True, False, False, False]
+        assert "mean predictor" in browser.find_element("id", "legend-zero").text
+        assert browser.find_element("id", "definition").text.startswith("Per-token FVE = 1 - MSE / Var.")
+        # The flag: marked on the token and spelled out in the panel.
+        assert "flagged" in spans[1].get_attribute("class")
+        spans[1].click()
+        assert browser.find_element("id", "p-flag").text == 'quotes "t9" as the final token; the real token is " t1"'
+        assert not browser.find_element("id", "detail-box").is_displayed()
+        # The slider: starts at the whole explanation's point, moves to the first.
+        spans[3].click()
+        slider = browser.find_element("id", "detail")
+        assert slider.get_attribute("max") == "1" and slider.get_attribute("value") == "1"
+        assert browser.find_element("id", "detail-value").text == "0.2500"
+        browser.execute_script("arguments[0].value = 0; arguments[0].dispatchEvent(new Event('input'));", slider)
+        assert browser.find_element("id", "detail-value").text == "-0.2000"
+        assert browser.find_element("id", "detail-read").text == "first"
+        assert browser.find_element("id", "detail-tokens").text == "1 of 3"
+        # The steering panel, escaped.
+        assert browser.find_element("id", "steer-steered").text == " three <mouse>"
+        assert browser.find_element("id", "steer-original").text == " two"
+        assert "0.5000" in browser.find_element("id", "steer-watch").text
+        # Same value, same colour, on a page whose values span another range.
+        browser.get((tmp_path / "narrow.html").as_uri())
+        narrow_colour = _rgb(browser.find_elements("css selector", "#text .tok")[0].value_of_css_property(
+            "background-color"))
+        assert narrow_colour == colours[3]
+        assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
+    finally:
+        browser.quit()
+
+
+def test_page_in_headless_chromium_shows_tokens_hover_list_detail_and_steering(pair, capsys, tmp_path):
+    main(["steer", "--av", pair["av"], "--ar", pair["ar"], "--text", TEXT, "--max_new_tokens", "8", "--tokens", "5",
+          "--explanation", "Rivers bend around old stones.", "--json", "true"])
+    steering = json.loads(capsys.readouterr().out)
+    (tmp_path / "steer.json").write_text(json.dumps(steering), encoding="utf-8")
     browser = _browser()
     try:
         page_path = tmp_path / "explorer.html"
-        rows = explain_to_page(pair, capsys, page_path, [2, 5, 9, -3, -1])
+        main(["explain", "--av", pair["av"], "--ar", pair["ar"], "--text", TEXT, "--max_new_tokens", "8",
+              "--positions", "[2, 5, 9, -3, -1]", "--json", "true", "--html", str(page_path),
+              "--steering", str(tmp_path / "steer.json"), "--detail_points", "4"])
+        rows = json.loads(capsys.readouterr().out)
         browser.get(page_path.as_uri())
         spans = browser.find_elements("css selector", "#text .tok")
         assert len(spans) == len(rows)
@@ -172,24 +256,37 @@ def test_page_in_headless_chromium_shows_the_clicked_token(pair, capsys, tmp_pat
             assert int(panel["position"]) == rows[index]["position"]
             assert json.loads(panel["token"]) == rows[index]["token"]
             assert "selected" in spans[index].get_attribute("class")
-        # Higher FVE is greener, lower redder; the legend names the page's range.
-        assert float(browser.find_element("id", "legend-low").text) == pytest.approx(rows[low]["fve"], abs=5e-5)
-        assert float(browser.find_element("id", "legend-high").text) == pytest.approx(rows[high]["fve"], abs=5e-5)
+            # The slider starts on the whole explanation: its FVE is the token's.
+            assert float(browser.find_element("id", "detail-value").text) == pytest.approx(rows[index]["fve"],
+                                                                                           abs=2e-4)
         colours = [_rgb(span.value_of_css_property("background-color")) for span in spans]
-        assert colours[low] != colours[high]
-        greenness = [green - red for red, green, _ in colours]
-        by_fve = sorted(range(len(rows)), key=lambda i: rows[i]["fve"])
-        assert [greenness[i] for i in by_fve] == sorted(greenness)
+        for row, colour in zip(rows, colours):
+            assert _close(colour, _expected_rgb(row["fve"])), (row["fve"], colour)
+            assert ("neg" in spans[rows.index(row)].get_attribute("class")) == (row["fve"] < 0)
         # Unexplained tokens are grey and inert: clicking one leaves the panel as it was.
         before = browser.find_element("id", "p-explanation").text
         browser.find_element("css selector", "#text .plain[data-position='3']").click()
         assert browser.find_element("id", "p-explanation").text == before
-        # The toggle recolours by cosine.
+        # Hovering previews a token's explanation without selecting it.
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        ActionChains(browser).move_to_element(spans[high]).perform()
+        preview = browser.find_element("id", "preview")
+        assert preview.is_displayed() and rows[high]["explanation"].strip()[:20] in preview.text
+        # The list shows every explanation; a click on a line selects its token.
+        lines = browser.find_elements("css selector", "#list tr[data-row]")
+        assert len(lines) == len(rows)
+        lines[0].click()
+        assert "selected" in spans[0].get_attribute("class")
+        assert browser.find_element("id", "p-position").text == str(rows[0]["position"])
+        # The steering panel holds nla steer's continuations.
+        for key in ("clean", "original", "steered"):
+            assert browser.find_element("id", f"steer-{key}").text.strip() == steering["continuations"][key].strip()
+        # The toggle recolours by cosine, on the same fixed scale.
         browser.find_element("css selector", "input[value=cosine]").click()
-        assert browser.find_element("id", "metric-name").text == "cosine"
+        assert browser.find_element("css selector", ".metric-name").text == "cosine"
         by_cosine = [_rgb(span.value_of_css_property("background-color")) for span in spans]
-        best = max(range(len(rows)), key=lambda i: rows[i]["cosine"])
-        assert by_cosine[best][1] - by_cosine[best][0] == max(g - r for r, g, _ in by_cosine)
+        assert all(_close(c, _expected_rgb(row["cosine"])) for c, row in zip(by_cosine, rows))
         from selenium.common.exceptions import NoAlertPresentException
 
         with pytest.raises(NoAlertPresentException):
@@ -197,3 +294,15 @@ def test_page_in_headless_chromium_shows_the_clicked_token(pair, capsys, tmp_pat
         assert [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"] == []
     finally:
         browser.quit()
+
+
+def test_steering_file_must_be_a_steer_result_about_the_same_text(pair, capsys, tmp_path):
+    other = dict(STEERING, text="another text")
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    for name, message in (("other.json", "steers another text"), ("bad.json", "is not a nla steer result")):
+        with pytest.raises(SystemExit) as done:
+            main(["explain", "--av", pair["av"], "--ar", pair["ar"], "--text", TEXT, "--html", str(tmp_path / "p.html"),
+                  "--steering", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and err.startswith("nla: error: steering: ") and message in err

@@ -1,10 +1,9 @@
-"""Held-out evaluation of trained pairs with uncertainty: the round trip row by row, the baselines and
-bootstrap intervals.
+"""The round trip: greedy AV -> AR on held-out rows, row by row, and its two controls.
 
-A training run logs one held-out FVE number; comparing two stages honestly needs more: the same rows
-for every pair, the mean predictor and the shuffled control on those rows, and intervals from
-resampling *documents* (positions of one document are correlated, so resampling rows alone would
-make intervals too narrow). Differences between pairs are bootstrapped paired, on the same resamples.
+A training run logs one held-out FVE number; comparing pairs honestly needs more: the same rows for
+every pair, the mean predictor and the shuffled control on those rows (and intervals, from
+``nla.evaluation.bootstrap``). ``round_trip`` runs the models; the rest are pure functions of its
+tensors.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nla.maths import fve, normalized_mse
+from nla.maths import normalized_mse
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.rollout import reconstruct
 from nla.modules.verbalizer import Verbalizer
@@ -46,6 +45,15 @@ class RoundTrip:
     @property
     def valid_rate(self) -> float:
         return sum(text is not None for text in self.explanations) / max(len(self.explanations), 1)
+
+
+def vector_batches(vectors: Tensor, prompts, size: int) -> list[dict]:
+    """``vectors`` [n, d] as the held-out batches ``round_trip`` reads (every row gets the same AV
+    prompt, so no padding is needed), ``size`` rows each."""
+    prompt = torch.tensor([prompts.av_prompt_ids])
+    return [{"vector": chunk, "av_prompt_ids": prompt.expand(len(chunk), -1),
+             "av_prompt_mask": torch.ones(len(chunk), prompt.shape[1], dtype=torch.long)}
+            for chunk in vectors.split(size)]
 
 
 @torch.no_grad()
@@ -93,39 +101,3 @@ def derangement(count: int, seed: int) -> Tensor:
 
 def row_mse(predictions: Tensor, targets: Tensor) -> np.ndarray:
     return normalized_mse(predictions.float(), targets.float()).double().numpy()
-
-
-@dataclass
-class Interval:
-    value: float
-    low: float
-    high: float
-
-    def __str__(self) -> str:
-        return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
-
-
-def document_resamples(documents: np.ndarray, resamples: int, seed: int) -> list[np.ndarray]:
-    """Row indices of ``resamples`` bootstrap draws that resample whole documents with replacement."""
-    rng = np.random.default_rng(seed)
-    unique, inverse = np.unique(documents, return_inverse=True)
-    members = [np.flatnonzero(inverse == group) for group in range(len(unique))]
-    draws = []
-    for _ in range(resamples):
-        picked = rng.integers(0, len(unique), len(unique))
-        draws.append(np.concatenate([members[group] for group in picked]))
-    return draws
-
-
-def fve_interval(mse: np.ndarray, variance: float, draws: list[np.ndarray]) -> Interval:
-    """FVE of the rows' mean MSE with a 95% percentile interval over ``draws``."""
-    values = [float(fve(mse[rows].mean(), variance)) for rows in draws]
-    low, high = np.percentile(values, [2.5, 97.5])
-    return Interval(float(fve(mse.mean(), variance)), float(low), float(high))
-
-
-def difference_interval(mse_a: np.ndarray, mse_b: np.ndarray, variance: float, draws: list[np.ndarray]) -> Interval:
-    """FVE(a) − FVE(b) on the same rows, with a paired 95% interval (each draw resamples both alike)."""
-    values = [float((mse_b[rows].mean() - mse_a[rows].mean()) / variance) for rows in draws]
-    low, high = np.percentile(values, [2.5, 97.5])
-    return Interval(float((mse_b.mean() - mse_a.mean()) / variance), float(low), float(high))

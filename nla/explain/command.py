@@ -2,34 +2,29 @@
 
 For each chosen token of the text, the TARGET model's residual after block K is read, the AV writes
 an explanation of it, the AR turns that explanation back into a vector, and the two vectors are
-compared. The target is the model the pair was trained on (the AV sidecar's ``base_model``) unless
-``--target`` names another with the same width, e.g. a local copy.
-
-Default positions: every non-special token at index 1 or later (index 0 is the BOS, or for models
-without one, a token with no context), the last ``DEFAULT_POSITIONS`` of them; the last token when
-no other qualifies. The last tokens are the ones with the most context, the kind of position the
-pair was trained on.
+compared; the AR also reads the explanation's first tokens alone (the detail curve). The target is
+the model the pair was trained on (the AV sidecar's ``base_model``) unless ``--target`` names another
+with the same width, e.g. a local copy. Positions: ``nla.modules.target.choose_positions``.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers.utils import logging as hf_logging
 
-from nla.errors import ConfigError, field_scope
-from nla.explain_html import check_page_path, write_page
-from nla.explain_render import render_table
+from nla.errors import ConfigError
+from nla.evaluation.detail import prefix, spread_points, token_ends
+from nla.explain.flags import final_token_contradiction
+from nla.explain.page import check_page_path, read_steering, write_page
+from nla.explain.table import render_table
 from nla.export import load_pair_with_meta, read_pair_meta
 from nla.maths import cosine, normalized_mse
-from nla.modules import adapters
-from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
-from nla.modules.residual import read_residual
+from nla.modules.target import choose_positions, load_target, residuals, target_tokenizer, tokenize
 from nla.padding import pad as pad_rows, pad_token_id
 
-DEFAULT_POSITIONS = 32
 BATCH = 16
 """Positions verbalized and reconstructed together."""
 
@@ -53,6 +48,12 @@ class ExplainedToken:
     """Normalised MSE between them, 2(1 - cos): 0 same direction, 2 orthogonal."""
     fve: float | None
     """1 - mse / Var with the held-out rawvar the sidecar records; None when it records none."""
+    detail: list[dict] = field(default_factory=list)
+    """The detail curve: ``{"tokens": n, "chars": c, "cosine", "mse", "fve"}`` for the AR reading only
+    the first n tokens (the first c characters) of the explanation; the last point is the whole."""
+    flag: str | None = None
+    """The final token the explanation quotes, when it contradicts the real one
+    (``nla.explain.flags``); None when it agrees or quotes none."""
 
 
 def recorded_variance(*trainings: dict) -> float | None:
@@ -64,45 +65,6 @@ def recorded_variance(*trainings: dict) -> float | None:
     return None
 
 
-def choose_positions(length: int, special: list[bool], positions: list[int] | None) -> list[int]:
-    """The positions to explain in a text of ``length`` tokens (negative ones count from the end)."""
-    if positions is None:
-        chosen = [i for i in range(1, length) if not special[i]]
-        return chosen[-DEFAULT_POSITIONS:] or [length - 1]
-    if not positions:
-        raise ConfigError("positions", "is empty; give at least one position or leave it out")
-    resolved = []
-    for position in positions:
-        if not -length <= position < length:
-            raise ConfigError("positions", f"{position} is out of range for a text of {length} tokens; "
-                              f"use 0 to {length - 1} (or -{length} to -1 from the end)")
-        resolved.append(position % length)
-    return resolved
-
-
-def _target_vectors(name: str, layer: int, d_model: int, text: str, positions, device):
-    """(vectors [P, d] in float32, token texts, positions) of ``text`` in the target model; the
-    target is freed before returning, so it never shares memory with the pair."""
-    args = BackboneArgs(name)
-    with field_scope("target"):
-        tokenizer = load_tokenizer(args)
-    # Default special tokens, as the activation cache tokenized its documents (a BOS for Llama/Gemma).
-    encoded = tokenizer(text, return_special_tokens_mask=True)
-    ids = encoded["input_ids"]
-    special = [bool(s) or i in tokenizer.all_special_ids for s, i in zip(encoded["special_tokens_mask"], ids)]
-    chosen = choose_positions(len(ids), special, positions)
-    with field_scope("target"):
-        model = load_causal_lm(args, keep_layers=layer + 1).eval().to(device)
-    width = adapters.hidden_size(model.config)
-    if width != d_model:
-        raise ConfigError("target", f"'{name}' has width {width}; the pair needs {d_model}")
-    input_ids = torch.tensor([ids], device=device)
-    cols = torch.tensor(chosen, device=device)
-    vectors = read_residual(model, layer, input_ids, torch.ones_like(input_ids), torch.zeros_like(cols), cols)
-    tokens = [tokenizer.decode([ids[p]], clean_up_tokenization_spaces=False) for p in chosen]
-    return vectors.float(), tokens, chosen
-
-
 def explain_text(
     av: str,
     ar: str,
@@ -112,6 +74,7 @@ def explain_text(
     max_new_tokens: int = 150,
     seed: int = 0,
     temperature: float = 0.0,
+    detail_points: int = 8,
 ) -> tuple[list[ExplainedToken], float | None, str]:
     """The rows ``nla explain`` prints, the FVE baseline it used (None when none is recorded) and
     the target model it read."""
@@ -121,18 +84,34 @@ def explain_text(
         raise ConfigError("max_new_tokens", f"is {max_new_tokens}; it must be at least 1")
     if temperature < 0:
         raise ConfigError("temperature", f"is {temperature}; use 0 for greedy decoding or a positive value")
+    if detail_points < 0:
+        raise ConfigError("detail_points", f"is {detail_points}; use 0 for no detail curve or a positive count")
     (_, av_meta), (_, ar_meta) = read_pair_meta(av, ar)
     target = target or av_meta.base_model or ar_meta.base_model
     if not target:
         raise ConfigError("target", "the sidecars name no base_model; pass --target with the model the pair explains")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     layer = av_meta.extraction_layer_index
-    vectors, tokens, chosen = _target_vectors(target, layer, av_meta.d_model, text, positions, device)
+    tokenized = tokenize(target_tokenizer(target), text)
+    chosen = choose_positions(len(tokenized.ids), tokenized.special, positions)
+    # The target is freed before the pair loads, so the two never share memory.
+    vectors = residuals(load_target(target, av_meta.d_model, device, keep_layers=layer + 1), layer, tokenized.ids,
+                        chosen)
     verbalizer, reconstructor, prompts, _, _ = load_pair_with_meta(av, ar)
     verbalizer.to(device)
     reconstructor.to(device)
     variance = recorded_variance(ar_meta.training, av_meta.training)
     pad = pad_token_id(prompts.tokenizer)
+
+    def read(texts: list[str], wanted: torch.Tensor) -> tuple[list[float], list[float]]:
+        with torch.no_grad():
+            ids, mask = pad_rows([prompts.ar_ids(t) for t in texts], pad, "right")
+            predicted = reconstructor(ids.to(device), mask.to(device))
+        return cosine(predicted, wanted).tolist(), normalized_mse(predicted, wanted).tolist()
+
+    def scores(cos: float, mse: float) -> dict:
+        return {"cosine": cos, "mse": mse, "fve": None if variance is None else 1 - mse / variance}
+
     rows: list[ExplainedToken] = []
     for start in range(0, len(chosen), BATCH):
         batch = vectors[start : start + BATCH]
@@ -141,16 +120,22 @@ def explain_text(
             temperature=temperature or 1.0, greedy=temperature == 0, seed=seed + start,
         )
         explanations = [p if p is not None else t.strip() for p, t in zip(samples.parsed, samples.texts)]
-        with torch.no_grad():
-            ids, mask = pad_rows([prompts.ar_ids(e) for e in explanations], pad, "right")
-            predicted = reconstructor(ids.to(device), mask.to(device))
-        cos, mse = cosine(predicted, batch).tolist(), normalized_mse(predicted, batch).tolist()
+        cos, mse = read(explanations, batch)
         for i, explanation in enumerate(explanations):
+            position = chosen[start + i]
+            token, context = tokenized.tokens[position], tokenized.context(position)
             rows.append(ExplainedToken(
-                position=chosen[start + i], token=tokens[start + i], explanation=explanation,
-                parsed=samples.parsed[i] is not None, cosine=cos[i], mse=mse[i],
-                fve=None if variance is None else 1 - mse[i] / variance,
+                position=position, token=token, explanation=explanation, parsed=samples.parsed[i] is not None,
+                cosine=cos[i], mse=mse[i], fve=scores(cos[i], mse[i])["fve"],
+                flag=final_token_contradiction(explanation, token, context),
             ))
+    if detail_points:
+        for row, vector in zip(rows, vectors):
+            ends = token_ends(prompts.tokenizer, row.explanation)
+            points = spread_points(len(ends), detail_points)
+            texts = [prefix(row.explanation, ends, n) for n in points]
+            cos, mse = read(texts, vector.expand(len(texts), -1))
+            row.detail = [{"tokens": n, "chars": len(t), **scores(c, m)} for n, t, c, m in zip(points, texts, cos, mse)]
     return rows, variance, target
 
 
@@ -165,6 +150,8 @@ def explain(
     seed: int = 0,
     temperature: float = 0.0,
     html: str | None = None,
+    steering: str | None = None,
+    detail_points: int = 8,
 ) -> None:
     """Explain the activations of TEXT token by token with an NLA pair: for each position, the AV's
     explanation of the target model's layer-K residual, and how well the AR rebuilds the residual from
@@ -182,15 +169,25 @@ def explain(
         seed: Seed of sampling when ``temperature`` is positive.
         temperature: 0 decodes greedily (the default); a positive value samples at that temperature.
         html: Also write the round-trip explorer to this file: one self-contained page showing every
-            token, coloured by FVE or cosine, each explained one clickable for its explanation.
+            token, coloured by FVE or cosine, each explained one clickable for its explanation and
+            its detail curve.
+        steering: A JSON file written by ``nla steer --json`` on the same text: the page then shows
+            its original and steered continuations (needs ``html``).
+        detail_points: Prefixes of each explanation the AR also reads alone (the detail curve, shown
+            on the page and in ``--json``); 0 skips it.
     """
+    if steering is not None and html is None:
+        raise ConfigError("steering", "is shown on the explorer page only; pass --html too")
+    panel = None
     if html is not None:
         check_page_path(html)
+        panel = None if steering is None else read_steering(steering, text)
     # Three models load per call; their progress bars would bury the table on the terminal.
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        rows, variance, target = explain_text(av, ar, text, positions, target, max_new_tokens, seed, temperature)
+        rows, variance, target = explain_text(av, ar, text, positions, target, max_new_tokens, seed, temperature,
+                                              detail_points)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -199,6 +196,6 @@ def explain(
     else:
         print(render_table(rows, variance, target))
     if html is not None:
-        page = write_page(html, av, ar, text, rows, variance, target)
+        page = write_page(html, av, ar, text, rows, variance, target, panel)
         if not json:
             print(f"page: {page}")

@@ -6,14 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nla.evaluation import (
-    derangement,
-    difference_interval,
-    document_resamples,
-    fve_interval,
-    mean_predictor_mse,
-    row_mse,
-)
+from nla.evaluation.bootstrap import difference_interval, document_resamples, fve_interval
+from nla.evaluation.round_trip import derangement, mean_predictor_mse, row_mse
 
 
 def test_derangement_moves_every_row_and_is_seeded():
@@ -66,3 +60,20 @@ def test_row_mse_is_two_minus_two_cosine():
     predictions = torch.tensor([[1.0, 0.0], [0.0, 5.0], [1.0, 1.0]])
     targets = torch.tensor([[2.0, 0.0], [3.0, 0.0], [-1.0, -1.0]])
     assert row_mse(predictions, targets) == pytest.approx([0.0, 2.0, 4.0])
+
+
+def test_bootstrap_interval_skips_draws_where_the_statistic_is_undefined():
+    from nla.evaluation.bootstrap import ALL_ROWS, bootstrap_interval
+
+    values = np.array([1.0, 2.0, 3.0])
+    draws = [np.array([0, 1]), np.array([2, 2]), np.array([0, 0])]
+
+    def ratio(rows) -> float:
+        picked = values[rows]
+        return float("nan") if (picked == 1.0).all() else float(picked.mean())
+
+    interval = bootstrap_interval(ratio, draws)
+    assert interval.value == 2.0 and ratio(ALL_ROWS) == 2.0
+    expected = np.percentile([1.5, 3.0], [2.5, 97.5])
+    assert (interval.low, interval.high) == pytest.approx(tuple(expected))
+    assert interval.beyond_noise and not bootstrap_interval(lambda rows: values[rows].mean() - 2, draws).beyond_noise

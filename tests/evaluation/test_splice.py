@@ -1,0 +1,74 @@
+"""The causal splice: loss recovered on hand-computed values, and on a tiny target where the original
+vector recovers 100% and the mean vector 0%."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nla.evaluation.bootstrap import document_resamples
+from nla.evaluation.splice import loss_recovered, splice_scores, summary
+from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
+from nla.modules.target import residuals
+
+LAYER = 1
+TEXTS = ["The sailor counts the waves before the storm arrives at night.",
+         "Rivers bend around old stones, and the miller listens to the wheel turning slowly all day."]
+
+
+def test_loss_recovered_on_hand_computed_values():
+    clean, ablate = np.array([1.0, 2.0]), np.array([3.0, 4.0])
+    assert loss_recovered(clean, ablate, clean) == 1.0
+    assert loss_recovered(clean, ablate, ablate) == 0.0
+    assert loss_recovered(clean, ablate, np.array([2.0, 3.0])) == 0.5
+    assert loss_recovered(clean, ablate, np.array([4.0, 5.0])) == -0.5  # worse than the ablation
+    assert np.isnan(loss_recovered(clean, clean, ablate))
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_model_dir):
+    source = str(tiny_model_dir("llama"))
+    model = load_causal_lm(BackboneArgs(source, dtype="float32")).eval()
+    tokenizer = load_tokenizer(BackboneArgs(source))
+    ids, positions, vectors = [], [], []
+    for text in TEXTS:
+        tokens = tokenizer(text)["input_ids"]
+        for position in (4, 7, len(tokens) - 2):
+            ids.append(tokens)
+            positions.append(position)
+            vectors.append(residuals(model, LAYER, tokens, [position])[0])
+    return model, ids, positions, torch.stack(vectors)
+
+
+def test_the_original_vector_recovers_all_and_the_mean_none(rows):
+    model, ids, positions, vectors = rows
+    mean = torch.randn(32, generator=torch.Generator().manual_seed(0))
+    shuffled = vectors.flip(0)
+    scores = splice_scores(model, LAYER, ids, positions, {"nla": vectors, "mean": mean, "shuffled": shuffled})
+    assert np.all(scores["clean"]["kl"] == 0.0)
+    # The ratio needs an ablation that changes the loss (a random model's may lower it: the sign of
+    # the gap does not matter to the two exact end points).
+    assert abs(scores["mean"]["ce"].mean() - scores["clean"]["ce"].mean()) > 0.01
+    np.testing.assert_allclose(scores["nla"]["ce"], scores["clean"]["ce"], rtol=0, atol=1e-5)
+    recovered = loss_recovered(scores["clean"]["ce"], scores["mean"]["ce"], scores["nla"]["ce"])
+    assert recovered == pytest.approx(1.0, abs=1e-5)
+    # The mean vector as "reconstruction" is the ablation itself: 0 (up to float noise, since rows of
+    # one batch may round differently).
+    as_mean = splice_scores(model, LAYER, ids, positions, {"nla": mean.expand_as(vectors), "mean": mean,
+                                                            "shuffled": shuffled})
+    assert loss_recovered(as_mean["clean"]["ce"], as_mean["mean"]["ce"], as_mean["nla"]["ce"]) == pytest.approx(
+        0.0, abs=1e-5)
+    report = summary(scores, document_resamples(np.array([0, 0, 0, 1, 1, 1]), 100, 0))
+    assert report["nla"]["loss_recovered"].value == pytest.approx(1.0, abs=1e-5)
+    assert report["clean"]["kl"].value == 0.0 and report["shuffled"]["kl"].value > 0
+
+
+def test_ce_is_the_next_tokens(rows):
+    model, ids, positions, vectors = rows
+    scores = splice_scores(model, LAYER, ids[:1], positions[:1], {"nla": vectors[:1], "mean": vectors[0],
+                                                                   "shuffled": vectors[:1]})
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids[0][: positions[0] + 1]])).logits[0, -1]
+    expected = -torch.log_softmax(logits.double(), dim=-1)[ids[0][positions[0] + 1]]
+    assert scores["clean"]["ce"][0] == pytest.approx(float(expected), abs=1e-5)

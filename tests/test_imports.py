@@ -1,0 +1,105 @@
+"""No import circles inside ``nla``: a static graph over the package's modules.
+
+An edge A -> B means module A imports module B anywhere in its source: at the top, inside a function
+(a lazy import hides a circle from Python but not from the reader), or inside ``if TYPE_CHECKING``.
+``from X import Y`` is an edge to ``X.Y`` when that is a module of ours, else to ``X``. A package's
+``__init__`` is only reached by importing the package itself, so importing ``nla.a.b`` is no edge to
+``nla.a``: a package that gathers its submodules' names is not a circle with them.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_names(package: Path) -> dict[str, Path]:
+    """``{dotted name: file}`` of every module under ``package`` (a package is its ``__init__``)."""
+    names = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
+    return names
+
+
+def imported(name: str, path: Path, modules: set[str]) -> set[str]:
+    """The modules of ``modules`` that ``name`` (whose source is ``path``) imports."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                child = f"{base}.{alias.name}"
+                found.add(child if child in modules else base)
+    return {target for target in found if target in modules and target != name}
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    files = module_names(package)
+    return {name: imported(name, path, set(files)) for name, path in files.items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component with more than one module (Tarjan), each listed
+    from its smallest name, so a failure names the modules to untangle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(components)
+
+
+def test_graph_sees_lazy_relative_and_from_imports(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("from pkg.a import thing\n")
+    (package / "a.py").write_text("thing = 1\ndef f():\n    from pkg.sub import b\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "b.py").write_text("from ..c import other\n")
+    (package / "c.py").write_text("import json\nfrom pkg import a\nother = 2\n")
+    graph = import_graph(package)
+    assert graph == {"pkg": {"pkg.a"}, "pkg.a": {"pkg.sub.b"}, "pkg.sub": set(), "pkg.sub.b": {"pkg.c"},
+                     "pkg.c": {"pkg.a"}}
+    assert circles(graph) == [["pkg.a", "pkg.c", "pkg.sub.b"]]
+    (package / "c.py").write_text("other = 2\n")
+    assert circles(import_graph(package)) == []
+
+
+def test_nla_has_no_import_circles():
+    assert circles(import_graph(ROOT / "nla")) == []
