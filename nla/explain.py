@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers.utils import logging as hf_logging
 
+from nla.base_model import locate_base_model
 from nla.errors import ConfigError, field_scope
 from nla.explain_html import check_page_path, write_page
 from nla.explain_render import render_table
@@ -122,12 +123,19 @@ def explain_text(
     if temperature < 0:
         raise ConfigError("temperature", f"is {temperature}; use 0 for greedy decoding or a positive value")
     (_, av_meta), (_, ar_meta) = read_pair_meta(av, ar)
-    target = target or av_meta.base_model or ar_meta.base_model
+    given = target
+    target = target or locate_base_model(av_meta.base_model, av_meta.base_model_source) or ar_meta.base_model
     if not target:
         raise ConfigError("target", "the sidecars name no base_model; pass --target with the model the pair explains")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     layer = av_meta.extraction_layer_index
-    vectors, tokens, chosen = _target_vectors(target, layer, av_meta.d_model, text, positions, device)
+    try:
+        vectors, tokens, chosen = _target_vectors(target, layer, av_meta.d_model, text, positions, device)
+    except ConfigError as error:
+        if given is not None or not error.field.startswith("target"):
+            raise
+        raise ConfigError("target", f"the base model the sidecar names cannot be loaded ({error.detail}); pass "
+                          "--target with the model the pair was trained on (a local copy)") from None
     verbalizer, reconstructor, prompts, _, _ = load_pair_with_meta(av, ar)
     verbalizer.to(device)
     reconstructor.to(device)

@@ -35,7 +35,8 @@ def fit(setting, run: str, *extra: str) -> Path:
           "--data.init_args.cache.directory", str(root / "cache"),
           "--model.init_args.sft_export", str(root / "sft"),
           "--model.init_args.export_dir", str(root / run / "export"),
-          "--trainer.default_root_dir", str(root / run), *extra])
+          "--trainer.default_root_dir", str(root / run), "--trainer.logger.init_args.save_dir", str(root / run),
+          *extra])
     return root / run
 
 

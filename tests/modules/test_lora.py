@@ -216,7 +216,8 @@ def test_grpo_continues_the_sft_adapter_against_a_frozen_copy_of_it(sft_run):
           "--model.init_args.export_dir", str(run / "export"),
           "--model.init_args.memory_probe", "false",
           "--model.init_args.verbalizer_lora", '{"merge_on_export": false}',
-          "--trainer.max_steps", "2", "--trainer.default_root_dir", str(run)])
+          "--trainer.max_steps", "2", "--trainer.default_root_dir", str(run),
+          "--trainer.logger.init_args.save_dir", str(run)])
     (path,) = run.rglob("last.ckpt")
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     sft = load_file(str(root / "export" / "av" / lora.ADAPTER_WEIGHTS))
