@@ -18,6 +18,7 @@ defaults: a checkpoint keeps working after nla's default wording changes.
 from __future__ import annotations
 
 import copy
+import errno
 import math
 import os
 import re
@@ -26,8 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nla.base_model import describe_base_model, locate_base_model
-from nla.errors import ConfigError
-from nla.files import make_staging_directory
+from nla.errors import ConfigError, NLAError
+from nla.files import honour_umask, make_staging_directory
 from nla.finite import check_weights_finite
 from nla.marker import PLACEHOLDER, render_av_content
 from nla.meta import (
@@ -136,8 +137,12 @@ def _replace_directory(final: Path, write: Callable[[Path], None]) -> Path:
     staging = make_staging_directory(final.parent, f".{final.name}.staging-")
     try:
         write(staging)
-    except BaseException:
+        honour_umask(staging)
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise NLAError(f"disk full while exporting to {final}; nothing there changed; free space on "
+                           f"{final.parent} and export again") from error
         raise
     if not final.exists():
         os.rename(staging, final)

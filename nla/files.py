@@ -44,6 +44,17 @@ def make_staging_directory(parent: Path, prefix: str) -> Path:
     return staging
 
 
+def honour_umask(tree: Path) -> None:
+    """Give every file and directory under ``tree`` (itself included) the mode the umask allows:
+    libraries that write atomically (safetensors' ``save_file``) leave their files 0600."""
+    os.chmod(tree, default_mode(directory=True))
+    for root, directories, files in os.walk(tree):
+        for name in directories:
+            os.chmod(os.path.join(root, name), default_mode(directory=True))
+        for name in files:
+            os.chmod(os.path.join(root, name), default_mode())
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through a temporary file in the same directory, then rename: readers see all or nothing.
     A full disk is one line naming the file; the temporary file is removed on any failure."""

@@ -78,6 +78,15 @@ def free_bytes(path: Path) -> tuple[Path, int]:
     return path, shutil.disk_usage(path).free
 
 
+def human_size(count: float) -> str:
+    """Bytes in the largest binary unit that keeps the number at 1 or more."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    raise AssertionError
+
+
 def check_disk(needs: dict[str, tuple[Path, int]]) -> str:
     """``needs`` maps a key to (directory, bytes). Needs on the same file system add up; the first
     file system short of space is an error naming its keys. Returns a summary."""
@@ -90,9 +99,9 @@ def check_disk(needs: dict[str, tuple[Path, int]]) -> str:
         total, free, existing = sum(e[2] for e in entries), entries[0][3], entries[0][1]
         keys = ", ".join(e[0] for e in entries)
         if total > free:
-            raise NLAError(f"{keys}: needs about {total / 2**30:.2f} GiB on {existing} but {free / 2**30:.2f} GiB "
-                           "are free; free space or point it elsewhere")
-        parts.append(f"{total / 2**30:.2f} of {free / 2**30:.1f} GiB free on {existing}")
+            raise NLAError(f"{keys}: needs about {human_size(total)} on {existing} but {human_size(free)} are free; free space "
+                           "or point it elsewhere")
+        parts.append(f"{human_size(total)} of {human_size(free)} free on {existing}")
     return "; ".join(parts)
 
 

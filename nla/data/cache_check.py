@@ -90,6 +90,13 @@ def damaged_shards(directory: Path, meta: dict, checksums: bool) -> dict[int, st
     return found
 
 
+def damage_error(directory: Path, index: int, problem: str, key: str) -> NLAError:
+    """The one line for a damaged shard: which, what, and the two fixes."""
+    return NLAError(f"{key}.directory: shard {index} of {directory} is damaged: {problem}; re-extract the damaged "
+                    f"shards with {key}.repair: true, or delete {Path(directory) / 'shards' / shard_name(index)}.* "
+                    "and rerun")
+
+
 def check_mode(checksums: str, field: str = "cache.checksums") -> str:
     if checksums not in CHECKSUM_MODES:
         raise ConfigError(field, f"must be one of {', '.join(CHECKSUM_MODES)}, got {checksums!r}")
@@ -107,10 +114,7 @@ def validate_cache(directory: Path, meta: dict, checksums: str = "auto", key: st
     if damaged:
         index, problem = next(iter(damaged.items()))
         others = f" ({len(damaged) - 1} more shards are damaged too)" if len(damaged) > 1 else ""
-        raise NLAError(
-            f"{key}.directory: shard {index} of {directory} is damaged: {problem}{others}; re-extract the damaged "
-            f"shards with {key}.repair: true, or delete {directory / 'shards' / shard_name(index)}.* and rerun"
-        )
+        raise damage_error(directory, index, problem + others, key)
     if verify:
         try:
             record_location(directory)

@@ -13,8 +13,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nla.data.cache_check import discard_shards, shards_to_repair
-from nla.data.cache_format import INDEX_DTYPE, PLAN, SHARDS, shard_name, shard_problem, write_shard
+from nla.data.cache_check import discard_shards, shards_to_repair, validate_cache
+from nla.data.cache_format import INDEX_DTYPE, META, PLAN, SHARDS, shard_name, shard_problem, write_shard
 from nla.data.cache_plan import CacheArgs, CachePlan, PlannedDocument, PlannedDocuments, make_plan
 from nla.data.cache_stats import finalize
 from nla.data.corpus import CorpusArgs
@@ -177,7 +177,11 @@ def build_cache(
                                               f"{adapters.num_layers(config)} blocks)")
         preflight(console, plan, adapters.hidden_size(config), cache, directory, rate, note)
         write_shards(network, layer, plan, todo, PlannedDocuments(corpus, tokenizer, cache, splits), cache, pad_id, directory, console)
-    if rank == 0:
+    if rank == 0 and (directory / META).is_file():
+        # Finished before: statistics are never recomputed over shards that may have been damaged since.
+        validate_cache(directory, json.loads((directory / META).read_text()), cache.checksums, key="cache")
+        console.print(f"cache complete and valid: {directory}")
+    elif rank == 0:
         finalize(directory, plan, model, corpus, cache, splits, config, layer, console)
     return directory
 

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from nla.errors import ConfigError
-from nla.files import make_staging_directory
+from nla.files import honour_umask, make_staging_directory
 from nla.modules import adapters
 from nla.packaged import PREFIX, resolve_packaged
 
@@ -143,6 +143,7 @@ def materialize_gguf(directory: str, gguf_file: str) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        honour_umask(staging)
         staging.rename(target)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
