@@ -24,10 +24,9 @@ import socket
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from nla.data.cache_format import BOUNDS, LOCATION, META, shard_files, shard_name, shard_problem
-from nla.data.storage import atomic_write_json, decode_vectors
+from nla.data.storage import atomic_write_json
 from nla.errors import ConfigError, NLAError
 
 CHECKSUM_MODES = ("auto", "always", "never")
@@ -55,28 +54,66 @@ def was_moved(directory: Path) -> bool:
     return (recorded.get("device"), recorded.get("inode")) != (here["device"], here["inode"])
 
 
-def value_problem(directory: Path, index: int, store_dtype: str, bounds: torch.Tensor | None) -> str | None:
+def _float32(stored: np.ndarray, store_dtype: str) -> np.ndarray:
+    """Stored rows as float32 (bfloat16's raw bits shift exactly into float32's upper half)."""
+    if store_dtype == "float32":
+        return np.asarray(stored)
+    return (np.asarray(stored).astype(np.uint32) << 16).view(np.float32)
+
+
+def _bfloat16_keys(bits: np.ndarray) -> np.ndarray:
+    """Integers ordered as the bfloat16 values whose raw bits are ``bits`` (sign-magnitude to two's
+    complement); NaNs land beyond the infinities, so a range check catches them too."""
+    signed = np.asarray(bits).view(np.int16)
+    return signed ^ ((signed >> 15) & np.int16(0x7FFF))
+
+
+def _range(store_dtype: str, bounds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) to compare stored values with, in the domain the check runs in."""
+    if bounds is None:
+        largest = float(np.finfo(np.float32).max) if store_dtype == "float32" else 3.3895313892515355e38
+        bounds = np.array([[-largest], [largest]], dtype=np.float32)
+    if store_dtype == "float32":
+        return bounds[0], bounds[1]
+    keys = _bfloat16_keys(_bfloat16_bits(bounds))
+    return keys[0], keys[1]
+
+
+def _bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """Raw bfloat16 bits of float32 values that are bfloat16 numbers already (the recorded bounds)."""
+    return (np.ascontiguousarray(values, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def value_problem(directory: Path, index: int, store_dtype: str, bounds: np.ndarray | None) -> str | None:
     """The first stored value of shard ``index`` that is not finite or lies outside ``bounds`` ([2, d]:
-    per-dimension min and max), described in words; None when every value is fine."""
+    per-dimension min and max), described in words; None when every value is fine. Per chunk, the
+    column maxima and minima are compared with the bounds (bfloat16 rows as ordered integers, where
+    NaN and infinities fall outside any finite range), and only a failing chunk is searched element by
+    element."""
     path = shard_files(directory, index)["vectors"]
     stored = np.load(path, mmap_mode="r")
     rows = max(1, CHUNK_BYTES // max(1, stored.shape[1] * stored.itemsize)) if stored.ndim == 2 else len(stored)
+    low, high = _range(store_dtype, bounds)
     for start in range(0, len(stored), rows):
-        values = decode_vectors(stored[start : start + rows], store_dtype)
-        bad = ~torch.isfinite(values) if bounds is None else ~((values >= bounds[0]) & (values <= bounds[1]))
-        if bool(bad.any()):
-            row, dim = (int(i) for i in bad.nonzero()[0])
-            value = float(values[row, dim])
-            if not np.isfinite(value):
-                return f"{path.name} row {start + row} holds a non-finite value ({value} in dimension {dim})"
-            return (f"{path.name} row {start + row} holds {value:.6g} in dimension {dim}, outside the range "
-                    f"[{float(bounds[0, dim]):.6g}, {float(bounds[1, dim]):.6g}] recorded when the cache was written")
+        chunk = stored[start : start + rows]
+        if not len(chunk):
+            continue
+        ordered = np.asarray(chunk) if store_dtype == "float32" else _bfloat16_keys(chunk)
+        if (ordered.max(0) <= high).all() and (ordered.min(0) >= low).all():
+            continue
+        values = _float32(chunk, store_dtype)
+        row, dim = (int(i) for i in np.argwhere(~((ordered >= low) & (ordered <= high)))[0])
+        value = float(values[row, dim])
+        if not np.isfinite(value) or bounds is None:
+            return f"{path.name} row {start + row} holds a non-finite value ({value} in dimension {dim})"
+        return (f"{path.name} row {start + row} holds {value:.6g} in dimension {dim}, outside the range "
+                f"[{float(bounds[0, dim]):.6g}, {float(bounds[1, dim]):.6g}] recorded when the cache was written")
     return None
 
 
-def _bounds(directory: Path) -> torch.Tensor | None:
+def _bounds(directory: Path) -> np.ndarray | None:
     path = Path(directory) / BOUNDS
-    return torch.from_numpy(np.load(path)) if path.is_file() else None
+    return np.load(path) if path.is_file() else None
 
 
 def damaged_shards(directory: Path, meta: dict, checksums: bool) -> dict[int, str]:
