@@ -47,6 +47,11 @@ SAVED_BYTES_PER_TRAINED_PARAMETER = 12
 """A checkpoint keeps a float32 master (4 bytes) and AdamW's two moments (8 bytes) per trained weight."""
 
 
+def _positions(config) -> str:
+    limit = adapters.position_limit(config)
+    return f"{limit} positions" if limit else "no position limit"
+
+
 def _say(text: str) -> None:
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         print(f"pre-flight: {text}", file=sys.stderr, flush=True)
@@ -164,7 +169,7 @@ def preflight_cache(model: BackboneArgs, corpus: CorpusArgs, cache: CacheArgs, k
     return config, layer
 
 
-def _cache_disk(model: BackboneArgs, corpus: CorpusArgs, cache: CacheArgs, config) -> int:
+def _cache_disk(corpus: CorpusArgs, cache: CacheArgs, config) -> int:
     """An upper bound on the cache's size when ``corpus.max_documents`` bounds it, else 0."""
     if corpus.max_documents is None or (Path(cache.directory) / META).is_file():
         return 0
@@ -175,9 +180,8 @@ def _cache_disk(model: BackboneArgs, corpus: CorpusArgs, cache: CacheArgs, confi
 def run_cache_preflight(model: BackboneArgs, corpus: CorpusArgs, cache: CacheArgs) -> None:
     """``nla cache``: the checks above and the disk bound, then one summary line."""
     config, _ = preflight_cache(model, corpus, cache)
-    disk = check_disk({"cache.directory": (Path(cache.directory), _cache_disk(model, corpus, cache, config))})
-    _say(f"ok: {model.name_or_path}, corpus.max_length {corpus.max_length} of {adapters.position_limit(config)} "
-         f"positions; disk {disk}")
+    disk = check_disk({"cache.directory": (Path(cache.directory), _cache_disk(corpus, cache, config))})
+    _say(f"ok: {model.name_or_path}, {_positions(config)}, corpus.max_length {corpus.max_length}; disk {disk}")
 
 
 def _summaries_needed(datamodule) -> bool:
@@ -221,17 +225,17 @@ def _fit_disk(trainer, module, datamodule, config, layer: int) -> dict[str, tupl
     sides = [("train_verbalizer", None), ("train_reconstructor", layer + 1)]
     counts = [parameter_count(config, keep) for flag, keep in sides if hp.get(flag, True)]
     needs: dict[str, tuple[Path, int]] = {}
-    cache_bytes = _cache_disk(datamodule.model_args, datamodule.corpus_args, datamodule.cache_args, config)
+    cache_bytes = _cache_disk(datamodule.corpus_args, datamodule.cache_args, config)
     if cache_bytes:
         needs["data.cache.directory"] = (Path(datamodule.cache_args.directory), cache_bytes)
     if None in counts or not counts:
         return needs
     parameters = sum(counts)
-    lora = hp.get("verbalizer_lora") is not None or hp.get("reconstructor_lora") is not None
-    for callback in trainer.checkpoint_callbacks:
+    if trainer.checkpoint_callbacks:
+        # With LoRA almost nothing trains: the checkpoint is about the frozen weights alone.
+        lora = hp.get("verbalizer_lora") is not None or hp.get("reconstructor_lora") is not None
         per_weight = 4 if lora else SAVED_BYTES_PER_TRAINED_PARAMETER
-        needs["checkpoints"] = (checkpoint_directory(trainer, callback), parameters * per_weight)
-        break
+        needs["checkpoints"] = (checkpoint_directory(trainer, trainer.checkpoint_callbacks[0]), parameters * per_weight)
     for export in ("export_dir", "final_export_dir"):
         if hp.get(export):
             needs[f"model.{export}"] = (Path(hp[export]), parameters * 4)
@@ -257,7 +261,7 @@ def preflight_fit(trainer, module, datamodule, will_exist: tuple[str, ...] = ())
     _check_prompt_lengths(config, datamodule, hp, name)
     teacher = check_teacher(datamodule.teacher_args, "data.teacher") if _summaries_needed(datamodule) else "summaries written"
     disk = check_disk(_fit_disk(trainer, module, datamodule, config, layer))
-    _say(f"ok: {name} layer {layer}, {adapters.position_limit(config)} positions; {teacher}; disk {disk or 'not estimated'}")
+    _say(f"ok: {name} layer {layer}, {_positions(config)}; {teacher}; disk {disk or 'not estimated'}")
 
 
 def check_val_check_interval(trainer, batches: int, batch_size: int) -> None:
