@@ -8,6 +8,7 @@ given the mode a plain ``open`` / ``mkdir`` would have produced.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
@@ -20,13 +21,11 @@ from nla.errors import NLAError
 
 def current_umask() -> int:
     """The process umask, read without changing it where Linux allows (``/proc/self/status``)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    # Elsewhere: set and restore (not thread-safe, but nla writes files from one thread).
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -68,7 +68,9 @@ def check_corpus(corpus: CorpusArgs, key: str) -> None:
 
 
 def check_layer(config, cache: CacheArgs, key: str) -> int:
-    return adapters.default_layer(config) if cache.layer == -1 else adapters.check_layer(config, cache.layer, f"{key}.layer")
+    if cache.layer == -1:
+        return adapters.default_layer(config)
+    return adapters.check_layer(config, cache.layer, f"{key}.layer")
 
 
 def check_document_length(config, corpus: CorpusArgs, key: str) -> None:
@@ -104,8 +106,8 @@ def check_disk(needs: dict[str, tuple[Path, int]]) -> str:
         total, free, existing = sum(e[2] for e in entries), entries[0][3], entries[0][1]
         keys = ", ".join(e[0] for e in entries)
         if total > free:
-            raise NLAError(f"{keys}: needs about {human_size(total)} on {existing} but {human_size(free)} are free; free space "
-                           "or point it elsewhere")
+            raise NLAError(f"{keys}: needs about {human_size(total)} on {existing} but {human_size(free)} are free; "
+                           "free space or point it elsewhere")
         parts.append(f"{human_size(total)} of {human_size(free)} free on {existing}")
     return "; ".join(parts)
 
@@ -259,7 +261,8 @@ def preflight_fit(trainer, module, datamodule, will_exist: tuple[str, ...] = ())
                                   "first (its model.export_dir) or fix the path")
     name = datamodule.model_args.name_or_path
     _check_prompt_lengths(config, datamodule, hp, name)
-    teacher = check_teacher(datamodule.teacher_args, "data.teacher") if _summaries_needed(datamodule) else "summaries written"
+    needed = _summaries_needed(datamodule)
+    teacher = check_teacher(datamodule.teacher_args, "data.teacher") if needed else "summaries written"
     disk = check_disk(_fit_disk(trainer, module, datamodule, config, layer))
     _say(f"ok: {name} layer {layer}, {_positions(config)}; {teacher}; disk {disk or 'not estimated'}")
 

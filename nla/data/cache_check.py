@@ -3,8 +3,8 @@
 Always, shard by shard (streamed, so memory stays flat): every file has its recorded size, and every
 stored value lies within the per-dimension minimum and maximum recorded when the cache was finished
 (``bounds.npy``). That one comparison catches NaN and infinite values and flipped bits that blow a
-value up (four flipped bytes of a float32 turned 0.07 into 256), at the cost of reading the vectors
-once. Caches finished before bounds were recorded get the finiteness check alone.
+value up (four flipped bytes of a float32 can turn 0.07 into 256 or -60), at the cost of reading the
+vectors once. Caches finished before bounds were recorded get the finiteness check alone.
 
 Checksums (sha256 of every file, against the shard manifests) cost more and catch the rest, such as
 corruption that stays inside the recorded range. They run when ``cache.checksums`` asks (``always``),
@@ -12,12 +12,13 @@ or under ``auto`` when the cache directory is not the one where it was written o
 ``location.json`` records that directory's host, device and inode, which a copy (``cp -r``,
 ``rsync``) changes and a rename on the same file system keeps.
 
-A damaged shard is one line naming it and the two fixes: ``cache.repair: true`` (re-extracts only the
-damaged shards, see ``repair_cache``) or deleting its files and rerunning.
+A damaged shard is one line naming it and the two fixes: ``cache.repair: true`` (the writer discards
+the shards ``shards_to_repair`` finds and re-extracts only those) or deleting its files and rerunning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -121,7 +122,8 @@ def damaged_shards(directory: Path, meta: dict, checksums: bool) -> dict[int, st
     bounds = _bounds(directory)
     found = {}
     for index in range(int(meta["num_shards"])):
-        problem = shard_problem(directory, index, checksums) or value_problem(directory, index, meta["store_dtype"], bounds)
+        problem = (shard_problem(directory, index, checksums)
+                   or value_problem(directory, index, meta["store_dtype"], bounds))
         if problem:
             found[index] = problem
     return found
@@ -153,10 +155,9 @@ def validate_cache(directory: Path, meta: dict, checksums: str = "auto", key: st
         others = f" ({len(damaged) - 1} more shards are damaged too)" if len(damaged) > 1 else ""
         raise damage_error(directory, index, problem + others, key)
     if verify:
-        try:
+        # A read-only copy stays unrecorded and is verified again next time.
+        with contextlib.suppress(OSError):
             record_location(directory)
-        except OSError:
-            pass
 
 
 def discard_shards(directory: Path, indices: list[int]) -> None:

@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from nla import preflight
 from tests.reliability.conftest import GRPO, run_main, sft_argv
 
 
@@ -64,6 +63,8 @@ def test_an_unreachable_teacher_fails_before_caching(tiny_sft, tmp_path, capsys)
 
 
 def test_a_reachable_teacher_passes_the_probe():
+    from nla import preflight
+
     # A server that answers every request with an error status: any HTTP answer counts as reachable.
     server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -114,6 +115,8 @@ def test_generation_refuses_to_run_past_the_position_limit(tiny_model_dir):
 
 
 def test_a_disk_too_small_fails_before_caching(tiny_sft, tmp_path, capsys, monkeypatch):
+    from nla import preflight
+
     root, model_dir, _ = tiny_sft
     real = preflight.shutil.disk_usage
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
