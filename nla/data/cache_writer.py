@@ -225,8 +225,8 @@ def _flush(network, layer, shard, docs, planned, wanted, cache, pad_id, director
         return 0
     vectors = extract_shard(network, layer, docs, planned, cache.batch_tokens, pad_id)
     if not bool(torch.isfinite(vectors).all()):
-        raise NLAError(f"model.dtype: the forward produced non-finite activations at layer {layer} in shard {shard}; "
-                       "nothing of that shard was written; use model.dtype: float32 (or check the model's weights)")
+        raise ConfigError("model.dtype", f"the forward produced non-finite activations at layer {layer} in shard "
+                          f"{shard}; nothing of that shard was written; use float32 (or check the model's weights)")
     records, texts = shard_records(docs, planned)
     write_shard(directory, shard, encode_vectors(vectors, cache.store_dtype), records, texts)
     return sum(len(doc.input_ids) for doc in docs)

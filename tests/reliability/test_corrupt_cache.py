@@ -161,6 +161,20 @@ def test_a_full_disk_while_caching_is_one_line(tiny_sft, tmp_path, capsys, monke
     assert not [p for p in shards.iterdir() if p.name.startswith("shard-00001") or p.suffix == ".tmp"]
 
 
+def test_a_forward_producing_nan_writes_no_shard(tiny_sft, tmp_path, capsys, monkeypatch):
+    from nla.data import cache_writer
+
+    root, model_dir, _ = tiny_sft
+    config = cache_config(tmp_path, model_dir, root / "docs.jsonl")
+    extract = cache_writer.extract_shard
+    monkeypatch.setattr(cache_writer, "extract_shard", lambda *args: extract(*args) * float("nan"))
+    code, err = run_main(capsys, ["cache", "--config", config])
+    assert (code, err) == (2, "nla: error: model.dtype: the forward produced non-finite activations at layer 1 in "
+                              "shard 0; nothing of that shard was written; use float32 (or check the model's weights)")
+    shards = tmp_path / "cache" / "shards"
+    assert not shards.exists() or not list(shards.iterdir())
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_cache_files_honour_the_umask(tiny_sft, tmp_path, capsys, umask):
     root, model_dir, _ = tiny_sft
