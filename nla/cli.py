@@ -15,6 +15,7 @@ import types
 import typing
 from typing import Callable
 
+from nla.config_errors import describe_parse_error, function_root, lift_config_error, trainer_root
 from nla.errors import NLAError
 
 TRAINER_SUBCOMMANDS = {
@@ -109,7 +110,14 @@ def run_function(name: str, argv: list[str]) -> None:
     parser.add_function_arguments(function, as_group=False)
     config = parser.parse_args(argv)
     config.pop("config", None)
-    function(**parser.instantiate_classes(config).as_dict())
+    try:
+        instantiated = parser.instantiate_classes(config)
+    except ValueError as error:
+        lifted = lift_config_error(error, config)
+        if lifted is None:
+            raise
+        raise lifted from None
+    function(**instantiated.as_dict())
 
 
 def run_trainer(argv: list[str] | None) -> None:
@@ -134,5 +142,8 @@ def main(argv: list[str] | None = None) -> None:
             run_trainer(None if from_command_line else argv)
         else:
             fail(f"unknown subcommand '{name}'; choose from {', '.join([*TRAINER_SUBCOMMANDS, *SUBCOMMANDS])}")
-    except (NLAError, argparse.ArgumentError) as error:
+    except NLAError as error:
         fail(str(error))
+    except argparse.ArgumentError as error:
+        root = trainer_root() if name in TRAINER_SUBCOMMANDS else function_root(resolve(SUBCOMMANDS[name][0]))
+        fail(describe_parse_error(str(error), root) or str(error))

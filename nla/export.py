@@ -18,15 +18,18 @@ defaults: a checkpoint keeps working after nla's default wording changes.
 from __future__ import annotations
 
 import copy
+import errno
 import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from nla.errors import ConfigError
+from nla.base_model import describe_base_model, locate_base_model
+from nla.errors import ConfigError, NLAError
+from nla.files import honour_umask, make_staging_directory
+from nla.finite import check_weights_finite
 from nla.marker import PLACEHOLDER, render_av_content
 from nla.meta import (
     ExtractionMeta,
@@ -67,6 +70,7 @@ def pair_meta(
         prompt_templates=PromptTemplates(av=prompts.args.av_template, ar=prompts.args.ar_template),
         stage=stage,
         base_model=base_model,
+        base_model_source=describe_base_model(base_model),
         training=copy.deepcopy(training),
     )
 
@@ -97,6 +101,7 @@ def export_pair(
     if verbalizer is None and reconstructor is None:
         raise ValueError("export_pair needs a verbalizer, a reconstructor or both")
     directory = Path(directory)
+    check_weights_finite({"AV": verbalizer, "AR": reconstructor}, str(directory))
     common = dict(prompts=prompts, layer=layer, base_model=base_model, stage=stage, training=training)
     written: dict[str, Path] = {}
     if verbalizer is not None:
@@ -130,11 +135,15 @@ def _replace_directory(final: Path, write: Callable[[Path], None]) -> Path:
     # Staging directories of an export that crashed are incomplete by construction.
     for stale in final.parent.glob(f".{final.name}.staging-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    staging = make_staging_directory(final.parent, f".{final.name}.staging-")
     try:
         write(staging)
-    except BaseException:
+        honour_umask(staging)
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise NLAError(f"disk full while exporting to {final}; nothing there changed; free space on "
+                           f"{final.parent} and export again") from error
         raise
     if not final.exists():
         os.rename(staging, final)
@@ -201,7 +210,8 @@ def _load_verbalizer(
     tokenizer = load_tokenizer(args)
     prompts = prompts_from_meta(meta, tokenizer, directory / "nla_meta.yaml")
     if lora.is_adapter_dir(directory):
-        base = BackboneArgs(meta.base_model, dtype=dtype, quantization=quantization)
+        base = BackboneArgs(locate_base_model(meta.base_model, meta.base_model_source, f"{field}.base_model"),
+                            dtype=dtype, quantization=quantization)
         model = lora.load_adapter(load_causal_lm(base), directory, trainable).eval()
     else:
         model = load_causal_lm(BackboneArgs(str(directory), dtype=dtype, quantization=quantization)).eval()

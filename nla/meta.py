@@ -13,14 +13,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
 from nla.errors import ConfigError
+from nla.files import atomic_write_bytes
 from nla.marker import CJK_RANGE, Marker, marker_problem, render_av_content
 
 META_FILENAME = "nla_meta.yaml"
@@ -79,7 +78,10 @@ class NlaMeta:
     stage: str | None = None
     """Training stage that produced the weights: ``sft``, ``grpo``, ...; None when not recorded."""
     base_model: str | None = None
-    """Hub id or path of the target model the NLA was trained on."""
+    """Hub id or path of the target model the NLA was trained on, as it was given."""
+    base_model_source: dict = field(default_factory=dict)
+    """For a local base model: its absolute ``path`` and the ``config_sha256`` of its config.json
+    (``nla.base_model``), so the pair finds it from another working directory; else empty."""
     training: dict = field(default_factory=dict)
     """Provenance: config, step, metrics, versions; free-form."""
     kind: str = "nla_model"
@@ -108,16 +110,7 @@ def write_meta(meta: NlaMeta, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / META_FILENAME
     text = yaml.safe_dump(meta.to_dict(), sort_keys=False, allow_unicode=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{META_FILENAME}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(target, text.encode("utf-8"))
     return target
 
 
@@ -220,6 +213,9 @@ def read_meta(directory_or_file: str | Path) -> NlaMeta:
     if not isinstance(training, dict):
         raise ConfigError("training", f"is {training!r} in {file}; expected a mapping")
     stage, base_model = r.get("stage", default=None), r.get("base_model", default=None)
+    source = r.get("base_model_source", default=None) or {}
+    if not isinstance(source, dict):
+        raise ConfigError("base_model_source", f"is {source!r} in {file}; expected a mapping")
     emptied = ("extraction", "tokens", "prompt_templates")
     extra = {key: value for key, value in r.rest.items() if not (key in emptied and value == {})}
     return NlaMeta(
@@ -231,6 +227,7 @@ def read_meta(directory_or_file: str | Path) -> NlaMeta:
         prompt_templates=templates,
         stage=None if stage is None else str(stage),
         base_model=None if base_model is None else str(base_model),
+        base_model_source=source,
         training=training,
         kind=kind,
         extra=extra,

@@ -22,6 +22,7 @@ from pathlib import Path
 from lightning.pytorch import seed_everything
 
 from nla.errors import ConfigError
+from nla.preflight import preflight_fit
 from nla.quickstart_report import comparison_rows, print_report
 
 EXAMPLES = (
@@ -98,6 +99,9 @@ def quickstart(
         raise ConfigError("model.init_args.sft_export", f"in {grpo_config} must be the SFT stage's export {sft_export}")
     if not hp.get("final_export_dir"):
         raise ConfigError("model.init_args.final_export_dir", f"is unset in {grpo_config}; the table compares that pair")
+    # Each stage's pre-flight before any of them runs; the GRPO stage's sft_export is the SFT stage's to write.
+    preflight_fit(sft.trainer, sft.model, sft.datamodule)
+    preflight_fit(grpo.trainer, grpo.model, grpo.datamodule, will_exist=(str(hp["sft_export"]),))
 
     reused = sft.datamodule.cache_ready()
     _stage("activation cache and teacher summaries" + (" (reusing the cache)" if reused else ""))

@@ -5,6 +5,10 @@ from __future__ import annotations
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from nla.config_errors import lift_config_error
+from nla.preflight import preflight_fit
+from nla.resume import resolve_ckpt_path
+
 # Parser errors must reach nla.cli as exceptions so they print as one line with exit status 2.
 RAISE_ON_ERROR = {"exit_on_error": False, "allow_abbrev": False}
 
@@ -28,3 +32,20 @@ class NLALightningCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def instantiate_classes(self) -> None:
+        # A ConfigError raised while jsonargparse builds a nested argument reaches us wrapped in a ValueError.
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            lifted = lift_config_error(error, self.config.get(str(self.subcommand), self.config))
+            if lifted is None:
+                raise
+            raise lifted from None
+
+    def fit(self, model: LightningModule, ckpt_path: str | None = None, **kwargs) -> None:
+        """``trainer.fit`` after the pre-flight checks, with ``ckpt_path`` resolved by ``nla.resume``
+        (``last`` must find a checkpoint; ``last_or_fresh`` may start fresh)."""
+        ckpt_path = resolve_ckpt_path(self.trainer, ckpt_path)
+        preflight_fit(self.trainer, model, kwargs.get("datamodule"))
+        self.trainer.fit(model, ckpt_path=ckpt_path, **kwargs)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nla.data.cache_check import damage_error
 from nla.data.cache_format import MEANS, META, shard_files, shard_problem
 from nla.data.cache_stats import GROUPS
 from nla.data.splits import SPLITS
@@ -45,7 +46,7 @@ class ActivationCache:
         for index in range(self.meta["num_shards"]):
             problem = shard_problem(self.directory, index, verify_checksums)
             if problem:
-                raise NLAError(f"{field}: shard {index} of {self.directory}: {problem}; delete it and rerun `nla cache`")
+                raise damage_error(self.directory, index, problem, field.rsplit(".", 1)[0])
         self._maps: dict[int, np.ndarray] = {}
         self._docs: dict[int, list[dict]] = {}
 

@@ -7,6 +7,7 @@ from nla.data.cache_writer import build_cache
 from nla.data.corpus import CorpusArgs
 from nla.data.splits import SplitArgs
 from nla.modules.backbone import BackboneArgs
+from nla.preflight import run_cache_preflight
 
 
 def cache(model: BackboneArgs, corpus: CorpusArgs, cache: CacheArgs, splits: SplitArgs | None = None) -> None:
@@ -15,4 +16,5 @@ def cache(model: BackboneArgs, corpus: CorpusArgs, cache: CacheArgs, splits: Spl
     Data-parallel with torchrun: each process writes the shards i with i % WORLD_SIZE == RANK, and
     rank 0 writes the statistics once every shard exists.
     """
+    run_cache_preflight(model, corpus, cache)
     build_cache(model, corpus, cache, splits or SplitArgs())

@@ -12,6 +12,8 @@ from nla.data.storage import atomic_save_npy, atomic_write_bytes, atomic_write_j
 META = "meta.json"
 PLAN = "plan.json"
 MEANS = "split_means.npy"
+BOUNDS = "bounds.npy"
+LOCATION = "location.json"
 SHARDS = "shards"
 
 INDEX_DTYPE = np.dtype(

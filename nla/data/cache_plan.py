@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from nla.data.cache_check import check_mode
 from nla.data.corpus import CorpusArgs, corpus_fingerprint, load_corpus
 from nla.data.positions import choose_positions
 from nla.data.splits import SPLITS, SplitArgs
@@ -31,8 +32,9 @@ class CacheArgs:
     directory: str = "cache/activations"
     """Directory of the cache (created if missing)."""
     layer: int = -1
-    """K: the cache holds the residual after block K (HF ``hidden_states[K + 1]``). -1 picks about two
-    thirds of the depth."""
+    """K: the cache holds the residual after block K (HF ``hidden_states[K + 1]``), 0 to depth - 1.
+    -1 is NOT the last block: it picks the default, about two thirds of the depth (printed when the
+    cache is built; on a model of 4 blocks or fewer that is the last block)."""
     positions_per_document: int = 10
     """Up to this many token positions per document (fewer when the document is short)."""
     seed: int = 0
@@ -45,8 +47,16 @@ class CacheArgs:
     """Documents per shard: the unit of atomic writes, resumption and data parallelism."""
     overwrite: bool = False
     """Replace a cache built from a different configuration instead of refusing it."""
+    checksums: str = "auto"
+    """When training opens the cache, also compare every file with its recorded sha256: ``auto`` when
+    the cache is not in the directory where it was written or last verified (it was copied),
+    ``always``, or ``never``. File sizes and the range of every stored value are checked each time."""
+    repair: bool = False
+    """Find the shards that fail validation (checksums included), re-extract only those and rewrite
+    the statistics; the other shards are kept."""
 
     def __post_init__(self) -> None:
+        check_mode(self.checksums)
         if self.store_dtype not in STORE_DTYPES:
             raise ConfigError("cache.store_dtype", f"'{self.store_dtype}' is not one of {', '.join(STORE_DTYPES)}")
         for name in ("positions_per_document", "batch_tokens", "shard_documents"):
@@ -128,7 +138,12 @@ def make_plan(
     pairs = PlannedDocuments(corpus, tokenizer, cache, splits)
     documents = [planned for _, planned in pairs]
     if not documents:
-        raise ConfigError("corpus.min_position", f"no document has a token at index >= {corpus.min_position}")
+        report = pairs.report
+        if report.empty == report.documents:
+            raise ConfigError("corpus.text_column", f"the text of every document ({report.documents}) in column "
+                              f"{corpus.text_column!r} of {corpus.path!r} is empty; name the column that holds the text")
+        raise ConfigError("corpus.min_position", f"no document has a token at index >= {corpus.min_position} "
+                          f"({report.summary()}); lower corpus.min_position or give longer documents")
     tokenizer_key = tokenizer_hash(tokenizer)
     identity = {
         "format": FORMAT_VERSION,

@@ -11,7 +11,8 @@ import torch
 from rich.console import Console
 
 from nla import maths
-from nla.data.cache_format import INDEX_DTYPE, MEANS, META, shard_files, shard_problem
+from nla.data.cache_check import record_location
+from nla.data.cache_format import BOUNDS, INDEX_DTYPE, MEANS, META, shard_files, shard_problem
 from nla.data.cache_plan import FORMAT_VERSION, CacheArgs, CachePlan
 from nla.data.corpus import CorpusArgs
 from nla.data.splits import SPLITS, SplitArgs
@@ -33,14 +34,19 @@ def wait_for_shards(directory: Path, num_shards: int, timeout_s: float = 24 * 36
         time.sleep(1.0)
 
 
-def split_statistics(directory: Path, num_shards: int, store_dtype: str) -> tuple[dict, np.ndarray]:
+def split_statistics(directory: Path, num_shards: int, store_dtype: str) -> tuple[dict, np.ndarray, np.ndarray]:
     """Per split and overall: count, mean and 75th-percentile norm (for ``injection_scale: auto``), the
-    FVE baseline variance (rawvar; meannorm for reporting) and the mean of the normalised vectors."""
+    FVE baseline variance (rawvar; meannorm for reporting) and the mean of the normalised vectors; and
+    the per-dimension minimum and maximum of every vector (``bounds.npy``, for ``nla.data.cache_check``)."""
     norms: dict[str, list[np.ndarray]] = {g: [] for g in GROUPS}
     sums = {g: None for g in GROUPS}
+    low = high = None
     for index in range(num_shards):
         files = shard_files(directory, index)
         vectors = decode_vectors(np.load(files["vectors"], mmap_mode="r"), store_dtype)
+        if len(vectors):
+            low = vectors.amin(0) if low is None else torch.minimum(low, vectors.amin(0))
+            high = vectors.amax(0) if high is None else torch.maximum(high, vectors.amax(0))
         split_ids = np.load(files["index"])["split"]
         for group in GROUPS:
             rows = torch.ones(len(vectors), dtype=torch.bool) if group == "all" else torch.from_numpy(
@@ -68,7 +74,7 @@ def split_statistics(directory: Path, num_shards: int, store_dtype: str) -> tupl
             "variance": float(maths.rawvar_from_sums(sum_normalized, sum_sq, count)),
             "meannorm_variance": float(maths.meannorm_from_sums(sum_normalized, sum_sq, count)),
         }
-    return stats, means
+    return stats, means, torch.stack([low, high]).numpy()
 
 
 def finalize(
@@ -83,8 +89,10 @@ def finalize(
     console: Console,
 ) -> None:
     wait_for_shards(directory, plan.num_shards)
-    stats, means = split_statistics(directory, plan.num_shards, cache.store_dtype)
+    stats, means, bounds = split_statistics(directory, plan.num_shards, cache.store_dtype)
     atomic_save_npy(directory / MEANS, means)
+    atomic_save_npy(directory / BOUNDS, bounds)
+    record_location(directory)
     meta = {
         "format": FORMAT_VERSION,
         "fingerprint": plan.fingerprint,

@@ -13,7 +13,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nla.data.cache_format import INDEX_DTYPE, PLAN, SHARDS, shard_name, shard_problem, write_shard
+from nla.data.cache_check import discard_shards, shards_to_repair, validate_cache
+from nla.data.cache_format import INDEX_DTYPE, META, PLAN, SHARDS, shard_name, shard_problem, write_shard
 from nla.data.cache_plan import CacheArgs, CachePlan, PlannedDocument, PlannedDocuments, make_plan
 from nla.data.cache_stats import finalize
 from nla.data.corpus import CorpusArgs
@@ -102,18 +103,31 @@ def remove_stale_temporaries(directory: Path, shards: list[int], own_top_level: 
         path.unlink(missing_ok=True)
 
 
-def preflight(console: Console, plan: CachePlan, d: int, cache: CacheArgs, directory: Path, seconds_per_token: float):
-    bytes_per_value = 4 if cache.store_dtype == "float32" else 2
-    needed = plan.vectors * (d * bytes_per_value + INDEX_DTYPE.itemsize)
+def vector_bytes(vectors: int, d: int, store_dtype: str) -> int:
+    """Disk taken by ``vectors`` cached rows of width ``d`` (vectors and index rows)."""
+    return vectors * (d * (4 if store_dtype == "float32" else 2) + INDEX_DTYPE.itemsize)
+
+
+def check_disk(plan: CachePlan, d: int, cache: CacheArgs, directory: Path) -> int:
+    """Refuse to start when the shards still to write cannot fit; returns the bytes they need."""
+    needed = vector_bytes(plan.vectors, d, cache.store_dtype)
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise NLAError(f"cache.directory: {directory} needs {needed / 2**30:.2f} GiB but has {free / 2**30:.2f} GiB "
+                       "free; free space or choose another directory")
+    return needed
+
+
+def preflight(console: Console, plan: CachePlan, d: int, cache: CacheArgs, directory: Path, seconds_per_token: float,
+              layer_note: str = ""):
+    needed = vector_bytes(plan.vectors, d, cache.store_dtype)
     free = shutil.disk_usage(directory).free
     console.print(
         f"[bold]activation cache[/bold] {directory}: {len(plan.documents)} documents, {plan.tokens:,} tokens, "
-        f"{plan.vectors:,} vectors of d={d} ({cache.store_dtype}) in {plan.num_shards} shards; "
+        f"{plan.vectors:,} vectors of d={d} ({cache.store_dtype}) in {plan.num_shards} shards{layer_note}; "
         f"disk {needed / 2**20:,.1f} MiB of {free / 2**30:,.1f} GiB free; "
         f"about {plan.tokens * seconds_per_token / 60:,.1f} min; {plan.report.summary()}"
     )
-    if needed > free:
-        raise NLAError(f"cache.directory: {directory} needs {needed / 2**30:.2f} GiB but has {free / 2**30:.2f} GiB free")
 
 
 def seconds_per_token(model, layer: int, batch_tokens: int, width: int, vocab_size: int) -> float:
@@ -146,9 +160,12 @@ def build_cache(
     layer = adapters.default_layer(config) if cache.layer == -1 else adapters.check_layer(config, cache.layer, "cache.layer")
     plan = make_plan(model, corpus, cache, splits, tokenizer, layer)
     prepare_directory(directory, plan, cache, "cache")
+    if cache.repair:
+        repair(directory, world_size, console)
     todo = [i for i in range(plan.num_shards) if i % world_size == rank and shard_problem(directory, i)]
     remove_stale_temporaries(directory, todo, own_top_level=rank == 0)
     if todo:
+        check_disk(plan, adapters.hidden_size(config), cache, directory)
         network = load_causal_lm(model, keep_layers=layer + 1, config=config).eval()
         # A bitsandbytes model is placed on the GPU as it loads and refuses to be moved.
         if torch.cuda.is_available() and not getattr(network, "is_quantized", False):
@@ -156,11 +173,28 @@ def build_cache(
         pad_id = pad_token_id(tokenizer)
         width = max(doc.length for doc in plan.documents)
         rate = seconds_per_token(network, layer, cache.batch_tokens, width, len(tokenizer))
-        preflight(console, plan, adapters.hidden_size(config), cache, directory, rate)
+        note = "" if cache.layer != -1 else (f"; cache.layer -1: K = {layer}, the default (about two thirds of "
+                                              f"{adapters.num_layers(config)} blocks)")
+        preflight(console, plan, adapters.hidden_size(config), cache, directory, rate, note)
         write_shards(network, layer, plan, todo, PlannedDocuments(corpus, tokenizer, cache, splits), cache, pad_id, directory, console)
-    if rank == 0:
+    if rank == 0 and (directory / META).is_file():
+        # Finished before: statistics are never recomputed over shards that may have been damaged since.
+        validate_cache(directory, json.loads((directory / META).read_text()), cache.checksums, key="cache")
+        console.print(f"cache complete and valid: {directory}")
+    elif rank == 0:
         finalize(directory, plan, model, corpus, cache, splits, config, layer, console)
     return directory
+
+
+def repair(directory: Path, world_size: int, console: Console) -> None:
+    """``cache.repair``: discard the shards that fail validation, checksums included, so the writer
+    re-extracts exactly those (and rewrites the statistics)."""
+    if world_size > 1:
+        raise ConfigError("cache.repair", "runs in one process; rerun without torchrun")
+    damaged = shards_to_repair(directory)
+    console.print(f"cache repair: {len(damaged)} damaged shards" + (f" to re-extract: {damaged}" if damaged else ""))
+    if damaged:
+        discard_shards(directory, damaged)
 
 
 def write_shards(network, layer, plan, todo, pairs, cache, pad_id, directory, console) -> None:
@@ -190,6 +224,9 @@ def _flush(network, layer, shard, docs, planned, wanted, cache, pad_id, director
     if shard not in wanted:
         return 0
     vectors = extract_shard(network, layer, docs, planned, cache.batch_tokens, pad_id)
+    if not bool(torch.isfinite(vectors).all()):
+        raise ConfigError("model.dtype", f"the forward produced non-finite activations at layer {layer} in shard "
+                          f"{shard}; nothing of that shard was written; use float32 (or check the model's weights)")
     records, texts = shard_records(docs, planned)
     write_shard(directory, shard, encode_vectors(vectors, cache.store_dtype), records, texts)
     return sum(len(doc.input_ids) for doc in docs)

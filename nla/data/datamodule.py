@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from nla.data.activation_cache import ActivationCache
+from nla.data.cache_check import validate_cache
 from nla.data.cache_format import META
 from nla.data.cache_plan import CacheArgs
 from nla.data.cache_writer import build_cache
@@ -36,6 +37,7 @@ from nla.data.teachers import TeacherArgs
 from nla.errors import ConfigError, field_scope
 from nla.modules import adapters
 from nla.modules.backbone import BackboneArgs, load_config, load_tokenizer
+from nla.preflight import check_val_check_interval
 from nla.prompts import PromptArgs, Prompts, explanation_text
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,7 @@ class NLADataModule(LightningDataModule):
         self.prompts: Prompts | None = None
         self.excluded: dict[str, int] = {}
         self._rows: dict[str, tuple[np.ndarray, list[str] | None]] = {}
+        self._validated_directory: Path | None = None
 
     @property
     def text_splits(self) -> list[str]:
@@ -157,11 +160,12 @@ class NLADataModule(LightningDataModule):
         summaries that are missing. Runs in one process per node, so the cache is written by that
         process alone; run ``nla cache`` under torchrun first to spread caching over several GPUs."""
         directory = Path(self.cache_args.directory)
-        if not self.cache_ready():
-            build_cache(self.model_args, self.corpus_args, self.cache_args, self.split_args, rank=0, world_size=1)
+        if self.cache_args.repair or not self.cache_ready():
+            with field_scope("data"):
+                build_cache(self.model_args, self.corpus_args, self.cache_args, self.split_args, rank=0, world_size=1)
         with field_scope("model"):
             tokenizer = load_tokenizer(self.model_args)
-        cache = ActivationCache(directory)
+        cache = self._validated(ActivationCache(directory, field="data.cache.directory"))
         write_summaries(cache, tokenizer, self.teacher_args, self.summaries_root, self.text_splits, self.progress)
 
     def setup(self, stage: str | None = None) -> None:
@@ -170,9 +174,8 @@ class NLADataModule(LightningDataModule):
             return
         with field_scope("model"):
             config, self.tokenizer = load_config(self.model_args), load_tokenizer(self.model_args)
-        self.cache = ActivationCache(
-            self.cache_args.directory, expect_d=adapters.hidden_size(config), expect_layer=self._layer(config)
-        )
+        self.cache = self._validated(ActivationCache(self.cache_args.directory, expect_d=adapters.hidden_size(config),
+                                                     expect_layer=self._layer(config), field="data.cache.directory"))
         self.prompts = Prompts.build(self.tokenizer, self.prompt_args)
         directory = summaries_directory(self.summaries_root, self.teacher_args, self.cache)
         for split in self.text_splits:
@@ -188,6 +191,14 @@ class NLADataModule(LightningDataModule):
                          split, self.excluded[split], len(indices))
         if "rl" in self.train_splits:
             self._rows["rl"] = (self.cache.split_indices("rl"), None)
+
+    def _validated(self, cache: ActivationCache) -> ActivationCache:
+        """``cache`` after the checks of ``nla.data.cache_check`` (once per process: prepare_data and
+        setup open the same files)."""
+        if self._validated_directory != cache.directory:
+            validate_cache(cache.directory, cache.meta, self.cache_args.checksums, key="data.cache")
+            self._validated_directory = cache.directory
+        return cache
 
     @property
     def marker(self):
@@ -255,7 +266,10 @@ class NLADataModule(LightningDataModule):
         """``{"av": ..., "ar": ..., "rl": ...}`` for the served splits; a shorter loader is cycled so an
         epoch covers every row of the longest."""
         loaders = {KINDS[split]: self.dataloader(split, self.shuffled, train=True) for split in self.train_splits}
-        return CombinedLoader(loaders, mode="max_size_cycle")
+        combined = CombinedLoader(loaders, mode="max_size_cycle")
+        if self.trainer is not None:
+            check_val_check_interval(self.trainer, max(map(len, loaders.values())), self.batch_size)
+        return combined
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """Held-out rows in a fixed order spread over the documents (``splits.spread_over_documents``:

@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from nla.errors import NLAError
+from nla.files import atomic_write, atomic_write_bytes
+
+__all__ = ["STORE_DTYPES", "atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "decode_vectors",
+           "encode_vectors", "file_sha256"]
 
 # float16 is deliberately absent: Gemma residual norms reach 6e4-8e4, beyond its range.
 STORE_DTYPES = ("float32", "bfloat16")
-
-
-def _atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file in the same directory, then rename: readers see all or nothing."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            raise NLAError(f"disk full while writing {path}; free space on {path.parent} and rerun") from error
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic(path, lambda stream: stream.write(data))
 
 
 def atomic_write_json(path: Path, value) -> None:
@@ -46,7 +23,7 @@ def atomic_write_json(path: Path, value) -> None:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic(path, lambda stream: np.save(stream, array, allow_pickle=False))
+    atomic_write(path, lambda stream: np.save(stream, array, allow_pickle=False))
 
 
 def file_sha256(path: Path) -> str:

@@ -48,6 +48,8 @@ class TokenizeReport:
     """Documents dropped for having fewer than ``min_position + 1`` tokens (no possible position)."""
     tokens: int = 0
     """Tokens in the kept documents, after cutting."""
+    empty: int = 0
+    """Documents whose text is empty or only whitespace (counted in ``skipped_short`` too)."""
 
     def summary(self) -> str:
         return (
@@ -93,6 +95,7 @@ class TokenizedDocuments:
             )
             for i, doc in enumerate(batch):
                 report.documents += 1
+                report.empty += not doc.text.strip()
                 ids = np.asarray(encoded["input_ids"][i], dtype=np.int32)
                 if len(ids) < self.min_position + 1:
                     report.skipped_short += 1

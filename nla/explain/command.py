@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers.utils import logging as hf_logging
 
+from nla.base_model import locate_base_model
 from nla.errors import ConfigError
 from nla.evaluation.detail import prefix, spread_points, token_ends
 from nla.explain.flags import final_token_contradiction
@@ -87,16 +88,23 @@ def explain_text(
     if detail_points < 0:
         raise ConfigError("detail_points", f"is {detail_points}; use 0 for no detail curve or a positive count")
     (_, av_meta), (_, ar_meta) = read_pair_meta(av, ar)
-    target = target or av_meta.base_model or ar_meta.base_model
+    given = target
+    target = target or locate_base_model(av_meta.base_model, av_meta.base_model_source) or ar_meta.base_model
     if not target:
         raise ConfigError("target", "the sidecars name no base_model; pass --target with the model the pair explains")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     layer = av_meta.extraction_layer_index
-    tokenized = tokenize(target_tokenizer(target), text)
-    chosen = choose_positions(len(tokenized.ids), tokenized.special, positions)
-    # The target is freed before the pair loads, so the two never share memory.
-    vectors = residuals(load_target(target, av_meta.d_model, device, keep_layers=layer + 1), layer, tokenized.ids,
-                        chosen)
+    try:
+        tokenized = tokenize(target_tokenizer(target), text)
+        chosen = choose_positions(len(tokenized.ids), tokenized.special, positions)
+        # The target is freed before the pair loads, so the two never share memory.
+        vectors = residuals(load_target(target, av_meta.d_model, device, keep_layers=layer + 1), layer,
+                            tokenized.ids, chosen)
+    except ConfigError as error:
+        if given is not None or not error.field.startswith("target"):
+            raise
+        raise ConfigError("target", f"the base model the sidecar names cannot be loaded ({error.detail}); pass "
+                          "--target with the model the pair was trained on (a local copy)") from None
     verbalizer, reconstructor, prompts, _, _ = load_pair_with_meta(av, ar)
     verbalizer.to(device)
     reconstructor.to(device)

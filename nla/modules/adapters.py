@@ -159,3 +159,19 @@ def replace_final_norm(model: PreTrainedModel, module: nn.Module) -> None:
 
 def input_embeddings(model: PreTrainedModel) -> nn.Module:
     return getattr(decoder(model), family_of(model.config).embeddings)
+
+
+def position_limit(config: PretrainedConfig) -> int | None:
+    """How many positions the model was built for (``max_position_embeddings``; GPT-2's ``n_positions``
+    answers to that name too), or None when its config says nothing. Learned position embeddings
+    (GPT-2) fail with an IndexError beyond it; rotary ones drift into positions never trained."""
+    limit = getattr(text_config(config), "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def check_length(config: PretrainedConfig, tokens: int, field: str, what: str) -> None:
+    """Refuse ``tokens`` positions beyond the model's limit, naming ``field`` and ``what`` needs them."""
+    limit = position_limit(config)
+    if limit is not None and tokens > limit:
+        raise ConfigError(field, f"{what} needs {tokens} positions but the model has {limit} "
+                          "(max_position_embeddings); lower it")

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +18,16 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from nla.errors import ConfigError, NLAError
+from nla.errors import ConfigError
+from nla.files import honour_umask, make_staging_directory
 from nla.modules import adapters
 from nla.packaged import PREFIX, resolve_packaged
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODEL_DTYPES = ("auto", "float32", "bfloat16")
+"""What ``model.dtype`` accepts (float16 compute is left to bitsandbytes' internals)."""
 
 
 @dataclass
@@ -42,7 +44,8 @@ class BackboneArgs:
     revision: str | None = None
     """Hub revision (branch, tag or commit) to pin."""
     dtype: str = "auto"
-    """``auto`` (bfloat16 on a CUDA device that supports it, else float32), ``float32`` or ``bfloat16``."""
+    """``auto`` (bfloat16 on a CUDA device that supports it, else float32), ``float32`` or ``bfloat16``.
+    ``float16`` is refused: residual norms of Gemma-like models (6e4-8e4) overflow it."""
     attn_implementation: str = "auto"
     """``auto`` (flash_attention_2 when flash-attn is importable and CUDA is present, else sdpa), or any
     value transformers accepts (``sdpa``, ``eager``, ``flash_attention_2``)."""
@@ -53,6 +56,11 @@ class BackboneArgs:
     (the ``quant`` extra). Frozen models only (the target while caching, the GRPO reference): a
     model that trains refuses it. A quantized model is loaded straight onto the current CUDA device
     when there is one, since 8-bit models cannot be moved after loading."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in MODEL_DTYPES:
+            why = "; residual norms of Gemma-like models (6e4-8e4) overflow it" if self.dtype == "float16" else ""
+            raise ConfigError("model.dtype", f"is {self.dtype!r}{why}; use {', '.join(MODEL_DTYPES)}")
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -166,10 +174,11 @@ def materialize_gguf(directory: str, gguf_file: str) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    staging = make_staging_directory(target.parent, ".staging-")
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        honour_umask(staging)
         staging.rename(target)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
@@ -186,9 +195,10 @@ def _resolved(args: BackboneArgs) -> tuple[str, dict]:
     return name, {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
 
 
-def _hub_error(args: BackboneArgs, error: Exception) -> NLAError:
+def _hub_error(args: BackboneArgs, error: Exception) -> ConfigError:
+    # A ConfigError, so field_scope names the full key (model.name_or_path, data.model.name_or_path).
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return NLAError(f"name_or_path: cannot load '{args.name_or_path}' ({first_line})")
+    return ConfigError("name_or_path", f"cannot load '{args.name_or_path}' ({first_line})")
 
 
 QUANTIZATIONS = ("none", "8bit", "4bit")

@@ -32,6 +32,7 @@ from nla.meta import figure
 from nla.modules import fsdp, lora, optim, precision
 from nla.modules.backbone import check_trainable, load_causal_lm
 from nla.modules.grpo_eval import heldout_fve, memory_probe, sample_table
+from nla.modules.nonfinite import NonFiniteGuard
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.reference import DEVICES, build_reference
 from nla.modules.rollout import RolloutArgs, ar_loss, av_loss, collect
@@ -74,6 +75,8 @@ class GRPOModule(LightningModule):
         reconstructor_lora: lora.LoraArgs | None = None,
         reference_quantization: str = "none",
         dtype: str = "float32",
+        eval_at_start: bool = True,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         """
         Args:
@@ -100,8 +103,10 @@ class GRPOModule(LightningModule):
             gradient_clip: Max gradient norm, per model.
             reference_device: ``same`` (beside the policy) or ``cpu`` (moved in for its pass only).
             injection_scale: Only without ``sft_export``: the AV's injection norm (None: the cache's p75).
-            eval_every_n_steps: Held-out greedy AV -> AR evaluation (``val/fve``) every N steps.
-            eval_max_batches: Held-out batches per evaluation (None: all).
+            eval_every_n_steps: Held-out greedy AV -> AR evaluation (``val/fve``) every N steps; 0 turns
+                evaluation off (then ``export_dir``, which keeps the best-evaluated pair, must be unset).
+            eval_max_batches: Held-out batches per evaluation (None: all held-out rows, which can take
+                minutes: the AV writes an answer for every row).
             export_dir: Where the pair with the best ``val/fve`` so far is exported (None: no export).
             final_export_dir: Where the pair at the end of training is exported (None: no export).
                 Comparing stages on the held-out split needs this one: the best pair was chosen on
@@ -122,20 +127,29 @@ class GRPOModule(LightningModule):
                 ``trainer.precision: bf16-mixed`` or the FSDP strategy's ``param_dtype``); ``bfloat16``
                 only with ``optimizer: adamw_bf16_stochastic``. ``data.model.dtype`` is not read for them.
                 The frozen reference is stored in the compute dtype.
+            eval_at_start: Also evaluate the starting pair before the first step (when evaluation is on),
+                the point later ``val/fve`` values are compared against.
+            max_nonfinite_steps: A step whose losses or gradients hold NaN or inf is skipped (logged as
+                ``train/skipped_steps``); this many such steps in a row stop the run (exit 2) with the
+                last checkpoint and export untouched. 0 never stops (``nla.modules.nonfinite``).
         """
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
+        precision.trained_dtype(dtype, optimizer)  # before any work: float16 and unaided bf16 are refused
         choices = {"reward": (reward, REWARD_KINDS), "advantage": (advantage, ("group", "batch")),
                    "kl_estimator": (kl_estimator, KL_ESTIMATORS), "reference_device": (reference_device, DEVICES),
                    "loss_aggregation": (loss_aggregation, AGGREGATION_MODES)}
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"model.{name}", f"must be one of {', '.join(allowed)}, got {value!r}")
-        for name in ("samples_per_prompt", "micro_batch_size", "max_new_tokens", "eval_every_n_steps",
-                     "samples_every_n_steps"):
-            if getattr(self.hparams, name) < 1:
-                raise ConfigError(f"model.{name}", f"must be at least 1, got {getattr(self.hparams, name)}")
+        for name, least in (("samples_per_prompt", 1), ("micro_batch_size", 1), ("max_new_tokens", 1),
+                            ("eval_every_n_steps", 0), ("samples_every_n_steps", 1), ("max_nonfinite_steps", 0)):
+            if getattr(self.hparams, name) < least:
+                raise ConfigError(f"model.{name}", f"must be at least {least}, got {getattr(self.hparams, name)}")
+        if eval_every_n_steps == 0 and export_dir is not None:
+            raise ConfigError("model.export_dir", "keeps the best pair by held-out FVE, but eval_every_n_steps is 0 "
+                              "(evaluation off); unset export_dir (final_export_dir still exports) or evaluate")
         self.args = RolloutArgs(samples_per_prompt, micro_batch_size, max_new_tokens, temperature, reward,
                                 advantage, clip_epsilon, kl_coef, kl_estimator, loss_aggregation)
         self.verbalizer: Verbalizer | None = None
@@ -152,9 +166,7 @@ class GRPOModule(LightningModule):
         dm, hp = self.trainer.datamodule, self.hparams
         precision.check_trainer(self.trainer, hp.optimizer)
         self.prompts, self.d, self.layer = dm.prompts, dm.d, dm.layer
-        if hp.prompts_per_step is not None and hp.prompts_per_step != dm.batch_size:
-            raise ConfigError("model.prompts_per_step", f"is {hp.prompts_per_step} but data.batch_size is "
-                              f"{dm.batch_size}; the rl batch size is the number of prompts per step")
+        self.check_data(dm)
         # Trained weights are float32 masters whatever data.model.dtype (the frozen uses') says.
         trained = replace(dm.model_args, dtype=precision.trained_dtype(hp.dtype, hp.optimizer))
         if hp.sft_export is None:
@@ -181,6 +193,16 @@ class GRPOModule(LightningModule):
         self.reference = build_reference(verbalizer, hp.sft_export, hp.reference_quantization, hp.reference_device,
                                          *precision.frozen_storage(self.trainer))
 
+    def check_data(self, datamodule) -> None:
+        """The rl batch is the prompts of one step (also run by the pre-flight)."""
+        hp = self.hparams
+        if hp.prompts_per_step is not None and hp.prompts_per_step != datamodule.batch_size:
+            raise ConfigError("model.prompts_per_step", f"is {hp.prompts_per_step} but data.batch_size is "
+                              f"{datamodule.batch_size}; the rl batch size is the number of prompts per step")
+
+    def configure_callbacks(self) -> list:
+        return [NonFiniteGuard(self.hparams.max_nonfinite_steps)]
+
     def configure_optimizers(self):
         hp = self.hparams
         return [optim.adamw([optim.param_group(name, module, lr)], hp.betas, hp.weight_decay, hp.optimizer)
@@ -196,7 +218,7 @@ class GRPOModule(LightningModule):
         if self.hparams.memory_probe:
             with self.trainer.precision_plugin.forward_context():
                 memory_probe(self.verbalizer, self.reconstructor, self.prompts, micro, self.args.max_new_tokens)
-        if self.global_step == 0:
+        if self.global_step == 0 and self.hparams.eval_at_start and self.hparams.eval_every_n_steps:
             # The starting pair (the SFT export) through the same greedy AV -> AR pipeline: the point
             # every later val/fve is compared against.
             self.evaluate(progress_bar=False)
@@ -228,7 +250,7 @@ class GRPOModule(LightningModule):
         self._log_rollout(rollout, stats, ar, time.perf_counter() - start, len(rl["vector"]))
         # Here rather than in a batch-end hook: checkpoint callbacks run first there, and the
         # checkpoint of this step must already hold the best FVE this step may set.
-        if self.global_step % hp.eval_every_n_steps == 0:
+        if hp.eval_every_n_steps and self.global_step % hp.eval_every_n_steps == 0:
             self.evaluate()
 
     def _log_rollout(self, rollout, stats: dict, ar: float | None, update_s: float, prompts: int) -> None:

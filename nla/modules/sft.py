@@ -25,6 +25,7 @@ from nla.meta import figure
 from nla.metrics import FractionOfVarianceExplained, WeightedMean
 from nla.modules import fsdp, lora, optim, precision
 from nla.modules.backbone import check_trainable, load_causal_lm
+from nla.modules.nonfinite import NonFiniteGuard
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.sample_table import sample_rows, sample_table
 from nla.modules.verbalizer import Verbalizer
@@ -53,6 +54,7 @@ class SFTModule(LightningModule):
         optimizer: str = "adamw",
         verbalizer_lora: lora.LoraArgs | None = None,
         reconstructor_lora: lora.LoraArgs | None = None,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         """
         Args:
@@ -88,8 +90,12 @@ class SFTModule(LightningModule):
                 its ``merge_on_export`` decides the exported AV layout.
             reconstructor_lora: Train a LoRA adapter on the AR's blocks; its head stays fully trainable
                 and the export is always merged.
+            max_nonfinite_steps: A step whose loss or gradients hold NaN or inf is skipped (logged as
+                ``train/skipped_steps``); this many such steps in a row stop the run (exit 2) with the
+                last checkpoint and export untouched. 0 never stops (``nla.modules.nonfinite``).
         """
         super().__init__()
+        precision.trained_dtype(dtype, optimizer)  # before any work: float16 and unaided bf16 are refused
         if not (train_verbalizer or train_reconstructor):
             raise ConfigError("model.train_verbalizer", "and train_reconstructor are both false: nothing to train")
         if isinstance(injection_scale, str) and injection_scale != "auto":
@@ -98,7 +104,8 @@ class SFTModule(LightningModule):
             raise ConfigError("model.injection_scale", f"must be positive, got {injection_scale}")
         for name, value, least in (("sample_every_n_steps", sample_every_n_steps, 0), ("num_samples", num_samples, 1),
                                    ("max_new_tokens", max_new_tokens, 1), ("warmup_steps", warmup_steps, 0),
-                                   ("schedule_steps", schedule_steps or 1, 1)):
+                                   ("schedule_steps", schedule_steps or 1, 1),
+                                   ("max_nonfinite_steps", max_nonfinite_steps, 0)):
             if value < least:
                 raise ConfigError(f"model.{name}", f"must be at least {least}, got {value}")
         self.save_hyperparameters()
@@ -130,12 +137,7 @@ class SFTModule(LightningModule):
         if self.verbalizer is not None or self.reconstructor is not None:
             return
         hp = self.hparams
-        wanted = (("av_sft", hp.train_verbalizer), ("ar_sft", hp.train_reconstructor))
-        expected = {split for split, enabled in wanted if enabled}
-        if set(datamodule.train_splits) != expected:
-            raise ConfigError("data.train_splits", f"must be {sorted(expected)} for train_verbalizer="
-                              f"{hp.train_verbalizer} and train_reconstructor={hp.train_reconstructor}, "
-                              f"got {list(datamodule.train_splits)}")
+        self.check_data(datamodule)
         # Trained weights are float32 masters whatever data.model.dtype (the frozen uses') says.
         args = replace(datamodule.model_args, dtype=precision.trained_dtype(hp.dtype, hp.optimizer))
         cached = datamodule.cache.meta.get("model", {}).get("name_or_path")
@@ -161,6 +163,16 @@ class SFTModule(LightningModule):
                 lora.wrap(self.reconstructor.model, hp.reconstructor_lora, "model.reconstructor_lora")
             self.fve = FractionOfVarianceExplained(datamodule.d, variance=datamodule.heldout_variance)
 
+    def check_data(self, datamodule) -> None:
+        """The data serves exactly the splits of the enabled models (also run by the pre-flight)."""
+        hp = self.hparams
+        wanted = (("av_sft", hp.train_verbalizer), ("ar_sft", hp.train_reconstructor))
+        expected = {split for split, enabled in wanted if enabled}
+        if set(datamodule.train_splits) != expected:
+            raise ConfigError("data.train_splits", f"must be {sorted(expected)} for train_verbalizer="
+                              f"{hp.train_verbalizer} and train_reconstructor={hp.train_reconstructor}, "
+                              f"got {list(datamodule.train_splits)}")
+
     def _injection_scale(self, datamodule) -> float:
         scale = self.hparams.injection_scale
         if scale == "auto":
@@ -172,6 +184,9 @@ class SFTModule(LightningModule):
                 raise ConfigError("model.injection_scale", "is 'auto' but the cache holds no activation norm "
                                   "statistics; set a number (about the 75th percentile of the norms at layer K)")
         return float(scale)
+
+    def configure_callbacks(self) -> list:
+        return [NonFiniteGuard(self.hparams.max_nonfinite_steps)]
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -115,6 +115,9 @@ class Verbalizer(nn.Module):
             raise ValueError(f"temperature must be positive for sampling, got {temperature}")
         device = next(self.model.parameters()).device
         input_ids, attention_mask = self._left_padded(prompt_ids, attention_mask, device)
+        width = input_ids.shape[1]
+        adapters.check_length(self.model.config, width + max_new_tokens, "max_new_tokens",
+                              f"the AV prompt ({width} tokens) plus max_new_tokens ({max_new_tokens})")
         generator = None
         if seed is not None and not greedy:
             generator = torch.Generator(device=device).manual_seed(seed)

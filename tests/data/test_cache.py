@@ -15,7 +15,7 @@ from rich.console import Console
 from nla.cli import main
 from nla.data import storage
 from nla.data.activation_cache import ActivationCache
-from nla.data.cache_format import shard_files
+from nla.data.cache_format import LOCATION, shard_files
 from nla.data.cache_writer import build_cache, length_sorted_batches
 from nla.data.splits import SplitArgs
 from nla.errors import ConfigError, NLAError
@@ -31,7 +31,9 @@ def build(model, corpus, cache, **kwargs):
 
 
 def tree_bytes(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    # location.json records where the cache sits (host, device, inode), which differs by construction.
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != LOCATION}
 
 
 def assert_matches_full_forward(cache: ActivationCache, model_dir: Path, atol: float) -> None:

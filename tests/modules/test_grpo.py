@@ -39,7 +39,8 @@ def fit(setting, run: str, *extra: str) -> Path:
           "--model.init_args.sft_export", str(root / "sft"),
           "--model.init_args.export_dir", str(root / run / "export"),
           "--model.init_args.final_export_dir", str(root / run / "final"),
-          "--trainer.default_root_dir", str(root / run), *extra])
+          "--trainer.default_root_dir", str(root / run), "--trainer.logger.init_args.save_dir", str(root / run),
+          *extra])
     return root / run
 
 
@@ -172,3 +173,44 @@ def test_each_process_samples_with_its_own_seed():
     assert len(set(seeds.values())) == 4
     module._trainer = SimpleNamespace(global_rank=1, global_step=1)
     assert module._sample_seed() == seeds[1, 1]
+
+
+def test_evaluation_can_be_turned_off(setting):
+    run = fit(setting, "no-eval", "--trainer.max_steps", "2", "--model.init_args.eval_every_n_steps", "0",
+              "--model.init_args.export_dir", "null", "--model.init_args.memory_probe", "false")
+    metrics = scalars(run)
+    assert sorted(step for step, _ in metrics["train/reward_mean"]) == [0, 1]
+    assert not [tag for tag in metrics if tag.startswith("val/")], "no held-out evaluation, not even at step 0"
+
+
+def test_the_best_pair_export_needs_evaluation(setting, capsys):
+    with pytest.raises(SystemExit) as failed:
+        fit(setting, "no-eval-export", "--model.init_args.eval_every_n_steps", "0")
+    assert failed.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "nla: error: model.export_dir: keeps the best pair by held-out FVE, but eval_every_n_steps is 0 (evaluation "
+        "off); unset export_dir (final_export_dir still exports) or evaluate")
+
+
+def test_nan_rollouts_stop_grpo_and_keep_the_checkpoint(setting, monkeypatch, capsys):
+    """Manual optimization: both models' steps are skipped on NaN rewards and losses; two such steps in a
+    row stop the run before the checkpoint of the second. (Step 0's rollouts are all unparseable, so its
+    rewards are the finite -2 and its AV step is taken: the skips are steps 1 and 2.)"""
+    from nla.modules.reconstructor import Reconstructor
+
+    forward = Reconstructor.forward
+    monkeypatch.setattr(Reconstructor, "forward", lambda self, *args, **kwargs: forward(self, *args, **kwargs) * float("nan"))
+    with pytest.raises(SystemExit) as failed:
+        fit(setting, "nan", "--trainer.max_steps", "4", "--model.init_args.eval_every_n_steps", "0",
+            "--model.init_args.export_dir", "null", "--model.init_args.memory_probe", "false",
+            "--model.init_args.max_nonfinite_steps", "2")
+    assert failed.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "nla: error: model.max_nonfinite_steps: 2 training steps in a row had a non-finite loss or gradient and were "
+        "skipped (step 3); stopped with the last checkpoint and export untouched: check the data (its "
+        "cache.checksums), lower the learning rate, or raise this limit")
+    run = setting[0] / "nan"
+    kept = checkpoint(run)
+    assert kept["global_step"] == 2, "the checkpoint of step 2, not of the step that stopped the run"
+    assert all(bool(torch.isfinite(value).all()) for value in kept["state_dict"].values() if value.is_floating_point())
+    assert not (run / "export").exists()

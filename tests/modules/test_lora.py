@@ -219,7 +219,8 @@ def test_grpo_continues_the_sft_adapter_against_a_frozen_copy_of_it(sft_run):
           # The random tiny AV writes no explanation, so every advantage is 0 and the default k2 penalty
           # has no gradient at the reference; k1's gradient noise still moves the adapter that trains.
           "--model.init_args.kl_estimator", "k1",
-          "--trainer.max_steps", "2", "--trainer.default_root_dir", str(run)])
+          "--trainer.max_steps", "2", "--trainer.default_root_dir", str(run),
+          "--trainer.logger.init_args.save_dir", str(run)])
     (path,) = run.rglob("last.ckpt")
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     sft = load_file(str(root / "export" / "av" / lora.ADAPTER_WEIGHTS))

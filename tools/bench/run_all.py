@@ -27,6 +27,7 @@ BENCH = Path(__file__).resolve().parent
 BENCHMARKS: dict[str, tuple[list[str], str]] = {
     "residual": ([str(BENCH / "residual_extraction.py")], "early-exit residual reader against a full forward"),
     "cache": ([str(BENCH / "cache_throughput.py")], "activation cache throughput"),
+    "cache_check": ([str(BENCH / "cache_check.py")], "cost of validating a cache: value range against checksums"),
     "ar_prompt": ([str(BENCH / "ar_prompt.py")], "the untrained AR under two prompt shapes (quickstart cache)"),
     "packing": ([str(BENCH / "packing.py"), "--config", "configs/quickstart/sft.yaml"], "padding waste of SFT batches"),
     "grpo_step": ([str(BENCH / "grpo_step.py"), "--max-new-tokens", "64", "--steps", "2"],

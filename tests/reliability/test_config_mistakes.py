@@ -1,0 +1,104 @@
+"""Every configuration mistake is one line naming the full key path and the fix, exit 2, wherever
+jsonargparse meets it: while parsing (unknown keys, with the closest valid key) and while it builds
+nested arguments (a ConfigError it would wrap into a ValueError), in ``nla fit`` and ``nla cache``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from nla.cli import main
+from tests.reliability.conftest import copy_cache, run_main, sft_argv
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["--data.init_args.splits.heldout", "0.5"],
+     "data.splits: fractions must sum to 1, got 1.3 (av_sft=0.4, ar_sft=0.4, rl=0.0, heldout=0.5)"),
+    (["--data.init_args.cache.store_dtype", "float16"],
+     "data.cache.store_dtype: 'float16' is not one of float32, bfloat16"),
+    (["--data.init_args.corpus.max_length", "4"],
+     "data.corpus.max_length: must exceed min_position (8) to leave room for a position, got 4"),
+    (["--data.init_args.model.dtype", "float16"],
+     "data.model.dtype: is 'float16'; residual norms of Gemma-like models (6e4-8e4) overflow it; use auto, "
+     "float32, bfloat16"),
+    (["--data.init_args.batch_size", "0"], "data.batch_size: must be at least 1, got 0"),
+    (["--model.init_args.num_samples", "0"], "model.num_samples: must be at least 1, got 0"),
+    (["--data.init_args.cache.layr", "2"], "data.cache.layr: unknown key; did you mean `layer`?"),
+    (["--data.cache.layr", "2"], "data.cache.layr: unknown key; did you mean `layer`?"),
+    (["--data.init_args.corpus.max_lenght", "3"], "data.corpus.max_lenght: unknown key; did you mean `max_length`?"),
+    (["--model.init_args.verbalizr_lr", "3"], "model.verbalizr_lr: unknown key; did you mean `verbalizer_lr`?"),
+    (["--trainer.max_stepz", "3"], "trainer.max_stepz: unknown key; did you mean `max_steps`?"),
+    (["--data.init_args.cache.layer", "abc"], "data.cache.layer: expected int, got 'abc'"),
+])
+def test_fit_config_mistakes_are_one_line(tiny_sft, tmp_path, capsys, extra, line):
+    root, model_dir, _ = tiny_sft
+    code, err = run_main(capsys, sft_argv(model_dir, root / "docs.jsonl", tmp_path / "cache", tmp_path / "run", *extra))
+    assert (code, err) == (2, f"nla: error: {line}")
+    assert not (tmp_path / "cache").exists(), "a config mistake must stop the run before any work"
+
+
+def test_a_nested_typo_in_yaml_names_the_closest_key(tiny_sft, tmp_path, capsys):
+    root, model_dir, _ = tiny_sft
+    config = tmp_path / "typo.yaml"
+    config.write_text(yaml.safe_dump({"data": {"init_args": {"cache": {"layr": 2}}}}))
+    code, err = run_main(capsys, [*sft_argv(model_dir, root / "docs.jsonl", tmp_path / "cache", tmp_path / "run"),
+                                  "--config", str(config)])
+    assert (code, err) == (2, "nla: error: data.cache.layr: unknown key; did you mean `layer`?")
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["--splits.heldout", "0.5"], "splits: fractions must sum to 1, got 1.45 (av_sft=0.25, ar_sft=0.25, rl=0.45, heldout=0.5)"),
+    (["--splits.heldot", "0.5"], "splits.heldot: unknown key; did you mean `heldout`?"),
+    (["--cache.layr", "2"], "cache.layr: unknown key; did you mean `layer`?"),
+    (["--modle.dtype", "float32"], "modle: unknown key; did you mean `model`?"),
+    (["--model.dtype", "float16"],
+     "model.dtype: is 'float16'; residual norms of Gemma-like models (6e4-8e4) overflow it; use auto, float32, bfloat16"),
+    (["--cache.layer", "x"], "cache.layer: expected int, got 'x'"),
+    (["--model.name_or_path", "nobody/no-such-model"], None),
+])
+def test_cache_config_mistakes_are_one_line(tiny_sft, tmp_path, capsys, extra, line):
+    root, model_dir, _ = tiny_sft
+    argv = ["cache", "--model.name_or_path", str(model_dir), "--corpus.path", str(root / "docs.jsonl"),
+            "--cache.directory", str(tmp_path / "cache"), *extra]
+    code, err = run_main(capsys, argv)
+    assert code == 2
+    if line is None:  # the hub's own words vary; the key must be the full one
+        assert err.startswith("nla: error: model.name_or_path: cannot load 'nobody/no-such-model' (")
+    else:
+        assert err == f"nla: error: {line}"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_val_check_interval_longer_than_the_epoch(tiny_sft, tmp_path, capsys):
+    root, model_dir, clean = tiny_sft
+    cache = copy_cache(clean, tmp_path / "cache")
+    rows = json.loads((cache / "meta.json").read_text())["counts"]["vectors"]
+    code, err = run_main(capsys, sft_argv(model_dir, root / "docs.jsonl", cache, tmp_path / "run",
+                                          "--trainer.val_check_interval", "500"))
+    assert code == 2 and rows < 500 * 4
+    assert err.startswith("nla: error: trainer.val_check_interval: is 500 training batches but an epoch has ")
+    assert err.endswith("(data.batch_size 4); lower it, or set trainer.check_val_every_n_epoch: null to count "
+                        "batches across epochs")
+
+
+def test_an_empty_text_corpus_names_the_text_column(tiny_model_dir, tmp_path, capsys):
+    corpus = tmp_path / "empty.jsonl"
+    corpus.write_text("".join(json.dumps({"text": "", "body": "real words here"}) + "\n" for _ in range(5)))
+    code, err = run_main(capsys, ["cache", "--model.name_or_path", str(tiny_model_dir("llama")),
+                                  "--corpus.path", str(corpus), "--corpus.min_position", "2",
+                                  "--corpus.max_length", "64", "--cache.directory", str(tmp_path / "cache")])
+    assert (code, err) == (2, f"nla: error: corpus.text_column: the text of every document (5) in column 'text' of "
+                              f"'{corpus}' is empty; name the column that holds the text")
+
+
+def test_layer_minus_one_says_which_block_it_picks(tiny_sft, tmp_path, capsys):
+    root, model_dir, _ = tiny_sft
+    main(["cache", "--model.name_or_path", str(model_dir), "--corpus.path", str(root / "docs.jsonl"),
+          "--corpus.min_position", "8", "--corpus.max_length", "64", "--corpus.max_documents", "4",
+          "--cache.directory", str(tmp_path / "cache")])
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    assert meta["layer"] == 3
+    # printed with the cache summary (rich may wrap it): the default, not "the last block" by convention
+    assert "cache.layer -1: K = 3, the default (about two thirds of 4 blocks)" in " ".join(capsys.readouterr().err.split())
