@@ -33,6 +33,7 @@ from nla.modules.grpo_eval import heldout_fve, memory_probe, sample_table
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.reference import DEVICES, build_reference
 from nla.modules.rollout import RolloutArgs, ar_loss, av_loss, collect
+from nla.modules.sampling import SAMPLERS
 from nla.modules.verbalizer import Verbalizer, cjk_rate
 from nla.padding import pad_token_id
 
@@ -71,6 +72,7 @@ class GRPOModule(LightningModule):
         verbalizer_lora: lora.LoraArgs | None = None,
         reconstructor_lora: lora.LoraArgs | None = None,
         reference_quantization: str = "none",
+        sampler: str = "auto",
     ) -> None:
         """
         Args:
@@ -111,13 +113,17 @@ class GRPOModule(LightningModule):
             reconstructor_lora: Train the AR's blocks through a LoRA adapter (its head stays fully trained).
             reference_quantization: ``none``, ``8bit`` or ``4bit``: load the frozen reference AV from
                 ``sft_export`` in that precision instead of copying the policy (bitsandbytes).
+            sampler: Rollout sampling engine: ``auto`` (``static`` on CUDA, ``loop`` elsewhere),
+                ``loop`` (a plain loop, every row prefilled) or ``static`` (one prefill per prompt
+                shared by its G answers, a static KV cache, a CUDA-graph decode step on CUDA). All
+                engines sample the same tokens for the same seed.
         """
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         choices = {"reward": (reward, REWARD_KINDS), "advantage": (advantage, ("group", "batch")),
                    "kl_estimator": (kl_estimator, KL_ESTIMATORS), "reference_device": (reference_device, DEVICES),
-                   "loss_aggregation": (loss_aggregation, AGGREGATION_MODES)}
+                   "loss_aggregation": (loss_aggregation, AGGREGATION_MODES), "sampler": (sampler, SAMPLERS)}
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"model.{name}", f"must be one of {', '.join(allowed)}, got {value!r}")
@@ -126,7 +132,7 @@ class GRPOModule(LightningModule):
             if getattr(self.hparams, name) < 1:
                 raise ConfigError(f"model.{name}", f"must be at least 1, got {getattr(self.hparams, name)}")
         self.args = RolloutArgs(samples_per_prompt, micro_batch_size, max_new_tokens, temperature, reward,
-                                advantage, clip_epsilon, kl_coef, kl_estimator, loss_aggregation)
+                                advantage, clip_epsilon, kl_coef, kl_estimator, loss_aggregation, sampler)
         self.verbalizer: Verbalizer | None = None
         self.reconstructor: Reconstructor | None = None
         self.best_fve = float("-inf")

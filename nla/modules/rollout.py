@@ -57,6 +57,9 @@ class RolloutArgs:
     """``k1`` or ``k3``."""
     loss_aggregation: str = "token_mean"
     """``token_mean``, ``sequence_mean`` or ``sum_norm`` (see ``nla.grpo_loss.aggregate``)."""
+    sampler: str = "auto"
+    """Sampling engine (``nla.modules.sampling``): ``auto`` (``static`` on CUDA, else ``loop``),
+    ``loop`` or ``static``; each prompt's G answers share one prefill with ``static``."""
 
 
 @dataclass
@@ -164,8 +167,9 @@ def collect(verbalizer: Verbalizer, reconstructor: Reconstructor, reference, pro
     began = time.perf_counter()
     # Sharded: gathered once for the whole loop, since processes stop decoding at different steps.
     with fsdp.gathered(verbalizer):
-        samples = verbalizer.sample(vectors, prompt_ids, prompt_mask, max_new_tokens=args.max_new_tokens,
-                                    temperature=args.temperature, seed=seed)
+        samples = verbalizer.sample(batch["vector"], batch["input_ids"], batch["attention_mask"],
+                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=seed,
+                                    group=group, sampler=args.sampler)
     sampled = time.perf_counter()
     device = prompt_ids.device
     prompts_real = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())]

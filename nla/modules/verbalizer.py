@@ -2,9 +2,10 @@
 writes an explanation of it.
 
 ``Verbalizer.forward`` is the SFT/RL scoring path (logits and the label loss with the vectors
-injected); ``Verbalizer.sample`` generates with a KV cache in an explicit loop, so the sampling rule is
-exactly temperature sampling (no top-k/top-p a checkpoint's generation config might add) and the
-injection provably happens once per row, at the prefill.
+injected); ``Verbalizer.sample`` generates through one of the engines of ``nla.modules.sampling``
+(a plain loop, or a static cache with a CUDA-graph decode step), never through HF ``generate``, so
+the sampling rule is exactly temperature sampling (no top-k/top-p a checkpoint's generation config
+might add) and the injection provably happens once per prompt, at the prefill.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from nla.marker import Marker
-from nla.modules import adapters
+from nla.modules import adapters, sampling
 from nla.modules.injection import InjectionStats, Injector
 from nla.modules.packing import attention_kwargs, check_packed, pack, use_packing
+from nla.modules.sampling import Sampler, SamplingRequest
 from nla.padding import pad, pad_token_id
 from nla.prompts import parse_explanation, turn_closing
 
@@ -105,58 +107,31 @@ class Verbalizer(nn.Module):
         temperature: float = 1.0,
         greedy: bool = False,
         seed: int | None = None,
+        group: int = 1,
+        sampler: str | Sampler = "auto",
     ) -> Samples:
-        """Generate one answer per row of ``vectors`` [B, d] after ``prompt_ids`` (lists of ids, padded
-        here on the left, or a left-padded [B, T] batch with its ``attention_mask``). ``seed`` makes
-        sampling reproducible without touching the global RNG."""
+        """Generate ``group`` answers per row of ``vectors`` [B, d] after ``prompt_ids`` (lists of ids,
+        padded here on the left, or a left-padded [B, T] batch with its ``attention_mask``); answer g of
+        row b is row ``b * group + g`` of the result. ``seed`` makes sampling reproducible without
+        touching the global RNG (None: a seed drawn from it). ``sampler`` names the engine
+        (``nla.modules.sampling``: ``auto``, ``loop``, ``static``); every engine samples the same tokens."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if group < 1:
+            raise ValueError(f"group must be at least 1, got {group}")
         if not greedy and not temperature > 0:
             raise ValueError(f"temperature must be positive for sampling, got {temperature}")
         device = next(self.model.parameters()).device
         input_ids, attention_mask = self._left_padded(prompt_ids, attention_mask, device)
-        generator = None
-        if seed is not None and not greedy:
-            generator = torch.Generator(device=device).manual_seed(seed)
-        batch = input_ids.shape[0]
-        stop = torch.tensor(sorted(self.stop_ids), device=device)
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
-        steps: list[Tensor] = []
-        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
-        cache = None
-        self.injector.load(vectors, once=True)
-        try:
-            step_ids = input_ids
-            for _ in range(max_new_tokens):
-                out = self.model(
-                    input_ids=step_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                cache = out.past_key_values
-                logits = out.logits[:, -1].float()
-                if greedy:
-                    token = logits.argmax(dim=-1)
-                else:
-                    probs = torch.softmax(logits / temperature, dim=-1)
-                    token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                token = torch.where(done, torch.full_like(token, self._pad_id), token)
-                steps.append(token)
-                done |= torch.isin(token, stop)
-                if bool(done.all()):
-                    break
-                step_ids = token[:, None]
-                attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
-                position_ids = position_ids[:, -1:] + 1
-        finally:
-            self.injector.unload()
-        return self._collect(torch.stack(steps, dim=1).tolist(), self.injector.stats)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()))
+        request = SamplingRequest(input_ids, attention_mask, vectors.to(device), group, max_new_tokens,
+                                  temperature, greedy, seed)
+        tokens = sampling.resolve(sampler, device).generate(self, request)
+        return self._collect(tokens.tolist(), self.injector.stats)
 
     @property
-    def _pad_id(self) -> int:
+    def pad_id(self) -> int:
         return pad_token_id(self.tokenizer)
 
     def _left_padded(self, prompt_ids, attention_mask, device) -> tuple[Tensor, Tensor]:
@@ -168,7 +143,7 @@ class Verbalizer(nn.Module):
             return prompt_ids.to(device), attention_mask.to(device)
         if attention_mask is not None:
             raise ValueError("attention_mask is only taken with a tensor of prompt_ids; lists are padded here")
-        ids, mask = pad(prompt_ids, self._pad_id, "left")
+        ids, mask = pad(prompt_ids, self.pad_id, "left")
         return ids.to(device), mask.to(device)
 
     def _collect(self, generated: list[list[int]], stats: InjectionStats) -> Samples:
