@@ -116,16 +116,12 @@ def right_padded(rows: list[list[int]], pad_id: int, device) -> tuple[Tensor, Te
 def token_logprobs(verbalizer: Verbalizer, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor,
                    start: Tensor, width: int, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
     """Log-probs ``[n, width]`` of the completion tokens (those at ``start + j``), injection active,
-    and optionally the entropy of the distribution each was drawn from. Off-row positions are junk
+    and optionally the entropy of the distribution each was drawn from. Logits exist only at those
+    positions, a chunk at a time (``Verbalizer.completion_logprobs``). Off-row positions are junk
     that the rollout's mask removes."""
-    logits = verbalizer(input_ids, attention_mask, vectors).logits
     positions = (start[:, None] + torch.arange(width, device=start.device) - 1).clamp(0, input_ids.shape[1] - 1)
     targets = input_ids.gather(1, (positions + 1).clamp_max(input_ids.shape[1] - 1))
-    picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])).float()
-    log_probs = torch.log_softmax(picked, dim=-1)
-    chosen = log_probs.gather(-1, targets[..., None]).squeeze(-1)
-    spread = -(log_probs.exp() * log_probs).sum(-1) if entropy else None
-    return chosen, spread
+    return verbalizer.completion_logprobs(input_ids, attention_mask, vectors, positions, targets, entropy)
 
 
 @torch.no_grad()

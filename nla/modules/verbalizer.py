@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from nla.marker import Marker
 from nla.modules import adapters, sampling
 from nla.modules.injection import InjectionStats, Injector
+from nla.modules.logprobs import chosen_logprobs, output_head
 from nla.modules.packing import attention_kwargs, check_packed, pack, use_packing
 from nla.modules.sampling import Sampler, SamplingRequest
 from nla.padding import pad, pad_token_id
@@ -92,6 +93,30 @@ class Verbalizer(nn.Module):
             return self.model(input_ids=packed.input_ids, labels=packed.labels, use_cache=False, **kwargs)
         self.injector.load(vectors, once=False)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
+
+    def completion_logprobs(self, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor, positions: Tensor,
+                            targets: Tensor, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Log-probs ``[n, W]`` of ``targets`` [n, W] predicted at ``positions`` [n, W] of a padded
+        batch, vectors injected, and optionally the entropy there, without logits at any other
+        position (``nla.modules.logprobs``). The LM head runs inside the model's own forward (a hook
+        on its decoder), so sharded parameters are whole while it runs, as for the full logits."""
+        results = []
+        head, softcap = output_head(self.model)
+
+        def on_hidden(module, args, output) -> None:
+            hidden = output[0]
+            picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+            results.append(chosen_logprobs(picked.flatten(0, 1), targets.flatten(), head, softcap, entropy))
+
+        handle = adapters.decoder(self.model).register_forward_hook(on_hidden)
+        self.injector.load(vectors, once=False)
+        try:
+            # One position of logits for the model's own head: the hook has computed what is needed.
+            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+        finally:
+            handle.remove()
+        chosen, spread = results[0]
+        return chosen.view(targets.shape), None if spread is None else spread.view(targets.shape)
 
     @property
     def injection_stats(self) -> InjectionStats:
