@@ -19,7 +19,7 @@ from nla.marker import Marker
 from nla.modules import adapters, sampling
 from nla.modules.injection import InjectionStats, Injector
 from nla.modules.logprobs import chosen_logprobs, output_head
-from nla.modules.packing import attention_kwargs, check_packed, pack, use_packing
+from nla.modules.packing import PackLayout, attention_kwargs, check_packed, pack, packed_slots, use_packing
 from nla.modules.sampling import Sampler, SamplingRequest
 from nla.padding import pad, pad_token_id
 from nla.prompts import parse_explanation, turn_closing
@@ -71,31 +71,37 @@ class Verbalizer(nn.Module):
         self, model: nn.Module, tokenizer, marker: Marker, injection_scale: float, packed: bool | str = "auto"
     ) -> None:
         super().__init__()
-        # ``auto`` packs the labelled (SFT) forward exactly when the model runs flash attention.
+        # ``auto`` packs the labelled (SFT) forward exactly when the attention has a variable-length kernel.
         self.packed = check_packed(packed, "verbalizer.packed")
         self.model, self.tokenizer, self.marker = model, tokenizer, marker
         self.injection_scale = float(injection_scale)
         self.injector = Injector(adapters.input_embeddings(model), marker, injection_scale)
         self.stop_ids = _stop_ids(model, tokenizer)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor, labels: Tensor | None = None):
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor, labels: Tensor | None = None,
+                slots: Tensor | None = None, layout: PackLayout | None = None):
         """The HF output (``logits``; ``loss`` when ``labels`` is given: mean cross-entropy over the
         positions whose label is not -100, shifted by one as usual). The vectors stay loaded afterwards
         so a checkpointed recompute in backward injects them again; the next call replaces them.
 
         With ``labels`` and packing on, the rows run as one padding-free packed row: the loss covers the
         same label tokens, but ``logits`` come back packed, ``[1, N, vocab]`` (``packing.unpack`` restores
-        ``[B, T, vocab]``). Without labels the padded path always runs, so per-row logits keep their shape."""
+        ``[B, T, vocab]``). Without labels the padded path always runs, so per-row logits keep their shape.
+        ``slots`` (marker positions per row) and ``layout`` (``packing.pack_layout`` of the mask) come
+        from the collate step; given, the forward does not wait for the device to find them."""
         if labels is not None and use_packing(self.packed, self.model):
-            packed = pack(input_ids, attention_mask, labels)
-            self.injector.load(vectors, once=False, cu_seqlens=packed.cu_seqlens)
+            packed = pack(input_ids, attention_mask, labels, layout)
+            # Row slots map into the packed row through the layout; without one the hook searches.
+            slots = packed_slots(layout, slots) if slots is not None and layout is not None else None
+            self.injector.load(vectors, once=False, cu_seqlens=packed.cu_seqlens, slots=slots)
             kwargs = attention_kwargs(packed, self.model.config, self.model.dtype)
             return self.model(input_ids=packed.input_ids, labels=packed.labels, use_cache=False, **kwargs)
-        self.injector.load(vectors, once=False)
+        self.injector.load(vectors, once=False, slots=slots)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
 
     def completion_logprobs(self, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor, positions: Tensor,
-                            targets: Tensor, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                            targets: Tensor, entropy: bool = False,
+                            slots: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Log-probs ``[n, W]`` of ``targets`` [n, W] predicted at ``positions`` [n, W] of a padded
         batch, vectors injected, and optionally the entropy there, without logits at any other
         position (``nla.modules.logprobs``). The LM head runs inside the model's own forward (a hook
@@ -109,7 +115,7 @@ class Verbalizer(nn.Module):
             results.append(chosen_logprobs(picked.flatten(0, 1), targets.flatten(), head, softcap, entropy))
 
         handle = adapters.decoder(self.model).register_forward_hook(on_hidden)
-        self.injector.load(vectors, once=False)
+        self.injector.load(vectors, once=False, slots=slots)
         try:
             # One position of logits for the model's own head: the hook has computed what is needed.
             self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
