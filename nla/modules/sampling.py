@@ -247,8 +247,12 @@ def _captured(step):
             step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
+    # Under autocast (bf16-mixed training) the cast-weight cache must stay off while capturing: cached
+    # casts would be freed when autocast exits, under a graph that still reads them.
+    casting = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=torch.is_autocast_enabled("cuda"),
+                             cache_enabled=False)
     try:
-        with torch.cuda.graph(graph):
+        with casting, torch.cuda.graph(graph):
             step()
     except RuntimeError as error:
         warnings.warn(f"sampler 'static': CUDA graph capture failed ({str(error).splitlines()[0]}); "
