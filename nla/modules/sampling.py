@@ -252,7 +252,8 @@ def _captured(step):
     casting = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=torch.is_autocast_enabled("cuda"),
                              cache_enabled=False)
     try:
-        with casting, torch.cuda.graph(graph):
+        # thread_local: a data loader's pinning thread may call CUDA while this one captures.
+        with casting, torch.cuda.graph(graph, capture_error_mode="thread_local"):
             step()
     except RuntimeError as error:
         warnings.warn(f"sampler 'static': CUDA graph capture failed ({str(error).splitlines()[0]}); "
