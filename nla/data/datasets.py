@@ -13,9 +13,9 @@ never precomputed. Padding sides:
   ``ar_``, and the explanation text.
 
 What a forward would otherwise find on the device, at the price of a host synchronisation, is found
-here on the host: ``marker_slots`` (the AV's marker position per row, given a marker) and ``layout``
-(``nla.modules.packing.pack_layout``: where each row goes in a padding-free packed row), under the
-same prefixes.
+here on the host: ``marker_slots`` (the AV's marker position per row, given a marker; ``av_`` prefix
+in held-out batches) and, in training batches, ``layout`` (``nla.modules.packing.pack_layout``: where
+each row goes in a padding-free packed row).
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ class Collator:
                 batch[mask_key] = mask
             if last_key is not None:
                 batch[last_key] = mask.sum(dim=1) - 1
-            if prefix is not None:
+            # Training batches only: evaluation code slices held-out batches row-wise, a layout does not slice.
+            if prefix is not None and self.kind in ("av", "ar"):
                 batch[f"{prefix}layout"] = pack_layout(mask)
             if self.marker is not None and (self.kind, key) in AV_INPUTS:
                 batch[f"{prefix}marker_slots"] = find_marker_slots(batch[key], self.marker)

@@ -266,13 +266,12 @@ class SFTModule(LightningModule):
         rows with shuffled vectors, for the AV only."""
         if self.verbalizer is not None:
             out = self.verbalizer(batch["av_input_ids"], batch["av_attention_mask"], batch["vector"], batch["av_labels"],
-                                  slots=batch.get("av_marker_slots"), layout=batch.get("av_layout"))
+                                  slots=batch.get("av_marker_slots"))
             tokens = (batch["av_labels"][:, 1:] != IGNORE).sum()
             metric = self.av_val_loss if dataloader_idx == 0 else self.av_val_loss_shuffled
             metric.update(out.loss.detach(), tokens)
         if self.reconstructor is not None and dataloader_idx == 0:
-            predicted = self.reconstructor(batch["ar_input_ids"], batch["ar_attention_mask"], batch.get("ar_last_index"),
-                                           batch.get("ar_layout"))
+            predicted = self.reconstructor(batch["ar_input_ids"], batch["ar_attention_mask"], batch.get("ar_last_index"))
             self.fve.update(predicted, batch["vector"])
 
     def on_validation_epoch_end(self) -> None:
