@@ -242,7 +242,7 @@ class NLADataModule(LightningDataModule):
         """A loader over ``split``: seeded, resumable and rank-sharded order when ``train``, else in order."""
         dataset = self.dataset(split, shuffled)
         common = {
-            "collate_fn": Collator(dataset.kind, pad_token_id(self.tokenizer)),
+            "collate_fn": Collator(dataset.kind, pad_token_id(self.tokenizer), self.marker),
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,

@@ -11,6 +11,11 @@ never precomputed. Padding sides:
 - RL (``rl``): left padding, so every prompt ends at the last column and generation continues there.
 - held-out (``heldout``): all of the above for the same rows, keys prefixed ``av_`` / ``av_prompt_`` /
   ``ar_``, and the explanation text.
+
+What a forward would otherwise find on the device, at the price of a host synchronisation, is found
+here on the host: ``marker_slots`` (the AV's marker position per row, given a marker; ``av_`` prefix
+in held-out batches) and, in training batches, ``layout`` (``nla.modules.packing.pack_layout``: where
+each row goes in a padding-free packed row).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from nla.data.activation_cache import ActivationCache
+from nla.marker import Marker, find_marker_slots
+from nla.modules.packing import pack_layout
 from nla.prompts import Prompts
 from nla.padding import pad
 
@@ -31,18 +38,20 @@ IGNORE = -100
 KINDS = ("av", "ar", "rl", "heldout")
 
 # For each kind, every padded field: (padding side, name of its attention mask or None, name of its
-# last-real-token index or None).
-LAYOUTS: dict[str, dict[str, tuple[str, str | None, str | None]]] = {
-    "av": {"input_ids": ("right", "attention_mask", None), "labels": ("right", None, None)},
-    "ar": {"input_ids": ("right", "attention_mask", "last_index")},
-    "rl": {"input_ids": ("left", "attention_mask", None)},
+# last-real-token index or None, prefix of its marker slots and packing layout or None).
+LAYOUTS: dict[str, dict[str, tuple[str, str | None, str | None, str | None]]] = {
+    "av": {"input_ids": ("right", "attention_mask", None, ""), "labels": ("right", None, None, None)},
+    "ar": {"input_ids": ("right", "attention_mask", "last_index", "")},
+    "rl": {"input_ids": ("left", "attention_mask", None, None)},
     "heldout": {
-        "av_input_ids": ("right", "av_attention_mask", None),
-        "av_labels": ("right", None, None),
-        "av_prompt_ids": ("left", "av_prompt_mask", None),
-        "ar_input_ids": ("right", "ar_attention_mask", "ar_last_index"),
+        "av_input_ids": ("right", "av_attention_mask", None, "av_"),
+        "av_labels": ("right", None, None, None),
+        "av_prompt_ids": ("left", "av_prompt_mask", None, None),
+        "ar_input_ids": ("right", "ar_attention_mask", "ar_last_index", "ar_"),
     },
 }
+AV_INPUTS = {("av", "input_ids"), ("heldout", "av_input_ids")}
+"""The (kind, field) pairs holding AV inputs with a marker slot (the AV's labelled forward)."""
 
 
 def derangement(n: int, seed: int) -> np.ndarray:
@@ -103,23 +112,29 @@ class CacheRows(Dataset):
 
 
 class Collator:
-    """Stacks the items of one dataset kind into a batch (see the module docstring for the layout)."""
+    """Stacks the items of one dataset kind into a batch (see the module docstring for the layout).
+    ``marker``: the AV's marker, whose slots are then found here; None leaves them to the forward."""
 
-    def __init__(self, kind: str, pad_id: int) -> None:
-        self.kind, self.pad_id = kind, pad_id
+    def __init__(self, kind: str, pad_id: int, marker: Marker | None = None) -> None:
+        self.kind, self.pad_id, self.marker = kind, pad_id, marker
 
     def __call__(self, items: list[dict]) -> dict:
         batch = {
             "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
             "vector": torch.stack([item["vector"] for item in items]),
         }
-        for key, (side, mask_key, last_key) in LAYOUTS[self.kind].items():
+        for key, (side, mask_key, last_key, prefix) in LAYOUTS[self.kind].items():
             value = IGNORE if key.endswith("labels") else self.pad_id
             batch[key], mask = pad([item[key] for item in items], value, side)
             if mask_key is not None:
                 batch[mask_key] = mask
             if last_key is not None:
                 batch[last_key] = mask.sum(dim=1) - 1
+            # Training batches only: evaluation code slices held-out batches row-wise, a layout does not slice.
+            if prefix is not None and self.kind in ("av", "ar"):
+                batch[f"{prefix}layout"] = pack_layout(mask)
+            if self.marker is not None and (self.kind, key) in AV_INPUTS:
+                batch[f"{prefix}marker_slots"] = find_marker_slots(batch[key], self.marker)
         if self.kind == "heldout":
             batch["explanation"] = [item["explanation"] for item in items]
         return batch

@@ -20,7 +20,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from nla.errors import ConfigError
 from nla.files import honour_umask, make_staging_directory
-from nla.modules import adapters
+from nla.modules import adapters, varlen
 from nla.packaged import PREFIX, resolve_packaged
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,9 @@ class BackboneArgs:
     """``auto`` (bfloat16 on a CUDA device that supports it, else float32), ``float32`` or ``bfloat16``.
     ``float16`` is refused: residual norms of Gemma-like models (6e4-8e4) overflow it."""
     attn_implementation: str = "auto"
-    """``auto`` (flash_attention_2 when flash-attn is importable and CUDA is present, else sdpa), or any
-    value transformers accepts (``sdpa``, ``eager``, ``flash_attention_2``)."""
+    """``auto`` (on CUDA: flash_attention_2 when flash-attn is importable, else ``nla_varlen``, PyTorch's
+    own variable-length kernel (torch >= 2.10); elsewhere sdpa), ``nla_varlen``, or any value
+    transformers accepts (``sdpa``, ``eager``, ``flash_attention_2``)."""
     trust_remote_code: bool = False
     """Run modelling code shipped with the checkpoint. Off unless you trust its author."""
     quantization: str = "none"
@@ -82,8 +83,11 @@ def resolve_attn_implementation(name: str, config: PretrainedConfig | None = Non
 
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") and supports("_supports_flash_attn"):
         return "flash_attention_2"
-    # Some families (Gemma 2's logit soft-capping) have no sdpa path in transformers.
-    return "sdpa" if supports("_supports_sdpa") else "eager"
+    # Some families (Gemma 2's logit soft-capping) have no sdpa path in transformers; nla_varlen runs
+    # sdpa for padded calls, so it needs one too.
+    if not supports("_supports_sdpa"):
+        return "eager"
+    return varlen.NAME if varlen.available() else "sdpa"
 
 
 def cache_root() -> Path:
@@ -261,13 +265,16 @@ def load_causal_lm(
     config = config if config is not None else load_config(args)
     if keep_layers is not None:
         config = adapters.truncated_config(config, keep_layers)
+    attn_implementation = resolve_attn_implementation(args.attn_implementation, config)
+    if attn_implementation == varlen.NAME:
+        varlen.register()
     try:
         with _quiet_transformers():
             model, info = AutoModelForCausalLM.from_pretrained(
                 name,
                 config=config,
                 dtype=resolve_dtype(args.dtype),
-                attn_implementation=resolve_attn_implementation(args.attn_implementation, config),
+                attn_implementation=attn_implementation,
                 output_loading_info=True,
                 **_quantization_kwargs(args),
                 **common,

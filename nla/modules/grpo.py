@@ -36,6 +36,7 @@ from nla.modules.nonfinite import NonFiniteGuard
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.reference import DEVICES, build_reference
 from nla.modules.rollout import RolloutArgs, ar_loss, av_loss, collect
+from nla.modules.sampling import SAMPLERS
 from nla.modules.verbalizer import Verbalizer, cjk_rate
 from nla.padding import pad_token_id
 
@@ -77,6 +78,7 @@ class GRPOModule(LightningModule):
         dtype: str = "float32",
         eval_at_start: bool = True,
         max_nonfinite_steps: int = 10,
+        sampler: str = "auto",
     ) -> None:
         """
         Args:
@@ -132,6 +134,10 @@ class GRPOModule(LightningModule):
             max_nonfinite_steps: A step whose losses or gradients hold NaN or inf is skipped (logged as
                 ``train/skipped_steps``); this many such steps in a row stop the run (exit 2) with the
                 last checkpoint and export untouched. 0 never stops (``nla.modules.nonfinite``).
+            sampler: Rollout sampling engine: ``auto`` (``static`` on CUDA, ``loop`` elsewhere),
+                ``loop`` (a plain loop, every row prefilled) or ``static`` (one prefill per prompt
+                shared by its G answers, a static KV cache, a CUDA-graph decode step on CUDA). All
+                engines sample the same tokens for the same seed.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -139,7 +145,7 @@ class GRPOModule(LightningModule):
         precision.trained_dtype(dtype, optimizer)  # before any work: float16 and unaided bf16 are refused
         choices = {"reward": (reward, REWARD_KINDS), "advantage": (advantage, ("group", "batch")),
                    "kl_estimator": (kl_estimator, KL_ESTIMATORS), "reference_device": (reference_device, DEVICES),
-                   "loss_aggregation": (loss_aggregation, AGGREGATION_MODES)}
+                   "loss_aggregation": (loss_aggregation, AGGREGATION_MODES), "sampler": (sampler, SAMPLERS)}
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"model.{name}", f"must be one of {', '.join(allowed)}, got {value!r}")
@@ -151,7 +157,7 @@ class GRPOModule(LightningModule):
             raise ConfigError("model.export_dir", "keeps the best pair by held-out FVE, but eval_every_n_steps is 0 "
                               "(evaluation off); unset export_dir (final_export_dir still exports) or evaluate")
         self.args = RolloutArgs(samples_per_prompt, micro_batch_size, max_new_tokens, temperature, reward,
-                                advantage, clip_epsilon, kl_coef, kl_estimator, loss_aggregation)
+                                advantage, clip_epsilon, kl_coef, kl_estimator, loss_aggregation, sampler)
         self.verbalizer: Verbalizer | None = None
         self.reconstructor: Reconstructor | None = None
         self.best_fve = float("-inf")

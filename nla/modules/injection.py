@@ -2,8 +2,10 @@
 
 An ``Injector`` hooks the OUTPUT of the model's input-embedding module, so for Gemma the value it
 writes replaces a row that already carries the sqrt(d) embedding scale, and the vector is not scaled
-again. The slot is found in the ids of each call with ``find_marker_slots``, never ahead of time, so
-left or right padding and any batching upstream cannot misplace it.
+again. The slot is found in the ids of each call with ``find_marker_slots``, never before the batch
+is padded, so left or right padding and any batching upstream cannot misplace it; the collate step
+finds it on the padded batch it builds and hands it over (``slots``), which spares the forward the
+search's host synchronisation.
 
 Two modes, picked per ``load``:
 
@@ -58,18 +60,23 @@ class Injector:
         self._vectors: Tensor | None = None
         self._once = False
         self._cu_seqlens: Tensor | None = None
+        self._slots: Tensor | None = None
         self._handle = embeddings.register_forward_hook(self._hook)
 
-    def load(self, vectors: Tensor, once: bool, cu_seqlens: Tensor | None = None) -> None:
+    def load(self, vectors: Tensor, once: bool, cu_seqlens: Tensor | None = None, slots: Tensor | None = None) -> None:
         """Inject ``vectors`` [B, d] from the next embedding call on; ``once`` disarms after the first
         call that injects. The vectors are data: they are detached, no gradient reaches them.
         ``cu_seqlens`` [B + 1] announces packed calls: one row [1, N] holding the B sequences
-        ``cu_seqlens[i]:cu_seqlens[i+1]``, each with its own slot."""
+        ``cu_seqlens[i]:cu_seqlens[i+1]``, each with its own slot. ``slots`` [B] are the slot positions
+        when the caller found them already (the collate step does, on the host): the calls then skip
+        the search and its synchronisation (positions in the packed row for packed calls)."""
         if vectors.dim() != 2:
             raise ValueError(f"vectors must be [batch, d], got shape {tuple(vectors.shape)}")
         if cu_seqlens is not None and cu_seqlens.numel() != vectors.shape[0] + 1:
             raise ValueError(f"{vectors.shape[0]} vectors loaded for {cu_seqlens.numel() - 1} packed sequences")
-        self._vectors, self._once, self._cu_seqlens = vectors.detach(), once, cu_seqlens
+        if slots is not None and slots.shape != (vectors.shape[0],):
+            raise ValueError(f"{tuple(slots.shape)} slots given for {vectors.shape[0]} vectors")
+        self._vectors, self._once, self._cu_seqlens, self._slots = vectors.detach(), once, cu_seqlens, slots
         self.stats = InjectionStats(rows=vectors.shape[0])
 
     def unload(self) -> None:
@@ -96,11 +103,15 @@ class Injector:
             raise ValueError(f"{self._vectors.shape[0]} vectors loaded for a batch of {input_ids.shape[0]} rows")
         if output.shape[-1] != self._vectors.shape[-1]:
             raise ValueError(f"vectors have d={self._vectors.shape[-1]} but the embeddings have d={output.shape[-1]}")
-        if self._cu_seqlens is None:
+        if self._slots is not None:
+            slots = self._slots
+        elif self._cu_seqlens is None:
             slots = find_marker_slots(input_ids, self.marker)
-            rows = torch.arange(input_ids.shape[0], device=output.device)
         else:
             slots = find_packed_marker_slots(input_ids, self.marker, self._cu_seqlens)
+        if self._cu_seqlens is None:
+            rows = torch.arange(input_ids.shape[0], device=output.device)
+        else:
             rows = torch.zeros_like(slots, device=output.device)
         values = rescale(self._vectors.to(output.device), self.scale).to(output.dtype)
         # Out of place: the embedding output may be needed by autograd for the weight gradient.

@@ -1,12 +1,17 @@
 """Padding-free packing: every sequence of a micro-batch laid end to end in one row ``[1, N]``.
 
-With flash attention (``flash_attention_2``) the packed row is attended per sequence through the
-variable-length kernel, so no FLOP is spent on padding. The sequence boundaries travel as
-``cu_seq_lens_q/k`` and ``max_length_q/k`` keyword arguments, which transformers hands through every
-decoder layer to its flash-attention forward; ``position_ids`` restart at 0 for each sequence so rotary
-positions match the padded batch. Any other attention kernel gets an explicit block-diagonal causal
-``[1, 1, N, N]`` mask instead: quadratic in N and blind to sliding windows (refused where a sequence
-is longer than the window), so it is for checking the packed path on CPU, not for speed.
+With a variable-length kernel (flash-attn's ``flash_attention_2``, or PyTorch's own through
+``nla_varlen``, ``nla.modules.varlen``) the packed row is attended per sequence, so no FLOP is spent
+on padding. The sequence boundaries travel as ``cu_seq_lens_q/k`` and ``max_length_q/k`` keyword
+arguments, which transformers hands through every decoder layer to the attention function;
+``position_ids`` restart at 0 for each sequence so rotary positions match the padded batch. Any other
+attention kernel gets an explicit block-diagonal causal ``[1, 1, N, N]`` mask instead: quadratic in N
+and blind to sliding windows (refused where a sequence is longer than the window), so it is for
+checking the packed path on CPU, not for speed.
+
+The layout of a batch (``PackLayout``: which positions are real, the boundaries, the longest length)
+needs host synchronisations to check and size, so the collate step computes it on the CPU where the
+batch is built (``pack_layout``); ``pack`` then gathers on the device without waiting for it.
 
 The functions here are pure: tensors in, tensors out, no model.
 """
@@ -26,7 +31,26 @@ IGNORE = -100
 """Label value the causal-LM loss skips."""
 
 PACKED_CHOICES = (True, False, "auto")
-"""Values of the ``packed`` switch: ``auto`` packs exactly when a flash-attention kernel is active."""
+"""Values of the ``packed`` switch: ``auto`` packs exactly when a variable-length kernel is active."""
+VARLEN_NAME = "nla_varlen"
+"""PyTorch's variable-length attention as registered by ``nla.modules.varlen``."""
+
+
+@dataclass
+class PackLayout:
+    """Where the real tokens of a padded ``[S, T]`` batch go in its packed row, computed once (on the
+    host, in the collate step) so packing on the device needs no synchronisation."""
+
+    index: Tensor
+    """``[N]`` flat positions (``row x T + column``) of the real tokens, sequence after sequence."""
+    position_ids: Tensor
+    """``[1, N]`` positions, restarting at 0 at the start of each sequence."""
+    cu_seqlens: Tensor
+    """``[S + 1]`` int32 cumulative lengths."""
+    first: Tensor
+    """``[S]`` column of each row's first real token (0 with right padding)."""
+    max_len: int
+    """Length of the longest sequence."""
 
 
 @dataclass
@@ -74,29 +98,49 @@ def _check_contiguous(mask: Tensor) -> Tensor:
     return lengths
 
 
-def pack(input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None) -> Packed:
-    """Pack a padded batch ``[B, T]`` (left or right padding) with its mask and, optionally, labels."""
-    if input_ids.shape != attention_mask.shape or (labels is not None and labels.shape != input_ids.shape):
-        raise ValueError("input_ids, attention_mask and labels must have the same [batch, time] shape")
+def pack_layout(attention_mask: Tensor) -> PackLayout:
+    """The packing layout of a padded batch's ``attention_mask`` [S, T] (left or right padding, one run
+    of real tokens per row, none empty; ``ValueError`` otherwise)."""
     mask = attention_mask.bool()
     lengths = _check_contiguous(mask)
     cu_seqlens = torch.nn.functional.pad(lengths.cumsum(dim=0), (1, 0)).to(torch.int32)
-    starts = cu_seqlens[:-1].long()
-    positions = (mask.long().cumsum(dim=1) - 1)[mask]
+    return PackLayout(
+        index=mask.flatten().nonzero().flatten(),
+        position_ids=(mask.long().cumsum(dim=1) - 1)[mask][None],
+        cu_seqlens=cu_seqlens,
+        first=mask.long().argmax(dim=1),
+        max_len=int(lengths.max()),
+    )
+
+
+def pack(input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None,
+         layout: PackLayout | None = None) -> Packed:
+    """Pack a padded batch ``[B, T]`` (left or right padding) with its mask and, optionally, labels.
+    ``layout`` is ``pack_layout(attention_mask)`` when the caller has it (then nothing here waits for
+    the device); without it, it is computed here."""
+    if input_ids.shape != attention_mask.shape or (labels is not None and labels.shape != input_ids.shape):
+        raise ValueError("input_ids, attention_mask and labels must have the same [batch, time] shape")
+    if layout is None:
+        layout = pack_layout(attention_mask)
+    index = layout.index.to(input_ids.device)
+    cu_seqlens = layout.cu_seqlens.to(input_ids.device)
     packed_labels = None
     if labels is not None:
-        packed_labels = labels[mask].clone()
-        packed_labels[starts] = IGNORE
-        packed_labels = packed_labels[None]
+        packed_labels = labels.flatten()[index].index_fill(0, cu_seqlens[:-1].long(), IGNORE)[None]
     return Packed(
-        input_ids=input_ids[mask][None],
-        position_ids=positions[None],
+        input_ids=input_ids.flatten()[index][None],
+        position_ids=layout.position_ids.to(input_ids.device),
         cu_seqlens=cu_seqlens,
-        max_len=int(lengths.max()),
+        max_len=layout.max_len,
         last=cu_seqlens[1:].long() - 1,
         labels=packed_labels,
-        source_mask=mask,
+        source_mask=attention_mask.bool(),
     )
+
+
+def packed_slots(layout: PackLayout, slots: Tensor) -> Tensor:
+    """Positions in the packed row of per-row positions ``slots`` [S] of the padded batch."""
+    return layout.cu_seqlens[:-1].long().to(slots.device) + slots - layout.first.to(slots.device)
 
 
 def pack_rows(rows: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None) -> Packed:
@@ -172,9 +216,10 @@ def block_causal_mask(packed: Packed, dtype: torch.dtype) -> Tensor:
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
 
-def is_flash(attn_implementation: str | None) -> bool:
-    """Whether transformers runs this attention through its flash-attention forward (varlen capable)."""
-    return bool(attn_implementation) and "flash" in str(attn_implementation)
+def is_varlen(attn_implementation: str | None) -> bool:
+    """Whether this attention implementation takes packed rows through a variable-length kernel
+    (transformers' flash-attention forwards, or ``nla_varlen``)."""
+    return bool(attn_implementation) and ("flash" in str(attn_implementation) or attn_implementation == VARLEN_NAME)
 
 
 def sliding_window(config) -> int | None:
@@ -194,16 +239,21 @@ def attention_kwargs(packed: Packed, config, dtype: torch.dtype) -> dict:
     varlen boundaries for flash attention, otherwise the block-diagonal causal mask. Always with the
     restarting ``position_ids``."""
     kwargs = {"position_ids": packed.position_ids}
-    if is_flash(getattr(config, "_attn_implementation", None)):
+    attn = getattr(config, "_attn_implementation", None)
+    if is_varlen(attn):
         cu = packed.cu_seqlens.to(packed.input_ids.device)
-        kwargs.update(attention_mask=None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+        # nla_varlen gets an all-real 2D mask: with none, transformers would take the restarting
+        # positions for packing and build an [N, N] block mask that the varlen kernel never reads.
+        mask = torch.ones_like(packed.input_ids, dtype=torch.bool) if attn == VARLEN_NAME else None
+        kwargs.update(attention_mask=mask, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
                       max_length_q=packed.max_len, max_length_k=packed.max_len)
         return kwargs
     window = sliding_window(config)
     # One 4D mask serves every layer, so it cannot give sliding-window layers their narrower view.
     if window is not None and packed.max_len > window:
         raise ConfigError("packed", f"a {packed.max_len}-token sequence exceeds this model's {window}-token "
-                          "sliding window; packing such models needs flash attention (or set packed: false)")
+                          "sliding window; packing such models needs a variable-length kernel (flash_attention_2 "
+                          "or nla_varlen) or packed: false")
     kwargs["attention_mask"] = block_causal_mask(packed, dtype)
     return kwargs
 
@@ -216,8 +266,9 @@ def check_packed(value: bool | str, field: str = "packed") -> bool | str:
 
 
 def use_packing(setting: bool | str, model) -> bool:
-    """Resolve the ``packed`` switch for ``model``: ``auto`` packs when its attention is flash attention;
-    ``True`` packs on any kernel (through the block mask off flash); ``False`` never packs."""
+    """Resolve the ``packed`` switch for ``model``: ``auto`` packs when its attention has a
+    variable-length kernel (flash attention, ``nla_varlen``); ``True`` packs on any kernel (through the
+    block mask elsewhere); ``False`` never packs."""
     if setting == "auto":
-        return is_flash(getattr(model.config, "_attn_implementation", None))
+        return is_varlen(getattr(model.config, "_attn_implementation", None))
     return bool(setting)

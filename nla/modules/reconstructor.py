@@ -20,7 +20,7 @@ from nla.maths import normalized_mse
 from nla.meta import META_FILENAME, NlaMeta, read_meta, write_meta
 from nla.modules import adapters
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_config
-from nla.modules.packing import attention_kwargs, check_packed, pack, use_packing
+from nla.modules.packing import PackLayout, attention_kwargs, check_packed, pack, use_packing
 
 VALUE_HEAD_FILENAME = "value_head.safetensors"
 
@@ -46,7 +46,7 @@ class Reconstructor(nn.Module):
         self, model: PreTrainedModel, layer: int, head_weight: Tensor | None = None, packed: bool | str = "auto"
     ) -> None:
         super().__init__()
-        # ``auto`` packs exactly when the model runs flash attention, the one kernel that skips padding.
+        # ``auto`` packs exactly when the model's attention has a variable-length kernel (skips padding).
         self.packed = check_packed(packed, "reconstructor.packed")
         blocks = adapters.num_layers(model.config)
         if blocks != layer + 1 or len(adapters.decoder_layers(model)) != layer + 1:
@@ -85,11 +85,14 @@ class Reconstructor(nn.Module):
         self.head.weight.data = self.head.weight.data.float()
         return self
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Predicted activation ``[B, d]`` in float32, read at each row's last real token."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, last_index: Tensor | None = None,
+                layout: PackLayout | None = None) -> Tensor:
+        """Predicted activation ``[B, d]`` in float32, read at each row's last real token.
+        ``last_index`` (that token's position per row) and ``layout`` (``packing.pack_layout`` of the
+        mask) come from the collate step; given, the forward does not wait for the device to find them."""
         if use_packing(self.packed, self.model):
-            return self._forward_packed(input_ids, attention_mask)
-        last = last_real_token(attention_mask)
+            return self._forward_packed(input_ids, attention_mask, layout)
+        last = last_real_token(attention_mask) if last_index is None else last_index.to(input_ids.device)
         # Positions from the mask, not the sequence index: several families count from the left edge,
         # which would shift every position of a left-padded row.
         position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
@@ -99,9 +102,9 @@ class Reconstructor(nn.Module):
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return self._head(hidden[rows, last])
 
-    def _forward_packed(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def _forward_packed(self, input_ids: Tensor, attention_mask: Tensor, layout: PackLayout | None) -> Tensor:
         """The same prediction from all rows packed into one padding-free row; positions restart per row."""
-        packed = pack(input_ids, attention_mask)
+        packed = pack(input_ids, attention_mask, layout=layout)
         kwargs = attention_kwargs(packed, self.model.config, self.model.dtype)
         hidden = adapters.decoder(self.model)(input_ids=packed.input_ids, use_cache=False, **kwargs).last_hidden_state
         return self._head(hidden[0, packed.last])

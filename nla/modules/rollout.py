@@ -24,6 +24,7 @@ from torch import Tensor
 
 from nla.grpo_loss import (KL_DEFAULT, aggregate, batch_advantages, clipped_surrogate, group_advantages,
                            kl_penalty, penalized_rewards, trim_at_end_of_turn)
+from nla.marker import find_marker_slots
 from nla.maths import normalized_mse
 from nla.modules import fsdp
 from nla.modules.reconstructor import Reconstructor
@@ -59,6 +60,9 @@ class RolloutArgs:
     KL(reference || policy)); see ``nla.grpo_loss.kl_penalty``."""
     loss_aggregation: str = "token_mean"
     """``token_mean``, ``sequence_mean`` or ``sum_norm`` (see ``nla.grpo_loss.aggregate``)."""
+    sampler: str = "auto"
+    """Sampling engine (``nla.modules.sampling``): ``auto`` (``static`` on CUDA, else ``loop``),
+    ``loop`` or ``static``; each prompt's G answers share one prefill with ``static``."""
 
 
 @dataclass
@@ -101,6 +105,9 @@ class Rollout:
     """Fraction of rows that received their vector while sampling."""
     seconds: dict[str, float]
     """Wall time of ``generate`` (sampling) and ``score`` (AR, policy and reference passes)."""
+    slots: Tensor | None = None
+    """[N] marker position in each row of ``input_ids`` (found once on the host, so the scoring and
+    update passes do not search for it)."""
 
 
 def micro_batches(n: int, size: int) -> list[slice]:
@@ -113,18 +120,19 @@ def right_padded(rows: list[list[int]], pad_id: int, device) -> tuple[Tensor, Te
 
 
 def token_logprobs(verbalizer: Verbalizer, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor,
-                   start: Tensor, width: int, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                   start: Tensor, width: int, entropy: bool = False,
+                   slots: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Log-probs ``[n, width]`` of the completion tokens (those at ``start + j``), injection active,
-    and optionally the entropy of the distribution each was drawn from. Off-row positions are junk
+    and optionally the entropy of the distribution each was drawn from. Logits exist only at those
+    positions, a chunk at a time (``Verbalizer.completion_logprobs``). Off-row positions are junk
     that the rollout's mask removes."""
-    logits = verbalizer(input_ids, attention_mask, vectors).logits
     positions = (start[:, None] + torch.arange(width, device=start.device) - 1).clamp(0, input_ids.shape[1] - 1)
     targets = input_ids.gather(1, (positions + 1).clamp_max(input_ids.shape[1] - 1))
-    picked = logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])).float()
-    log_probs = torch.log_softmax(picked, dim=-1)
-    chosen = log_probs.gather(-1, targets[..., None]).squeeze(-1)
-    spread = -(log_probs.exp() * log_probs).sum(-1) if entropy else None
-    return chosen, spread
+    return verbalizer.completion_logprobs(input_ids, attention_mask, vectors, positions, targets, entropy, slots)
+
+
+def _part(values: Tensor | None, part: slice) -> Tensor | None:
+    return None if values is None else values[part]
 
 
 @torch.no_grad()
@@ -133,7 +141,8 @@ def policy_logprobs(verbalizer: Verbalizer, rollout: Rollout, micro: int, entrop
     width, parts, spreads = rollout.completion_ids.shape[1], [], []
     for part in micro_batches(len(rollout.start), micro):
         chosen, spread = token_logprobs(verbalizer, rollout.input_ids[part], rollout.attention_mask[part],
-                                        rollout.vectors[part], rollout.start[part], width, entropy)
+                                        rollout.vectors[part], rollout.start[part], width, entropy,
+                                        _part(rollout.slots, part))
         parts.append(chosen)
         spreads.append(spread)
     verbalizer.injector.unload()
@@ -149,7 +158,7 @@ def reconstruct(reconstructor: Reconstructor, prompts, explanations: list[str], 
     outputs = []
     for part in micro_batches(len(explanations), micro):
         ids, mask = right_padded([prompts.ar_ids(text) for text in explanations[part]], pad_id, device)
-        outputs.append(reconstructor(ids, mask))
+        outputs.append(reconstructor(ids, mask, mask.sum(dim=1) - 1))
     reconstructor.train(was_training)
     d = reconstructor.d_model
     return torch.cat(outputs) if outputs else torch.zeros(0, d, device=device)
@@ -166,11 +175,15 @@ def collect(verbalizer: Verbalizer, reconstructor: Reconstructor, reference, pro
     began = time.perf_counter()
     # Sharded: gathered once for the whole loop, since processes stop decoding at different steps.
     with fsdp.gathered(verbalizer):
-        samples = verbalizer.sample(vectors, prompt_ids, prompt_mask, max_new_tokens=args.max_new_tokens,
-                                    temperature=args.temperature, seed=seed)
+        samples = verbalizer.sample(batch["vector"], batch["input_ids"], batch["attention_mask"],
+                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=seed,
+                                    group=group, sampler=args.sampler)
     sampled = time.perf_counter()
     device = prompt_ids.device
-    prompts_real = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+    host_ids, host_mask = prompt_ids.cpu(), prompt_mask.cpu()
+    prompts_real = [row[mask.bool()].tolist() for row, mask in zip(host_ids, host_mask)]
+    # Right-padded scoring rows start with the real prompt: the slot moves left by the padding.
+    slots = (find_marker_slots(host_ids, verbalizer.marker) - (host_mask == 0).sum(dim=1)).to(device)
     input_ids, attention_mask = right_padded([p + t for p, t in zip(prompts_real, samples.tokens)], pad_id, device)
     completion_ids, completion_mask = right_padded(samples.tokens, pad_id, device)
     mask, _ = trim_at_end_of_turn(completion_ids, completion_mask, verbalizer.stop_ids)
@@ -193,7 +206,7 @@ def collect(verbalizer: Verbalizer, reconstructor: Reconstructor, reference, pro
     start = torch.tensor([len(p) for p in prompts_real], device=device)
     rollout = Rollout(vectors, input_ids, attention_mask, start, completion_ids, mask, truncated, valid,
                       explanations, samples.texts, mse, rewards, advantages, None, None, None,
-                      samples.injection.injected_fraction, {"generate": sampled - began})
+                      samples.injection.injected_fraction, {"generate": sampled - began}, slots)
     rollout.old_logprobs, rollout.entropy = policy_logprobs(verbalizer, rollout, args.micro_batch_size, entropy=True)
     rollout.ref_logprobs = reference.logprobs(rollout, args.micro_batch_size)
     rollout.seconds["score"] = time.perf_counter() - sampled
@@ -220,7 +233,8 @@ def av_loss(verbalizer: Verbalizer, rollout: Rollout, args: RolloutArgs,
     for part in micro_batches(len(rollout.start), args.micro_batch_size):
         mask = rollout.mask[part]
         logprobs, _ = token_logprobs(verbalizer, rollout.input_ids[part], rollout.attention_mask[part],
-                                     rollout.vectors[part], rollout.start[part], width)
+                                     rollout.vectors[part], rollout.start[part], width,
+                                     slots=_part(rollout.slots, part))
         surrogate, clipped = clipped_surrogate(logprobs, rollout.old_logprobs[part], rollout.advantages[part],
                                                mask, args.clip_epsilon)
         kl = kl_penalty(logprobs, rollout.ref_logprobs[part], args.kl_estimator, mask)
@@ -251,7 +265,7 @@ def ar_loss(reconstructor: Reconstructor, prompts, rollout: Rollout, micro: int,
         # A process out of rows still runs the pass (sharded models communicate in each), weightless.
         texts = [rollout.explanations[i] for i in rows] or [""]
         ids, mask = right_padded([prompts.ar_ids(text) for text in texts], pad_id, device)
-        predicted = reconstructor(ids, mask)
+        predicted = reconstructor(ids, mask, mask.sum(dim=1) - 1)
         if rows:
             # Gradients are averaged over processes: x processes / all rows makes that the mean over all rows.
             weight = len(rows) * processes / rows_everywhere

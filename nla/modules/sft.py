@@ -9,6 +9,7 @@ model costs no memory, and a checkpoint restores into the same structure.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, is_dataclass, replace
@@ -17,13 +18,14 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from nla.data.datasets import IGNORE
 from nla.errors import ConfigError, field_scope
 from nla.export import export_pair
 from nla.meta import figure
 from nla.metrics import FractionOfVarianceExplained, WeightedMean
-from nla.modules import fsdp, lora, optim, precision
+from nla.modules import flops, fsdp, lora, optim, precision
 from nla.modules.backbone import check_trainable, load_causal_lm
 from nla.modules.nonfinite import NonFiniteGuard
 from nla.modules.reconstructor import Reconstructor
@@ -50,7 +52,7 @@ class SFTModule(LightningModule):
         max_new_tokens: int = 150,
         export_dir: str | None = None,
         dtype: str = "float32",
-        peak_tflops: float = 989.0,
+        peak_tflops: float | None = None,
         optimizer: str = "adamw",
         verbalizer_lora: lora.LoraArgs | None = None,
         reconstructor_lora: lora.LoraArgs | None = None,
@@ -81,8 +83,10 @@ class SFTModule(LightningModule):
             dtype: Dtype of the trained weights: ``float32`` masters (bf16 compute comes from
                 ``trainer.precision: bf16-mixed`` or the FSDP strategy's ``param_dtype``); ``bfloat16``
                 only with ``optimizer: adamw_bf16_stochastic``. ``data.model.dtype`` is not read for them.
-            peak_tflops: Dense bf16 peak of one accelerator, for MFU (H100 SXM: 989). MFU is logged on
-                CUDA only, as 6 x trainable parameters x real tokens per second over this peak.
+            peak_tflops: Dense bf16 peak of one accelerator in TFLOP/s, for ``train/mfu`` (CUDA only);
+                unset: the device's nominal peak from ``nla.modules.flops.PEAK_BF16_TFLOPS`` (H100 SXM
+                and H200: 989). The step's model FLOPs count the dense matmuls (6 x parameters x tokens
+                for full fine-tuning, the input embedding excluded) and causal attention.
             optimizer: ``adamw``, ``adamw8bit`` or ``paged_adamw8bit`` (CUDA only); the 8-bit ones need
                 bitsandbytes (``nla[quant]``). ``adamw_bf16_stochastic`` (stochastic
                 rounding) is the one optimizer that accepts bf16 trained weights.
@@ -119,7 +123,9 @@ class SFTModule(LightningModule):
         self._samples = None
         self._sampled_at = -1
         self._step_started = 0.0
-        self._step_tokens: dict[str, int] = {}
+        # Real tokens per row of each model's batch, kept on the device until the step has ended.
+        self._step_lengths: dict[str, torch.Tensor] = {}
+        self._model_counts: dict[str, flops.ModelCounts] = {}
         self.av_val_loss = WeightedMean()
         self.av_val_loss_shuffled = WeightedMean()
 
@@ -213,17 +219,19 @@ class SFTModule(LightningModule):
     # ---- training -------------------------------------------------------------------------------
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses, self._step_tokens = {}, {}
+        losses, self._step_lengths = {}, {}
         if self.verbalizer is not None:
             av = batch["av"]
-            losses["av"] = self.verbalizer(av["input_ids"], av["attention_mask"], av["vector"], av["labels"]).loss
-            self._step_tokens["verbalizer"] = int(av["attention_mask"].sum())
+            losses["av"] = self.verbalizer(av["input_ids"], av["attention_mask"], av["vector"], av["labels"],
+                                           slots=av.get("marker_slots"), layout=av.get("layout")).loss
+            self._step_lengths["verbalizer"] = av["attention_mask"].sum(dim=1)
             self.log("train/injected_fraction", self.verbalizer.injection_stats.injected_fraction,
                      batch_size=len(av["vector"]))
         if self.reconstructor is not None:
             ar = batch["ar"]
-            losses["ar"] = Reconstructor.loss(self.reconstructor(ar["input_ids"], ar["attention_mask"]), ar["vector"])
-            self._step_tokens["reconstructor"] = int(ar["attention_mask"].sum())
+            predicted = self.reconstructor(ar["input_ids"], ar["attention_mask"], ar.get("last_index"), ar.get("layout"))
+            losses["ar"] = Reconstructor.loss(predicted, ar["vector"])
+            self._step_lengths["reconstructor"] = ar["attention_mask"].sum(dim=1)
         for name, loss in losses.items():
             self.log(f"train/{name}_loss", loss, prog_bar=True, batch_size=len(batch[name]["vector"]))
         for group in self.trainer.optimizers[0].param_groups:
@@ -239,15 +247,35 @@ class SFTModule(LightningModule):
             # Kernels run asynchronously: without a sync the clock stops before the work is done.
             torch.cuda.synchronize(self.device)
         seconds = max(time.perf_counter() - self._step_started, 1e-9)
-        self.log("train/tokens_per_s", sum(self._step_tokens.values()) / seconds, batch_size=1)
-        if cuda:
+        lengths = {name: rows.tolist() for name, rows in self._step_lengths.items()}
+        self.log("train/tokens_per_s", sum(map(sum, lengths.values())) / seconds, batch_size=1)
+        peak = self._peak_tflops() if cuda else None
+        if peak is not None:
             models = {"verbalizer": self.verbalizer, "reconstructor": self.reconstructor}
-            flops = sum(6 * trainable(models[name]) * tokens for name, tokens in self._step_tokens.items())
-            self.log("train/mfu", flops / seconds / (self.hparams.peak_tflops * 1e12), batch_size=1)
+            step_flops = sum(flops.training_flops(rows, self._counts(name, models[name])) for name, rows in lengths.items())
+            self.log("train/mfu", step_flops / seconds / (peak * 1e12), batch_size=1)
         every = self.hparams.sample_every_n_steps
         if self.verbalizer is not None and every and self.global_step % every == 0 and self.global_step != self._sampled_at:
             self._sampled_at = self.global_step
             self.log_samples()
+
+    def _counts(self, name: str, module) -> flops.ModelCounts:
+        if name not in self._model_counts:
+            self._model_counts[name] = flops.model_counts(module.model, getattr(module, "head", None))
+        return self._model_counts[name]
+
+    def _peak_tflops(self) -> float | None:
+        """``peak_tflops``, else the device's entry in ``flops.PEAK_BF16_TFLOPS`` (None, warned once,
+        for a device the table lacks: no MFU is logged then)."""
+        return self.hparams.peak_tflops if self.hparams.peak_tflops is not None else self._device_peak
+
+    @functools.cached_property
+    def _device_peak(self) -> float | None:
+        name = torch.cuda.get_device_name(self.device)
+        peak = flops.peak_tflops(name)
+        if peak is None:
+            rank_zero_warn(f"no bf16 peak known for {name!r}: set model.peak_tflops to log train/mfu")
+        return peak
 
     def log_samples(self) -> None:
         """Add a table of greedy held-out samples to every TensorBoard logger, and log their CJK rate."""
@@ -267,12 +295,14 @@ class SFTModule(LightningModule):
         """Loader 0: the held-out rows with their own vectors; loader 1 (``data.val_shuffled``): the same
         rows with shuffled vectors, for the AV only."""
         if self.verbalizer is not None:
-            out = self.verbalizer(batch["av_input_ids"], batch["av_attention_mask"], batch["vector"], batch["av_labels"])
+            out = self.verbalizer(batch["av_input_ids"], batch["av_attention_mask"], batch["vector"], batch["av_labels"],
+                                  slots=batch.get("av_marker_slots"))
             tokens = (batch["av_labels"][:, 1:] != IGNORE).sum()
             metric = self.av_val_loss if dataloader_idx == 0 else self.av_val_loss_shuffled
             metric.update(out.loss.detach(), tokens)
         if self.reconstructor is not None and dataloader_idx == 0:
-            self.fve.update(self.reconstructor(batch["ar_input_ids"], batch["ar_attention_mask"]), batch["vector"])
+            predicted = self.reconstructor(batch["ar_input_ids"], batch["ar_attention_mask"], batch.get("ar_last_index"))
+            self.fve.update(predicted, batch["vector"])
 
     def on_validation_epoch_end(self) -> None:
         values = {}
@@ -336,10 +366,6 @@ class SFTModule(LightningModule):
         return export_pair(directory, verbalizer=verbalizer, reconstructor=reconstructor,
                            prompts=self.prompts, layer=self.layer, base_model=self.base_model, stage="sft",
                            training=training, merge_adapters=lora.merge_on_export(self.hparams.verbalizer_lora))
-
-
-def trainable(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def provenance(datamodule) -> dict:

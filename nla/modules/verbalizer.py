@@ -2,9 +2,10 @@
 writes an explanation of it.
 
 ``Verbalizer.forward`` is the SFT/RL scoring path (logits and the label loss with the vectors
-injected); ``Verbalizer.sample`` generates with a KV cache in an explicit loop, so the sampling rule is
-exactly temperature sampling (no top-k/top-p a checkpoint's generation config might add) and the
-injection provably happens once per row, at the prefill.
+injected); ``Verbalizer.sample`` generates through one of the engines of ``nla.modules.sampling``
+(a plain loop, or a static cache with a CUDA-graph decode step), never through HF ``generate``, so
+the sampling rule is exactly temperature sampling (no top-k/top-p a checkpoint's generation config
+might add) and the injection provably happens once per prompt, at the prefill.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from nla.marker import Marker
-from nla.modules import adapters
+from nla.modules import adapters, sampling
 from nla.modules.injection import InjectionStats, Injector
-from nla.modules.packing import attention_kwargs, check_packed, pack, use_packing
+from nla.modules.logprobs import chosen_logprobs, output_head
+from nla.modules.packing import PackLayout, attention_kwargs, check_packed, pack, packed_slots, use_packing
+from nla.modules.sampling import Sampler, SamplingRequest
 from nla.padding import pad, pad_token_id
 from nla.prompts import parse_explanation, turn_closing
 
@@ -68,28 +71,58 @@ class Verbalizer(nn.Module):
         self, model: nn.Module, tokenizer, marker: Marker, injection_scale: float, packed: bool | str = "auto"
     ) -> None:
         super().__init__()
-        # ``auto`` packs the labelled (SFT) forward exactly when the model runs flash attention.
+        # ``auto`` packs the labelled (SFT) forward exactly when the attention has a variable-length kernel.
         self.packed = check_packed(packed, "verbalizer.packed")
         self.model, self.tokenizer, self.marker = model, tokenizer, marker
         self.injection_scale = float(injection_scale)
         self.injector = Injector(adapters.input_embeddings(model), marker, injection_scale)
         self.stop_ids = _stop_ids(model, tokenizer)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor, labels: Tensor | None = None):
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor, labels: Tensor | None = None,
+                slots: Tensor | None = None, layout: PackLayout | None = None):
         """The HF output (``logits``; ``loss`` when ``labels`` is given: mean cross-entropy over the
         positions whose label is not -100, shifted by one as usual). The vectors stay loaded afterwards
         so a checkpointed recompute in backward injects them again; the next call replaces them.
 
         With ``labels`` and packing on, the rows run as one padding-free packed row: the loss covers the
         same label tokens, but ``logits`` come back packed, ``[1, N, vocab]`` (``packing.unpack`` restores
-        ``[B, T, vocab]``). Without labels the padded path always runs, so per-row logits keep their shape."""
+        ``[B, T, vocab]``). Without labels the padded path always runs, so per-row logits keep their shape.
+        ``slots`` (marker positions per row) and ``layout`` (``packing.pack_layout`` of the mask) come
+        from the collate step; given, the forward does not wait for the device to find them."""
         if labels is not None and use_packing(self.packed, self.model):
-            packed = pack(input_ids, attention_mask, labels)
-            self.injector.load(vectors, once=False, cu_seqlens=packed.cu_seqlens)
+            packed = pack(input_ids, attention_mask, labels, layout)
+            # Row slots map into the packed row through the layout; without one the hook searches.
+            slots = packed_slots(layout, slots) if slots is not None and layout is not None else None
+            self.injector.load(vectors, once=False, cu_seqlens=packed.cu_seqlens, slots=slots)
             kwargs = attention_kwargs(packed, self.model.config, self.model.dtype)
             return self.model(input_ids=packed.input_ids, labels=packed.labels, use_cache=False, **kwargs)
-        self.injector.load(vectors, once=False)
+        self.injector.load(vectors, once=False, slots=slots)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
+
+    def completion_logprobs(self, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor, positions: Tensor,
+                            targets: Tensor, entropy: bool = False,
+                            slots: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Log-probs ``[n, W]`` of ``targets`` [n, W] predicted at ``positions`` [n, W] of a padded
+        batch, vectors injected, and optionally the entropy there, without logits at any other
+        position (``nla.modules.logprobs``). The LM head runs inside the model's own forward (a hook
+        on its decoder), so sharded parameters are whole while it runs, as for the full logits."""
+        results = []
+        head, softcap = output_head(self.model)
+
+        def on_hidden(module, args, output) -> None:
+            hidden = output[0]
+            picked = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+            results.append(chosen_logprobs(picked.flatten(0, 1), targets.flatten(), head, softcap, entropy))
+
+        handle = adapters.decoder(self.model).register_forward_hook(on_hidden)
+        self.injector.load(vectors, once=False, slots=slots)
+        try:
+            # One position of logits for the model's own head: the hook has computed what is needed.
+            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+        finally:
+            handle.remove()
+        chosen, spread = results[0]
+        return chosen.view(targets.shape), None if spread is None else spread.view(targets.shape)
 
     @property
     def injection_stats(self) -> InjectionStats:
@@ -105,12 +138,18 @@ class Verbalizer(nn.Module):
         temperature: float = 1.0,
         greedy: bool = False,
         seed: int | None = None,
+        group: int = 1,
+        sampler: str | Sampler = "auto",
     ) -> Samples:
-        """Generate one answer per row of ``vectors`` [B, d] after ``prompt_ids`` (lists of ids, padded
-        here on the left, or a left-padded [B, T] batch with its ``attention_mask``). ``seed`` makes
-        sampling reproducible without touching the global RNG."""
+        """Generate ``group`` answers per row of ``vectors`` [B, d] after ``prompt_ids`` (lists of ids,
+        padded here on the left, or a left-padded [B, T] batch with its ``attention_mask``); answer g of
+        row b is row ``b * group + g`` of the result. ``seed`` makes sampling reproducible without
+        touching the global RNG (None: a seed drawn from it). ``sampler`` names the engine
+        (``nla.modules.sampling``: ``auto``, ``loop``, ``static``); every engine samples the same tokens."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if group < 1:
+            raise ValueError(f"group must be at least 1, got {group}")
         if not greedy and not temperature > 0:
             raise ValueError(f"temperature must be positive for sampling, got {temperature}")
         device = next(self.model.parameters()).device
@@ -118,48 +157,15 @@ class Verbalizer(nn.Module):
         width = input_ids.shape[1]
         adapters.check_length(self.model.config, width + max_new_tokens, "max_new_tokens",
                               f"the AV prompt ({width} tokens) plus max_new_tokens ({max_new_tokens})")
-        generator = None
-        if seed is not None and not greedy:
-            generator = torch.Generator(device=device).manual_seed(seed)
-        batch = input_ids.shape[0]
-        stop = torch.tensor(sorted(self.stop_ids), device=device)
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
-        steps: list[Tensor] = []
-        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
-        cache = None
-        self.injector.load(vectors, once=True)
-        try:
-            step_ids = input_ids
-            for _ in range(max_new_tokens):
-                out = self.model(
-                    input_ids=step_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                cache = out.past_key_values
-                logits = out.logits[:, -1].float()
-                if greedy:
-                    token = logits.argmax(dim=-1)
-                else:
-                    probs = torch.softmax(logits / temperature, dim=-1)
-                    token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                token = torch.where(done, torch.full_like(token, self._pad_id), token)
-                steps.append(token)
-                done |= torch.isin(token, stop)
-                if bool(done.all()):
-                    break
-                step_ids = token[:, None]
-                attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
-                position_ids = position_ids[:, -1:] + 1
-        finally:
-            self.injector.unload()
-        return self._collect(torch.stack(steps, dim=1).tolist(), self.injector.stats)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()))
+        request = SamplingRequest(input_ids, attention_mask, vectors.to(device), group, max_new_tokens,
+                                  temperature, greedy, seed)
+        tokens = sampling.resolve(sampler, device).generate(self, request)
+        return self._collect(tokens.tolist(), self.injector.stats)
 
     @property
-    def _pad_id(self) -> int:
+    def pad_id(self) -> int:
         return pad_token_id(self.tokenizer)
 
     def _left_padded(self, prompt_ids, attention_mask, device) -> tuple[Tensor, Tensor]:
@@ -171,7 +177,7 @@ class Verbalizer(nn.Module):
             return prompt_ids.to(device), attention_mask.to(device)
         if attention_mask is not None:
             raise ValueError("attention_mask is only taken with a tensor of prompt_ids; lists are padded here")
-        ids, mask = pad(prompt_ids, self._pad_id, "left")
+        ids, mask = pad(prompt_ids, self.pad_id, "left")
         return ids.to(device), mask.to(device)
 
     def _collect(self, generated: list[list[int]], stats: InjectionStats) -> Samples:

@@ -1,0 +1,28 @@
+"""tools/gpu/check.sh's CPU dry run: tiny shapes through every measurement step, so the device check
+keeps working between the sessions that have a GPU."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_check_script_dry_run_on_cpu(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", "tools/gpu/check.sh", "--device", "cpu"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    log = (tmp_path / "check.log").read_text() if (tmp_path / "check.log").is_file() else ""
+    assert done.returncode == 0, done.stdout[-3000:] + log[-6000:]
+    entries = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    steps = {entry["step"] for entry in entries}
+    assert steps == {"sampler", "decode", "sft_av", "sft_ar", "grpo", "varlen"}
+    engines = {entry["engine"] for entry in entries if entry["step"] == "sampler"}
+    assert engines == {"static", "loop", "hf_generate_dynamic", "hf_generate_static"}
+    # The packed nla_varlen path (its CPU reference kernel) predicts what padded SDPA predicts.
+    (difference,) = [e["value"] for e in entries if e["step"] == "varlen" and e["kernel"] == "relative difference"]
+    assert difference < 1e-5
+    grpo = [e for e in entries if e["step"] == "grpo"]
+    assert all(e["ar_update_s"] > 0 and e["generated_tokens"] == e["rows"] * e["new_tokens"] for e in grpo)
+    assert "## sft_av" in (tmp_path / "results.md").read_text()
