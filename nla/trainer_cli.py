@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from nla.cli import TRAINER_SUBCOMMANDS
+from nla.progress_bar import StepProgressBar
 
 # Parser errors must reach nla.cli as exceptions so they print as one line with exit status 2.
 RAISE_ON_ERROR = {"exit_on_error": False, "allow_abbrev": False}
@@ -29,3 +31,12 @@ class NLALightningCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
+        # A bar of optimizer steps for step-bounded runs, unless the config picks its own or none.
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        named = [c for c in [*callbacks, *configured] if isinstance(c, ProgressBar)]
+        if config.get("enable_progress_bar", True) is not False and not named:
+            callbacks = [*callbacks, StepProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
