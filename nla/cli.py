@@ -29,7 +29,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("nla.export_command:export", "write a training checkpoint's AV/AR pair as HF directories"),
     "explain": ("nla.explain:explain", "explain a text's activations token by token with a trained AV/AR pair"),
     "quickstart": ("nla.quickstart:quickstart", "the whole pipeline on CPU: cache, SFT, GRPO, held-out FVE table"),
+    "plan": ("nla.plan.command:plan", "parameters, memory per GPU and time per step of a config, before any download"),
 }
+# Subcommands whose --config names the config they examine, not a file of their own options.
+CONFIG_IS_INPUT = {"plan"}
 
 
 def one_line(message: str) -> str:
@@ -76,10 +79,12 @@ def run_function(name: str, argv: list[str]) -> None:
         exit_on_error=False,
         allow_abbrev=False,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+    if name not in CONFIG_IS_INPUT:
+        parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
     parser.add_function_arguments(function, as_group=False)
     config = parser.parse_args(argv)
-    config.pop("config", None)
+    if name not in CONFIG_IS_INPUT:
+        config.pop("config", None)
     function(**parser.instantiate_classes(config).as_dict())
 
 
