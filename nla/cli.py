@@ -29,6 +29,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("nla.export_command:export", "write a training checkpoint's AV/AR pair as HF directories"),
     "explain": ("nla.explain:explain", "explain a text's activations token by token with a trained AV/AR pair"),
     "quickstart": ("nla.quickstart:quickstart", "the whole pipeline on CPU: cache, SFT, GRPO, held-out FVE table"),
+    "import": ("nla.data.reference_format.command:import_datasets",
+               "convert reference-format parquet datasets (.nla_meta.yaml) into an activation cache"),
     "plan": ("nla.plan.command:plan", "parameters, memory per GPU and time per step of a config, before any download"),
 }
 # Subcommands whose --config names the config they examine, not a file of their own options.

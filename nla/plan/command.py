@@ -88,8 +88,9 @@ def _report(config: str, run: Run, shapes: Shapes, source: str, result: Estimate
     lines.append(f"  {'total':<22}{gib(result.total)}  of {capacity / GIB:.0f} GiB: {verdict}")
     if run.stage != "cache":
         no_ckpt = replace(run, setting=replace(s, checkpointing=not s.checkpointing))
-        other = estimate(no_ckpt, shapes, 0.0, mfu, None).memory["activations"]
-        lines.append(f"  activations {'without' if s.checkpointing else 'with'} activation checkpointing: "
+        key = "activations" if run.stage == "sft" else f"{result.phase} working set"
+        other = estimate(no_ckpt, shapes, 0.0, mfu, None).memory.get(key, 0.0)
+        lines.append(f"  {key} {'without' if s.checkpointing else 'with'} activation checkpointing: "
                      f"{other / GIB:.2f} GiB")
     lines += [f"host memory: {name} {value / GIB:.1f} GiB" for name, value in result.host.items() if value]
     tokens = ", ".join(f"{name} {count:,}" for name, count in result.tokens_per_step.items())

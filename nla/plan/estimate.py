@@ -23,7 +23,7 @@ cache, one H100); smaller models scale up, larger down, with the weight bytes re
 @dataclass(frozen=True)
 class Estimate:
     memory: dict[str, float]
-    """Bytes per device by component; ``activations`` is the peak phase's."""
+    """Bytes per device by component; activations are the peak phase's (GRPO: its working set)."""
     phase: str
     """The phase whose activations peak (SFT: ``forward+backward``; GRPO: sampling, AV or AR update)."""
     host: dict[str, float]
@@ -61,7 +61,7 @@ def estimate(run: Run, shapes: Shapes, runtime_bytes: float, mfu: float,
             host["reference"] = shapes.av.params * s.frozen_bytes
         phases = _grpo_phases(run, shapes)
         phase = max(phases, key=phases.get)
-        memory["activations"] = phases[phase]
+        memory[f"{phase} working set"] = phases[phase]
         seconds, tokens = _grpo_time(run, shapes, mfu, sampling_tokens_per_s)
     else:
         phase = "forward+backward"
