@@ -76,7 +76,7 @@ def main() -> None:
     export = out / "sft-export"
     common = [f"trainer.default_root_dir={out}", "trainer.logger=false", "trainer.enable_checkpointing=false",
               "trainer.callbacks=null", "trainer.enable_progress_bar=false", *args.overrides]
-    sft_overrides = [*common, f"trainer.max_steps={args.sft_steps}", "trainer.val_check_interval=1000",
+    sft_overrides = [*common, f"trainer.max_steps={args.sft_steps}", "trainer.limit_val_batches=0",
                      "model.init_args.sample_every_n_steps=0", f"model.init_args.export_dir={export}"]
     grpo_overrides = [*common, "trainer.max_steps=1", f"model.init_args.sft_export={export}",
                       "model.init_args.export_dir=null", "model.init_args.final_export_dir=null",
