@@ -6,6 +6,7 @@ transformers knows (tied embeddings, biases, extra norms, a multimodal wrapper's
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -93,10 +94,17 @@ def _shape(model: nn.Module, config: PretrainedConfig, lora: tuple[int, list[str
         vocab=0 if ar else int(text.vocab_size))
 
 
+_MEMO: dict[str, Shapes] = {}
+
+
 def model_shapes(config: PretrainedConfig, layer: int, av_lora: tuple[int, list[str]] | None = None,
                  ar_lora: tuple[int, list[str]] | None = None) -> Shapes:
-    """The AV's and the AR's shapes for layer ``layer`` (K; -1: the default two thirds)."""
+    """The AV's and the AR's shapes for layer ``layer`` (K; -1: the default two thirds). Remembered
+    per (config, layer, adapters): the fixes ``nla plan`` tries reuse them."""
     layer = adapters.default_layer(config) if layer == -1 else adapters.check_layer(config, layer, "cache.layer")
-    av = _shape(_meta_model(config), config, av_lora, ar=False)
-    ar = _shape(_meta_model(adapters.truncated_config(config, layer + 1)), config, ar_lora, ar=True)
-    return Shapes(av=av, ar=ar, layer=layer)
+    key = json.dumps([config.to_dict(), layer, av_lora, ar_lora], sort_keys=True, default=str)
+    if key not in _MEMO:
+        av = _shape(_meta_model(config), config, av_lora, ar=False)
+        ar = _shape(_meta_model(adapters.truncated_config(config, layer + 1)), config, ar_lora, ar=True)
+        _MEMO[key] = Shapes(av=av, ar=ar, layer=layer)
+    return _MEMO[key]
