@@ -66,7 +66,7 @@ def with_overrides(config: str, overrides: list[str], out: Path, name: str) -> s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sft", default="configs/quickstart/sft.yaml")
-    parser.add_argument("--grpo", default="configs/quickstart/grpo.yaml")
+    parser.add_argument("--grpo", default="configs/quickstart/grpo.yaml", help="'' to measure SFT only")
     parser.add_argument("--sft-steps", type=int, default=4)
     parser.add_argument("--out", default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--overrides", nargs="*", default=[], help="dotted KEY=VALUE applied to both configs")
@@ -82,7 +82,8 @@ def main() -> None:
                       "model.init_args.export_dir=null", "model.init_args.final_export_dir=null",
                       "model.init_args.eval_every_n_steps=1000", "model.init_args.samples_every_n_steps=1000"]
     rows = []
-    for stage, config, overrides in (("SFT", args.sft, sft_overrides), ("GRPO", args.grpo, grpo_overrides)):
+    stages = [("SFT", args.sft, sft_overrides)] + ([("GRPO", args.grpo, grpo_overrides)] if args.grpo else [])
+    for stage, config, overrides in stages:
         path = with_overrides(config, overrides, out, f"{stage.lower()}.yaml")
         measured, status, tail = peak_rss_gib([sys.executable, "-m", "nla", "fit", "--config", path])
         if status != 0:
