@@ -95,7 +95,9 @@ def _report(config: str, run: Run, shapes: Shapes, source: str, result: Estimate
     lines += [f"host memory: {name} {value / GIB:.1f} GiB" for name, value in result.host.items() if value]
     tokens = ", ".join(f"{name} {count:,}" for name, count in result.tokens_per_step.items())
     lines.append(f"tokens per step: {tokens}")
-    if result.step_seconds:
+    if device == "cpu":
+        lines.append("time per step: not estimated on a CPU (the MFU model is for accelerators)")
+    elif result.step_seconds:
         lines.append(f"time per step: {result.step_seconds:.1f} s at {mfu:.0%} MFU of {run.peak_tflops:.0f} TFLOP/s"
                      + (" and the stated sampling rate" if run.stage == "grpo" else ""))
     return "\n".join(lines)

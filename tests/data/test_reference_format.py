@@ -172,3 +172,23 @@ def test_layer_mismatch_non_finite_vectors_and_shared_documents_are_refused(tmp_
         err = capsys.readouterr().err
         assert done.value.code == 2 and message in err, err
         assert not (tmp_path / "cache").exists()
+
+
+def test_an_imported_cache_serves_only_the_model_and_layer_it_was_imported_for(tmp_path, tiny_model_dir, datasets):
+    from nla.data.cache_plan import CacheArgs
+    from nla.data.corpus import CorpusArgs
+    from nla.data.datamodule import NLADataModule
+    from nla.errors import ConfigError
+    from nla.modules.backbone import BackboneArgs
+
+    model_dir = tiny_model_dir("llama")
+    run_import(datasets, model_dir, tmp_path / "cache")
+
+    def datamodule(layer: int) -> NLADataModule:
+        # The corpus is never read for an imported cache: it is not the one the vectors came from.
+        return NLADataModule(BackboneArgs(str(model_dir)), CorpusArgs("austen"),
+                             CacheArgs(directory=str(tmp_path / "cache"), layer=layer))
+
+    assert datamodule(LAYER).cache_ready()
+    with pytest.raises(ConfigError, match="data.cache.directory: .* was imported for .* at layer 1"):
+        datamodule(2).cache_ready()
