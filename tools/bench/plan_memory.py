@@ -67,7 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sft", default="configs/quickstart/sft.yaml")
     parser.add_argument("--grpo", default="configs/quickstart/grpo.yaml", help="'' to measure SFT only")
-    parser.add_argument("--sft-steps", type=int, default=4)
+    parser.add_argument("--sft-steps", type=int, default=2, help="optimizer steps (one micro-batch each: "
+                        "accumulation does not change the peak, the gradient buffers are the same)")
     parser.add_argument("--out", default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--overrides", nargs="*", default=[], help="dotted KEY=VALUE applied to both configs")
     args = parser.parse_args()
@@ -76,12 +77,14 @@ def main() -> None:
     export = out / "sft-export"
     common = [f"trainer.default_root_dir={out}", "trainer.logger=false", "trainer.enable_checkpointing=false",
               "trainer.callbacks=null", "trainer.enable_progress_bar=false", *args.overrides]
-    sft_overrides = [*common, f"trainer.max_steps={args.sft_steps}", "trainer.limit_val_batches=0",
+    sft_overrides = [*common, f"trainer.max_steps={args.sft_steps}", "trainer.accumulate_grad_batches=1",
+                     "trainer.limit_val_batches=0",
                      "model.init_args.sample_every_n_steps=0", f"model.init_args.export_dir={export}"]
     grpo_overrides = [*common, "trainer.max_steps=1", f"model.init_args.sft_export={export}",
                       "model.init_args.export_dir=null", "model.init_args.final_export_dir=null",
                       "model.init_args.eval_every_n_steps=1000", "model.init_args.samples_every_n_steps=1000"]
-    rows = []
+    print("| stage | config | nla plan (GiB) | measured peak RSS (GiB) | plan error |")
+    print("|---|---|---|---|---|", flush=True)
     stages = [("SFT", args.sft, sft_overrides)] + ([("GRPO", args.grpo, grpo_overrides)] if args.grpo else [])
     for stage, config, overrides in stages:
         path = with_overrides(config, overrides, out, f"{stage.lower()}.yaml")
@@ -89,11 +92,8 @@ def main() -> None:
         if status != 0:
             raise SystemExit(f"{stage} run failed ({status}):\n{tail}")
         planned = planned_gib(path)
-        rows.append((stage, config, planned, measured))
-    print("| stage | config | nla plan (GiB) | measured peak RSS (GiB) | plan error |")
-    print("|---|---|---|---|---|")
-    for stage, config, planned, measured in rows:
-        print(f"| {stage} | `{config}` | {planned:.2f} | {measured:.2f} | {(planned - measured) / measured:+.0%} |")
+        print(f"| {stage} | `{config}` | {planned:.2f} | {measured:.2f} | {(planned - measured) / measured:+.0%} |",
+              flush=True)
 
 
 if __name__ == "__main__":
