@@ -1,10 +1,11 @@
 """``nla plan``'s memory estimate against the measured peak of short real runs on this machine.
 
     python tools/bench/plan_memory.py [--sft configs/quickstart/sft.yaml] [--grpo configs/quickstart/grpo.yaml]
-                                      [--sft-steps 4] [--out DIR] [--overrides KEY=VALUE ...]
+                                      [--sft-steps 2] [--sft-export DIR] [--out DIR] [--overrides KEY=VALUE ...]
 
-Runs a few SFT steps of the SFT config (its export going to a scratch directory), then one GRPO step
-of the GRPO config from that export, each as its own process (``nla fit``), and reads each process's
+Runs a few SFT steps of the SFT config (its export going to a scratch directory), then two GRPO steps
+of the GRPO config from that export (AdamW allocates its moments at the first step, so the second
+is the steady-state peak), each as its own process (``nla fit``), and reads each process's
 peak resident memory (``ru_maxrss`` of the finished child) -- on a CPU the plan's "memory per
 device" is host memory. ``nla plan`` is run on the same configs and overrides, and the table
 prints both and the relative error. The caches the configs name are built by the SFT run when
@@ -69,23 +70,26 @@ def main() -> None:
     parser.add_argument("--grpo", default="configs/quickstart/grpo.yaml", help="'' to measure SFT only")
     parser.add_argument("--sft-steps", type=int, default=2, help="optimizer steps (one micro-batch each: "
                         "accumulation does not change the peak, the gradient buffers are the same)")
+    parser.add_argument("--sft-export", default=None, help="measure GRPO only, from this existing SFT export")
     parser.add_argument("--out", default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--overrides", nargs="*", default=[], help="dotted KEY=VALUE applied to both configs")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="nla-plan-memory-"))
     out.mkdir(parents=True, exist_ok=True)
-    export = out / "sft-export"
+    export = Path(args.sft_export) if args.sft_export else out / "sft-export"
     common = [f"trainer.default_root_dir={out}", "trainer.logger=false", "trainer.enable_checkpointing=false",
               "trainer.callbacks=null", "trainer.enable_progress_bar=false", *args.overrides]
     sft_overrides = [*common, f"trainer.max_steps={args.sft_steps}", "trainer.accumulate_grad_batches=1",
                      "trainer.limit_val_batches=0",
                      "model.init_args.sample_every_n_steps=0", f"model.init_args.export_dir={export}"]
-    grpo_overrides = [*common, "trainer.max_steps=1", f"model.init_args.sft_export={export}",
+    # Two steps: AdamW allocates its moments at the first step, after that step's activations are gone.
+    grpo_overrides = [*common, "trainer.max_steps=2", f"model.init_args.sft_export={export}",
                       "model.init_args.export_dir=null", "model.init_args.final_export_dir=null",
                       "model.init_args.eval_every_n_steps=1000", "model.init_args.samples_every_n_steps=1000"]
     print("| stage | config | nla plan (GiB) | measured peak RSS (GiB) | plan error |")
     print("|---|---|---|---|---|", flush=True)
-    stages = [("SFT", args.sft, sft_overrides)] + ([("GRPO", args.grpo, grpo_overrides)] if args.grpo else [])
+    stages = ([] if args.sft_export else [("SFT", args.sft, sft_overrides)]) + (
+        [("GRPO", args.grpo, grpo_overrides)] if args.grpo else [])
     for stage, config, overrides in stages:
         path = with_overrides(config, overrides, out, f"{stage.lower()}.yaml")
         measured, status, tail = peak_rss_gib([sys.executable, "-m", "nla", "fit", "--config", path])
