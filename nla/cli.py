@@ -34,7 +34,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("nla.evaluation.command:evaluate", "the paper's checks of a pair on held-out data, with intervals"),
     "steer": ("nla.steering.command:steer", "edit an explanation, patch its reconstruction into the target, compare"),
     "quickstart": ("nla.quickstart:quickstart", "the whole pipeline on CPU: cache, SFT, GRPO, held-out FVE table"),
+    "import": ("nla.data.reference_format.command:import_datasets",
+               "convert reference-format parquet datasets (.nla_meta.yaml) into an activation cache"),
+    "plan": ("nla.plan.command:plan", "parameters, memory per GPU and time per step of a config, before any download"),
 }
+# Subcommands whose --config names the config they examine, not a file of their own options.
+CONFIG_IS_INPUT = {"plan"}
 
 
 def one_line(message: str) -> str:
@@ -106,10 +111,12 @@ def run_function(name: str, argv: list[str]) -> None:
         exit_on_error=False,
         allow_abbrev=False,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
+    if name not in CONFIG_IS_INPUT:
+        parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
     parser.add_function_arguments(function, as_group=False)
     config = parser.parse_args(argv)
-    config.pop("config", None)
+    if name not in CONFIG_IS_INPUT:
+        config.pop("config", None)
     try:
         instantiated = parser.instantiate_classes(config)
     except ValueError as error:

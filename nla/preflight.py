@@ -33,7 +33,8 @@ import torch
 from nla.data.cache_format import META
 from nla.data.cache_plan import CacheArgs
 from nla.data.cache_writer import vector_bytes
-from nla.data.corpus import AUSTEN, CorpusArgs, _looks_local
+from nla.data.corpora import NAMED_CORPORA
+from nla.data.corpus import CorpusArgs, _looks_local
 from nla.data.summaries import summaries_directory, summary_file
 from nla.data.teachers.base import DEFAULT_BASE_URLS, TeacherArgs, api_key_env_name
 from nla.errors import ConfigError, NLAError, field_scope
@@ -63,7 +64,7 @@ def _model_config(model: BackboneArgs, key: str):
 
 
 def check_corpus(corpus: CorpusArgs, key: str) -> None:
-    if corpus.path != AUSTEN and _looks_local(corpus.path) and not Path(corpus.path).expanduser().exists():
+    if corpus.path not in NAMED_CORPORA and _looks_local(corpus.path) and not Path(corpus.path).expanduser().exists():
         raise ConfigError(f"{key}.path", f"{corpus.path!r} does not exist; check the path")
 
 
@@ -273,7 +274,8 @@ def check_val_check_interval(trainer, batches: int, batch_size: int) -> None:
     interval, every_epoch = trainer.val_check_interval, trainer.check_val_every_n_epoch
     limit = trainer.limit_train_batches
     batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-    if isinstance(interval, int) and every_epoch is not None and interval > batches:
+    # As Lightning: no validation (limit_val_batches 0) means no interval to check.
+    if isinstance(interval, int) and every_epoch is not None and trainer.limit_val_batches and interval > batches:
         raise ConfigError("trainer.val_check_interval", f"is {interval} training batches but an epoch has {batches} "
                           f"(data.batch_size {batch_size}); lower it, or set trainer.check_val_every_n_epoch: null "
                           "to count batches across epochs")

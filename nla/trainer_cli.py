@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from nla.config_errors import lift_config_error
 from nla.preflight import preflight_fit
+from nla.progress_bar import StepProgressBar
 from nla.resume import resolve_ckpt_path
 
 # Parser errors must reach nla.cli as exceptions so they print as one line with exit status 2.
@@ -49,3 +51,12 @@ class NLALightningCLI(LightningCLI):
         ckpt_path = resolve_ckpt_path(self.trainer, ckpt_path)
         preflight_fit(self.trainer, model, kwargs.get("datamodule"))
         self.trainer.fit(model, ckpt_path=ckpt_path, **kwargs)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
+        # A bar of optimizer steps for step-bounded runs, unless the config picks its own or none.
+        configured = config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        named = [c for c in [*callbacks, *configured] if isinstance(c, ProgressBar)]
+        if config.get("enable_progress_bar", True) is not False and not named:
+            callbacks = [*callbacks, StepProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)

@@ -1,4 +1,4 @@
-"""Where the documents come from: a hub dataset, local files, a saved dataset, or the Austen novels.
+"""Where the documents come from: a hub dataset, local files, a saved dataset, or a named corpus.
 
 Document ids are what positions and splits hash, so they are chosen to survive re-reading: the
 ``id_column`` when given; for a directory of .txt files the file's path relative to that directory
@@ -13,17 +13,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nla.data.austen import AUSTEN, austen_documents
+from nla.data.corpora import NAMED_CORPORA
 from nla.data.document import Document
 from nla.data.tokens import TokenizedDocument, TokenizedDocuments, TokenizeReport, tokenize_documents
 from nla.errors import ConfigError
 
 # The input side of the cache is used through this module; the pieces live in small modules.
 __all__ = [
-    "AUSTEN", "BUILDERS", "Corpus", "CorpusArgs", "Document", "TokenizeReport", "TokenizedDocument",
-    "TokenizedDocuments", "austen_documents", "corpus_fingerprint", "load_corpus", "tokenize_documents",
+    "BUILDERS", "NAMED_CORPORA", "SELECTIONS", "Corpus", "CorpusArgs", "Document", "TokenizeReport",
+    "TokenizedDocument", "TokenizedDocuments", "corpus_fingerprint", "load_corpus", "tokenize_documents",
 ]
 
+SELECTIONS = ("first", "spread")
 BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 # Bump when the fingerprint's inputs or their encoding change, so old caches stop matching.
 FINGERPRINT_VERSION = 1
@@ -33,9 +34,11 @@ FINGERPRINT_VERSION = 1
 class CorpusArgs:
     path: str
     """A hub dataset id, a local file or directory of .txt/.jsonl/.json/.parquet/.csv files, a
-    directory written by ``Dataset.save_to_disk``, or ``austen`` for the Jane Austen novels of the
-    Debian package r-cran-janeaustenr. A single .txt file gives one document per blank-line separated
-    paragraph; a directory of .txt files gives one document per file."""
+    directory written by ``Dataset.save_to_disk``, or a named public-domain corpus: ``austen`` (Jane
+    Austen's six novels, Debian package r-cran-janeaustenr) or ``bible`` (the World English Bible,
+    sword-text-web), used where installed, else fetched once into ``$NLA_CACHE_DIR/debian``. A single
+    .txt file gives one document per blank-line separated paragraph; a directory of .txt files gives
+    one document per file."""
     name: str | None = None
     """Configuration name of a hub dataset."""
     split: str = "train"
@@ -45,7 +48,12 @@ class CorpusArgs:
     streaming: bool = False
     """Read rows lazily instead of materialising the dataset first; yields the same documents."""
     max_documents: int | None = None
-    """Stop after this many documents (in reading order); None reads them all."""
+    """Keep this many documents, chosen by ``selection``; None reads them all."""
+    selection: str = "first"
+    """How ``max_documents`` chooses: ``first`` (the first ones in reading order) or ``spread`` (evenly
+    spaced over the whole corpus: of N documents, those at index floor((i + 1/2) N / max_documents),
+    so a capped corpus still covers every book of a named corpus; deterministic; reads the corpus once
+    more to count it, and not with ``streaming``)."""
     max_length: int = 4096
     """Tokens kept per document, special tokens included; longer documents are cut and counted."""
     min_position: int = 50
@@ -53,11 +61,11 @@ class CorpusArgs:
     id_column: str | None = None
     """Column holding unique document ids; None uses the rules in this module's docstring."""
     chunk_words: int = 500
-    """For ``path: austen`` only: words per document, split at paragraph boundaries."""
+    """For a named corpus (``austen``, ``bible``) only: words per document, split at paragraph boundaries."""
 
     def __post_init__(self) -> None:
         if not self.path:
-            raise ConfigError("corpus.path", "is empty; give a dataset id, a local path or 'austen'")
+            raise ConfigError("corpus.path", f"is empty; give a dataset id, a local path or one of {', '.join(NAMED_CORPORA)}")
         if self.max_documents is not None and self.max_documents < 1:
             raise ConfigError("corpus.max_documents", f"must be at least 1 or null, got {self.max_documents}")
         if self.min_position < 0:
@@ -69,12 +77,17 @@ class CorpusArgs:
             )
         if self.chunk_words < 1:
             raise ConfigError("corpus.chunk_words", f"must be at least 1, got {self.chunk_words}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError("corpus.selection", f"must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.selection == "spread" and self.streaming:
+            raise ConfigError("corpus.selection", "spread needs the corpus's length; use first with streaming")
 
 
 class Corpus:
     """Re-iterable documents; every pass reads the source again, and a streamed source streams again.
 
-    Iteration stops at ``max_documents``, rejects duplicate ids and raises if nothing was read.
+    Iteration keeps ``max_documents`` (per ``selection``), rejects duplicate ids and raises if nothing
+    was read.
     """
 
     def __init__(self, source: Callable[[], Iterable[Document]], args: CorpusArgs) -> None:
@@ -83,9 +96,15 @@ class Corpus:
 
     def __iter__(self) -> Iterator[Document]:
         seen: set[str] = set()
-        for doc in self._source():
-            if self.args.max_documents is not None and len(seen) >= self.args.max_documents:
+        limit, chosen = self.args.max_documents, None
+        if limit is not None and self.args.selection == "spread":
+            total = sum(1 for _ in self._source())
+            chosen = spread_indices(total, limit)
+        for index, doc in enumerate(self._source()):
+            if limit is not None and len(seen) >= limit:
                 return
+            if chosen is not None and index not in chosen:
+                continue
             if doc.doc_id in seen:
                 raise ConfigError("corpus.id_column", f"document id {doc.doc_id!r} appears twice; ids must be unique")
             seen.add(doc.doc_id)
@@ -94,10 +113,17 @@ class Corpus:
             raise ConfigError("corpus.path", f"{self.args.path!r} holds no documents (empty corpus)")
 
 
+def spread_indices(total: int, count: int) -> set[int]:
+    """``count`` indices evenly spaced over ``range(total)`` (all of them when ``count >= total``)."""
+    if count >= total:
+        return set(range(total))
+    return {(2 * i + 1) * total // (2 * count) for i in range(count)}
+
+
 def load_corpus(args: CorpusArgs) -> Corpus:
     """Open the source named by ``args`` and check its columns now; documents are read on iteration."""
-    if args.path == AUSTEN:
-        documents = austen_documents(args.chunk_words)
+    if args.path in NAMED_CORPORA:
+        documents = NAMED_CORPORA[args.path](args.chunk_words)
         return Corpus(lambda: documents, args)
     dataset, file_ids = _open_dataset(args)
     if dataset.column_names is not None:
@@ -112,7 +138,7 @@ def corpus_fingerprint(
     """A 16-hex-digit hash of everything that decides the tokenized data.
 
     In: every document's id and text, in reading order (this covers path, name, split, columns,
-    max_documents and chunk_words by their effect, so moving a directory does not invalidate a cache
+    max_documents, selection and chunk_words by their effect, so moving a directory does not invalidate a cache
     while editing one document does); ``max_length`` and ``min_position``; the tokenizer string the
     caller passes; a format version. Out: ``streaming`` (same documents either way). ``documents``
     lets a caller hash the documents it is already iterating instead of reading the corpus again.

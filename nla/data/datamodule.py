@@ -29,6 +29,7 @@ from nla.data.cache_format import META
 from nla.data.cache_plan import CacheArgs
 from nla.data.cache_writer import build_cache
 from nla.data.corpus import CorpusArgs
+from nla.data.reference_format.convert import IMPORTED_SUMMARIES
 from nla.data.datasets import CacheRows, Collator, EpochSampler, ResumableLoader
 from nla.padding import pad_token_id
 from nla.data.splits import SplitArgs, spread_over_documents
@@ -151,9 +152,23 @@ class NLADataModule(LightningDataModule):
         )
 
     def cache_ready(self) -> bool:
-        """Whether a finished cache of this configuration is on disk (``prepare_data`` then reuses it)."""
+        """Whether a finished cache of this configuration is on disk (``prepare_data`` then reuses it).
+        A cache written by ``nla import`` is used whatever the corpus settings, for the model and layer
+        it was imported for only (it cannot be rebuilt from a corpus)."""
         meta_path = Path(self.cache_args.directory) / META
-        return meta_path.is_file() and self._cache_is_current(json.loads(meta_path.read_text()))
+        if not meta_path.is_file():
+            return False
+        meta = json.loads(meta_path.read_text())
+        if "imported" in meta:
+            with field_scope("model"):
+                layer = self._layer(load_config(self.model_args))
+            recorded = meta["model"].get("name_or_path")
+            if recorded != self.model_args.name_or_path or meta["layer"] != layer:
+                raise ConfigError("data.cache.directory", f"{meta_path.parent} was imported for {recorded!r} at "
+                                  f"layer {meta['layer']}, not {self.model_args.name_or_path!r} at layer {layer}; "
+                                  "point data.model and data.cache.layer at those, or import again")
+            return True
+        return self._cache_is_current(meta)
 
     def prepare_data(self) -> None:
         """Build the cache if it is missing or from another configuration, then write the teacher
@@ -163,9 +178,11 @@ class NLADataModule(LightningDataModule):
         if self.cache_args.repair or not self.cache_ready():
             with field_scope("data"):
                 build_cache(self.model_args, self.corpus_args, self.cache_args, self.split_args, rank=0, world_size=1)
+        cache = self._validated(ActivationCache(directory, field="data.cache.directory"))
+        if "imported" in cache.meta:
+            return  # its summaries came with the datasets (nla import)
         with field_scope("model"):
             tokenizer = load_tokenizer(self.model_args)
-        cache = self._validated(ActivationCache(directory, field="data.cache.directory"))
         write_summaries(cache, tokenizer, self.teacher_args, self.summaries_root, self.text_splits, self.progress)
 
     def setup(self, stage: str | None = None) -> None:
@@ -177,7 +194,8 @@ class NLADataModule(LightningDataModule):
         self.cache = self._validated(ActivationCache(self.cache_args.directory, expect_d=adapters.hidden_size(config),
                                                      expect_layer=self._layer(config), field="data.cache.directory"))
         self.prompts = Prompts.build(self.tokenizer, self.prompt_args)
-        directory = summaries_directory(self.summaries_root, self.teacher_args, self.cache)
+        directory = (Path(self.cache.directory) / "summaries" / IMPORTED_SUMMARIES if "imported" in self.cache.meta
+                     else summaries_directory(self.summaries_root, self.teacher_args, self.cache))
         for split in self.text_splits:
             features = read_summaries(summary_file(directory, split))
             indices = self.cache.split_indices(split)

@@ -1,4 +1,4 @@
-"""Corpus readers, tokenization with its report, fingerprints and the Austen loader.
+"""Corpus readers, tokenization with its report, fingerprints and the document selection.
 
 All prose here is written for these tests.
 """
@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import zlib
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 
-from nla.data.austen import DATA_DIR, austen_documents, read_novels
 from nla.data.corpus import CorpusArgs, Document, corpus_fingerprint, load_corpus, tokenize_documents
 from nla.errors import ConfigError
 
@@ -95,6 +93,20 @@ def test_id_column_and_max_documents(tmp_path):
         corpus = load_corpus(CorpusArgs(path=str(path), id_column="serial", max_documents=3, streaming=streaming))
         assert [doc.doc_id for doc in corpus] == ["n0", "n1", "n2"]
         assert [doc.doc_id for doc in corpus] == ["n0", "n1", "n2"], "a second pass reads the same documents"
+
+
+def test_spread_selection_takes_evenly_spaced_documents_from_the_whole_corpus(tmp_path):
+    path, _ = write_source("jsonl", tmp_path, make_texts(12))
+    corpus = load_corpus(CorpusArgs(path=str(path), id_column="serial", max_documents=4, selection="spread"))
+    # 12 documents, 4 kept: indices (2i + 1) * 12 // 8 = 1, 4, 7, 10 -- one from each quarter.
+    assert [doc.doc_id for doc in corpus] == ["n1", "n4", "n7", "n10"]
+    assert [doc.doc_id for doc in corpus] == ["n1", "n4", "n7", "n10"], "a second pass reads the same documents"
+    everything = load_corpus(CorpusArgs(path=str(path), id_column="serial", max_documents=50, selection="spread"))
+    assert len(list(everything)) == 12
+    with pytest.raises(ConfigError, match="corpus.selection"):
+        CorpusArgs(path=str(path), max_documents=4, selection="spread", streaming=True)
+    with pytest.raises(ConfigError, match="corpus.selection"):
+        CorpusArgs(path=str(path), selection="middle")
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -207,63 +219,3 @@ def test_fingerprint_tracks_content_and_settings_not_location(tmp_path):
     (tmp_path / "edited").mkdir()
     changed, _ = write_source("jsonl", tmp_path / "edited", edited)
     assert base != corpus_fingerprint(CorpusArgs(path=str(changed)), "tok-a")
-
-
-def write_fake_austen(directory: Path, layout: str) -> dict[str, list[str]]:
-    """Our own two 'novels' in the package's R layouts, to test the reader without the package."""
-    import rdata
-
-    novels = {
-        "harbour": ["HARBOUR", "", "The ferry waits", "by the wall.", "", "", "Rings are counted.", ""],
-        "lamps": ["One lamp.", "", "Two lamps", "and a third.", "", "Four."],
-    }
-    directory.mkdir()
-    arrays = {name: np.array(lines) for name, lines in novels.items()}
-    if layout == "rda":
-        for name, array in arrays.items():
-            rdata.write_rda(directory / f"{name}.rda", {name: array})
-        return novels
-    blob, index = b"", {}
-    for name, array in arrays.items():
-        rdata.write_rds(directory / "tmp.rds", array, compression=None)
-        raw = (directory / "tmp.rds").read_bytes()
-        record = len(raw).to_bytes(4, "big") + zlib.compress(raw)
-        index[name] = np.array([len(blob), len(record)], dtype=np.int32)
-        blob += record
-    (directory / "tmp.rds").unlink()
-    (directory / "Rdata.rdb").write_bytes(blob)
-    rdata.write_rds(directory / "Rdata.rdx", {"variables": index, "references": {}, "compressed": np.array([True])})
-    return novels
-
-
-@pytest.mark.parametrize("layout", ["lazyload", "rda"])
-def test_austen_reader_handles_both_r_layouts(tmp_path, layout):
-    pytest.importorskip("rdata", reason="rdata (pip install rdata) reads the R files")
-    novels = write_fake_austen(tmp_path / "data", layout)
-    assert read_novels(tmp_path / "data") == novels
-    documents = austen_documents(chunk_words=3, data_dir=tmp_path / "data")
-    assert [(d.doc_id, d.text) for d in documents] == [
-        ("austen/harbour/0000", "HARBOUR\n\nThe ferry waits by the wall."),
-        ("austen/harbour/0001", "Rings are counted."),
-        ("austen/lamps/0000", "One lamp.\n\nTwo lamps and a third."),
-        ("austen/lamps/0001", "Four."),
-    ]
-
-
-def test_austen_missing_package_says_how_to_install(tmp_path):
-    pytest.importorskip("rdata", reason="rdata (pip install rdata) reads the R files")
-    with pytest.raises(ConfigError, match="apt-get install r-cran-janeaustenr"):
-        austen_documents(data_dir=tmp_path / "absent")
-
-
-@pytest.mark.skipif(not (DATA_DIR / "Rdata.rdx").is_file(), reason="Debian package r-cran-janeaustenr is not installed")
-def test_austen_corpus_from_the_debian_package():
-    pytest.importorskip("rdata", reason="rdata (pip install rdata) reads the R files")
-    documents = list(load_corpus(CorpusArgs(path="austen", chunk_words=400)))
-    novels = {doc.doc_id.split("/")[1] for doc in documents}
-    assert novels == {"emma", "mansfieldpark", "northangerabbey", "persuasion", "prideprejudice", "sensesensibility"}
-    assert len(documents) > 1000
-    words = np.array([len(doc.text.split()) for doc in documents])
-    assert np.median(words) >= 400 and np.median(words) < 800
-    capped = list(load_corpus(CorpusArgs(path="austen", max_documents=5)))
-    assert [d.doc_id for d in capped] == [f"austen/emma/{i:04d}" for i in range(5)]

@@ -1,5 +1,7 @@
 """Jane Austen's six novels (public domain) from the Debian package r-cran-janeaustenr, read without R.
 
+The package is used where it is installed, else fetched into nla's cache (``nla.data.corpora.debian``).
+
 The package installs its data as an R lazy-load database: ``Rdata.rdx`` (a gzip-serialized index of
 name -> (offset, length)) and ``Rdata.rdb`` (the objects, each a 4-byte big-endian length followed by
 a zlib-compressed serialization). ``rdata`` reads the index directly and parses each inflated object.
@@ -14,40 +16,32 @@ from pathlib import Path
 
 import numpy as np
 
+from nla.data.corpora.chunks import chunk_paragraphs
+from nla.data.corpora.debian import DebianPackage, package_data
 from nla.data.document import Document
 from nla.errors import ConfigError
 
-AUSTEN = "austen"
-DATA_DIR = Path("/usr/lib/R/site-library/janeaustenr/data")
-INSTALL = "install it with `apt-get install r-cran-janeaustenr`"
+PACKAGE = DebianPackage(
+    name="r-cran-janeaustenr",
+    version="1.0.0-1",
+    pool_path="pool/main/r/r-cran-janeaustenr/r-cran-janeaustenr_1.0.0-1_all.deb",
+    sha256="df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95",
+    data_dir="usr/lib/R/site-library/janeaustenr/data",
+)
 
 
-def austen_documents(chunk_words: int = 500, data_dir: Path | str = DATA_DIR) -> list[Document]:
-    """The novels cut into documents of about ``chunk_words`` words, only ever between paragraphs.
-
-    A document closes at the first paragraph boundary at or past ``chunk_words`` words, so documents
-    are at least that long except a novel's last; a single longer paragraph stays whole. Paragraph
-    lines are joined by spaces and paragraphs by a blank line. Ids are ``austen/<novel>/<index>``.
-    """
+def austen_documents(chunk_words: int = 500, data_dir: Path | str | None = None) -> list[Document]:
+    """The novels cut into documents of about ``chunk_words`` words (``chunks.chunk_paragraphs``).
+    Paragraph lines are joined by spaces. Ids are ``austen/<novel>/<index>``; ``data_dir`` defaults to
+    the package's data (installed, cached or fetched)."""
     if chunk_words < 1:
         raise ConfigError("corpus.chunk_words", f"must be at least 1, got {chunk_words}")
-    documents = []
-    for name, lines in sorted(read_novels(data_dir).items()):
-        first = len(documents)
-        chunk: list[str] = []
-        words = 0
-        for paragraph in _paragraphs(lines):
-            chunk.append(paragraph)
-            words += len(paragraph.split())
-            if words >= chunk_words:
-                documents.append(Document(f"austen/{name}/{len(documents) - first:04d}", "\n\n".join(chunk)))
-                chunk, words = [], 0
-        if chunk:
-            documents.append(Document(f"austen/{name}/{len(documents) - first:04d}", "\n\n".join(chunk)))
-    return documents
+    novels = read_novels(package_data(PACKAGE) if data_dir is None else data_dir)
+    return [doc for name, lines in sorted(novels.items())
+            for doc in chunk_paragraphs(f"austen/{name}", _paragraphs(lines), chunk_words)]
 
 
-def read_novels(data_dir: Path | str = DATA_DIR) -> dict[str, list[str]]:
+def read_novels(data_dir: Path | str) -> dict[str, list[str]]:
     """Every character vector in the package's data, by R object name (``emma``, ``persuasion``, ...)."""
     data_dir = Path(data_dir)
     try:
@@ -66,7 +60,8 @@ def read_novels(data_dir: Path | str = DATA_DIR) -> dict[str, list[str]]:
         if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind == "U"
     }
     if not novels:
-        raise ConfigError("corpus.path", f"no Jane Austen novels found in {data_dir}; {INSTALL}")
+        raise ConfigError("corpus.path", f"no Jane Austen novels found in {data_dir}; delete it so that it is "
+                          f"fetched again, or install {PACKAGE.name}")
     return novels
 
 
@@ -83,7 +78,7 @@ def _read_lazyload(rdata, data_dir: Path) -> dict[str, object]:
         record = blob[int(offset) : int(offset) + int(length)]
         raw = zlib.decompress(record[4:])
         if len(raw) != int.from_bytes(record[:4], "big"):
-            damaged = f"{data_dir / 'Rdata.rdb'} is damaged at {name!r}; reinstall r-cran-janeaustenr"
+            damaged = f"{data_dir / 'Rdata.rdb'} is damaged at {name!r}; delete it so that it is fetched again"
             raise ConfigError("corpus.path", damaged)
         objects[str(name)] = rdata.conversion.convert(rdata.parser.parse_data(raw, extension=".rds"))
     return objects
