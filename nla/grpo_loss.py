@@ -162,6 +162,31 @@ def penalized_rewards(mse: Tensor, valid: Tensor, kind: str = "neg_mse") -> Tens
     return torch.where(valid, -mse.clamp_min(floor).log(), -math.log(ORTHOGONAL_MSE))
 
 
+def overlong_penalty(lengths: Tensor, cap: int, buffer: int, weight: float) -> Tensor:
+    """A cap-aware length penalty per answer (DAPO's soft overlong punishment): 0 up to ``cap -
+    buffer`` tokens, then rising linearly to ``weight`` at the cap; all zeros when ``buffer`` is 0.
+
+    Subtracted from every answer's reward, it makes an answer that runs to the cap the worst of its
+    group even when its explanation would have scored well, and pushes lengths away from the cap
+    before answers start to be cut by it.
+    """
+    if buffer <= 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    if buffer > cap:
+        raise ValueError(f"buffer: must be at most the cap {cap}, got {buffer}")
+    excess = (lengths.float() - (cap - buffer)).clamp(0, buffer)
+    return weight * excess / buffer
+
+
+def uniform_group_advantages(rewards: Tensor, advantages: Tensor, eps: float = 1e-6) -> Tensor:
+    """``advantages [B, G]`` where each group whose rewards are all equal (every answer failed, say)
+    gets ``(r - mean_batch) / (std_batch + eps)`` instead of the zero a per-group baseline gives it:
+    such a group is then pushed down (or up) against the other groups of the batch."""
+    uniform = (rewards.amax(dim=-1) == rewards.amin(dim=-1))[:, None]
+    against_batch = (rewards - rewards.mean()) / (rewards.std(correction=0) + eps)
+    return torch.where(uniform, against_batch, advantages)
+
+
 def fraction_zero_spread(rewards: Tensor) -> Tensor:
     """Fraction of groups in ``rewards [B, G]`` whose rewards are all equal (zero advantage, no signal)."""
     spread = rewards.amax(dim=-1) - rewards.amin(dim=-1)

@@ -245,15 +245,16 @@ FIGURES = {
 
 
 def figure(name: str, *, fve: float, mse: float, rows: int, documents: int | None, variance: float | None,
-           step: int, **settings) -> dict:
+           step: int, split: str = "validation", **settings) -> dict:
     """One entry of ``training.figures``: the value, what it measures, on which rows (the first
-    ``rows`` rows of the held-out split, in split order), with which baseline, at which step, and
-    the settings that reproduce it (for a round trip: ``max_new_tokens``, ``decoding``,
-    ``valid_rate``); no interval unless one is given."""
+    ``rows`` rows of ``split``, the held-out half training evaluates on, in the order of
+    ``nla.data.splits.evaluation_order``), with which baseline, at which step, and the settings that
+    reproduce it (for a round trip: ``max_new_tokens``, ``decoding``, ``valid_rate``); no interval
+    unless one is given."""
     if name not in FIGURES:
         raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
-    return {"what": FIGURES[name], "fve": float(fve), "mse": float(mse), "split": "heldout",
-            "rows": int(rows), "rows_order": "the first rows of the split, in split order",
+    return {"what": FIGURES[name], "fve": float(fve), "mse": float(mse), "split": split,
+            "rows": int(rows), "rows_order": "the first rows of the split in nla.data.splits.evaluation_order",
             "documents": None if documents is None else int(documents),
             "variance": None if variance is None else float(variance), "baseline": "rawvar of the held-out split",
             "step": int(step), "interval": None, **settings}

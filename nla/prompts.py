@@ -90,6 +90,16 @@ def parse_explanation(text: str) -> str | None:
     return None if match is None else match.group(1)
 
 
+def partial_explanation(text: str) -> str | None:
+    """What an answer cut before its closing tag wrote after the opening tag, stripped; None when it
+    never opened the tag or wrote nothing after it."""
+    opened = text.find(OPEN)
+    if opened < 0:
+        return None
+    partial = text[opened + len(OPEN):].strip()
+    return partial or None
+
+
 def turn_closing(tokenizer) -> str:
     """What the chat template writes after an assistant message's content, up to its last non-space
     character (``<|im_end|>`` for ChatML, ``<|eot_id|>`` for Llama 3, ``<end_of_turn>`` for Gemma).

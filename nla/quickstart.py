@@ -21,9 +21,10 @@ from pathlib import Path
 
 from lightning.pytorch import seed_everything
 
+from nla.data.splits import HELDOUT_PARTS
 from nla.errors import ConfigError
 from nla.preflight import preflight_fit
-from nla.quickstart_report import comparison_rows, print_report
+from nla.quickstart_report import Comparison, comparison_rows, print_report
 
 EXAMPLES = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.",
@@ -66,7 +67,11 @@ def quickstart(
     examples: list[str] | None = None,
     seed: int = 0,
     skip_training: bool = False,
-) -> None:
+    training_seed: int = 0,
+    grpo_overrides: list[str] | None = None,
+    reuse_sft: bool = False,
+    eval_split: str = "test",
+) -> Comparison:
     """Run the whole NLA pipeline on CPU: cache -> teacher summaries -> SFT -> GRPO -> held-out
     comparison -> example explanations, then print the FVE table, wall time per stage and where the
     logs and exports are.
@@ -76,22 +81,34 @@ def quickstart(
         grpo_config: Fit config of the GRPO stage; its ``sft_export`` must be the SFT stage's export
             and its ``final_export_dir`` set (the pair the table compares).
         overrides: Dotted overrides applied to BOTH fit configs, e.g. ``["--data.init_args.cache.directory=X"]``.
-        eval_rows: Held-out rows of the comparison (the first ones of the held-out split, in order).
+        eval_rows: Held-out rows of the comparison: the first ones of the held-out split's ``test`` half
+            (``nla.data.splits.HELDOUT_PARTS``), which no training choice saw, in evaluation order.
         resamples: Bootstrap draws (over documents) for the 95% intervals.
         examples: Texts to explain at the end (their last 3 tokens are printed; every token of the first
-            goes into an explorer page beside the GRPO export); default two sentences of our own.
+            goes into an explorer page beside the GRPO export); default two sentences of our own; an
+            empty list skips the stage.
         seed: Seed of the bootstrap and of the shuffled control.
         skip_training: Compare and explain the exports a previous run left (e.g. with more
             ``eval_rows``) instead of training again.
+        training_seed: Seed of both trainings: ``seed_everything``, the data order (``data.seed``)
+            and GRPO's rollout sampling (``model.seed``); the cache and its splits do not depend on it.
+        grpo_overrides: Dotted overrides of the GRPO config only (``--model.init_args.kl_coef=0.05``).
+        reuse_sft: Train only GRPO, from the SFT export a previous run left (ablations of the GRPO stage).
+        eval_split: The held-out half the table reads: ``test`` (what a run reports) or ``validation``
+            (what settings are chosen on, e.g. between ablations).
     """
-    overrides = list(overrides or [])
+    if eval_split not in HELDOUT_PARTS:
+        raise ConfigError("eval_split", f"must be one of {', '.join(HELDOUT_PARTS)}, got {eval_split!r}")
+    seeds = [f"--seed_everything={training_seed}", f"--data.init_args.seed={training_seed}"]
+    overrides = [*seeds, *(overrides or [])]
     if eval_rows < 2:
         raise ConfigError("eval_rows", f"is {eval_rows}; the comparison needs at least 2 held-out rows")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
     # Both configs are read and checked before anything runs, so a mistake in the second costs no training.
-    sft, grpo = _cli(sft_config, overrides), _cli(grpo_config, overrides)
+    sft = _cli(sft_config, overrides)
+    grpo = _cli(grpo_config, [*overrides, f"--model.init_args.seed={training_seed}", *(grpo_overrides or [])])
     sft_export, hp = sft.model.hparams.get("export_dir"), grpo.model.hparams
     if not sft_export:
         raise ConfigError("model.init_args.export_dir", f"is unset in {sft_config}; the quickstart needs the SFT export")
@@ -109,13 +126,16 @@ def quickstart(
     sft.datamodule.prepare_data()
     seconds["cache + summaries" + (" (reused)" if reused else "")] = time.perf_counter() - clock
 
+    kept = [sft_export, hp["final_export_dir"]] if skip_training else [sft_export] if reuse_sft else []
+    for export in kept:
+        if not (Path(export) / "av").is_dir() or not (Path(export) / "ar").is_dir():
+            key = "skip_training" if skip_training else "reuse_sft"
+            raise ConfigError(key, f"{export} holds no av/ and ar/; run the quickstart once without it")
     if skip_training:
-        for export in (sft_export, hp["final_export_dir"]):
-            if not (Path(export) / "av").is_dir() or not (Path(export) / "ar").is_dir():
-                raise ConfigError("skip_training", f"{export} holds no av/ and ar/; run the quickstart once without it")
         grpo.datamodule.setup("validate")
     else:
-        for name, cli, config in (("SFT", sft, sft_config), ("GRPO", grpo, grpo_config)):
+        stages = (("SFT", sft, sft_config), ("GRPO", grpo, grpo_config))
+        for name, cli, config in stages[1:] if reuse_sft else stages:
             _stage(f"{name} ({config})")
             _fresh_logs(cli.trainer)
             # As `nla fit` would: the config's seed right before its fit.
@@ -127,18 +147,22 @@ def quickstart(
     _stage("held-out comparison")
     clock = time.perf_counter()
     rows = comparison_rows(grpo.datamodule, sft_export, hp["final_export_dir"], hp["max_new_tokens"],
-                           hp["micro_batch_size"], eval_rows, resamples, seed)
+                           hp["micro_batch_size"], eval_rows, resamples, seed, eval_split)
     seconds["held-out evaluation"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    _stage("example explanations")
+    examples = list(EXAMPLES) if examples is None else examples
     page = Path(hp["final_export_dir"]).parent / "explorer.html"
-    explained = _explain_examples(hp["final_export_dir"], examples or list(EXAMPLES), hp["max_new_tokens"], page)
-    seconds["examples"] = time.perf_counter() - clock
+    explained = []
+    if examples:
+        clock = time.perf_counter()
+        _stage("example explanations")
+        explained = _explain_examples(hp["final_export_dir"], examples, hp["max_new_tokens"], page)
+        seconds["examples"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - started
     logs = sorted({str(Path(cli.trainer.logger.save_dir)) for cli in (sft, grpo) if cli.trainer.logger is not None})
-    print_report(rows, seconds, explained, {"TensorBoard logs": ", ".join(logs), "SFT pair": sft_export,
-                                            "GRPO pair": hp["final_export_dir"], "explorer page": str(page)})
+    paths = {"TensorBoard logs": ", ".join(logs), "SFT pair": sft_export, "GRPO pair": hp["final_export_dir"]}
+    print_report(rows, seconds, explained, {**paths, **({"explorer page": str(page)} if examples else {})})
+    return rows
 
 
 def _explain_examples(export: str, texts: list[str], max_new_tokens: int, page: Path) -> list[str]:

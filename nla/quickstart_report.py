@@ -35,12 +35,15 @@ class Comparison:
     count: int
     documents: int
     variance: float
+    split: str = "test"
+    """The held-out half the rows come from."""
 
 
-def heldout_rows(datamodule, count: int) -> list[dict]:
-    """The first ``count`` held-out rows, in split order, as batches."""
+def heldout_rows(datamodule, count: int, split: str = "test") -> list[dict]:
+    """The first ``count`` rows of a held-out half (``test`` or ``validation``), in evaluation order,
+    as batches."""
     batches, taken = [], 0
-    for batch in datamodule.dataloader("heldout"):
+    for batch in datamodule.dataloader(split):
         keep = min(len(batch["vector"]), count - taken)
         batches.append({key: value[:keep] for key, value in batch.items()})
         taken += keep
@@ -66,9 +69,9 @@ def _pair_round_trip(name: str, directory: str, datamodule, batches, max_new_tok
 
 
 def comparison_rows(datamodule, sft_export: str, grpo_export: str, max_new_tokens: int, micro: int,
-                    eval_rows: int, resamples: int, seed: int) -> Comparison:
+                    eval_rows: int, resamples: int, seed: int, split: str = "test") -> Comparison:
     """Mean predictor, shuffled control, SFT pair and final GRPO pair on the same held-out rows."""
-    batches = heldout_rows(datamodule, eval_rows)
+    batches = heldout_rows(datamodule, eval_rows, split)
     vectors = torch.cat([batch["vector"] for batch in batches]).float()
     indices = torch.cat([batch["index"] for batch in batches]).tolist()
     documents = np.array([datamodule.cache.record(i)["doc_id"] for i in indices])
@@ -95,7 +98,26 @@ def comparison_rows(datamodule, sft_export: str, grpo_export: str, max_new_token
         Row("SFT - shuffled", difference_interval(mse["after SFT"], mse["shuffled (GRPO pair)"], variance, draws)),
         Row("GRPO - SFT", difference_interval(mse["after GRPO"], mse["after SFT"], variance, draws)),
     ]
-    return Comparison(rows, differences, len(vectors), len(set(documents.tolist())), variance)
+    return Comparison(rows, differences, len(vectors), len(set(documents.tolist())), variance, split)
+
+
+def valid_rate_warning(comparison: Comparison) -> str | None:
+    """A line when GRPO lowered the valid-answer rate: each unfinished answer then scores as an
+    orthogonal guess, which can outweigh more informative finished ones (the valid-only column
+    shows which of the two forces won)."""
+    rates = {row.name: row for row in comparison.rows}
+    sft, grpo = rates.get("after SFT"), rates.get("after GRPO")
+    if sft is None or grpo is None or sft.valid_rate is None or grpo.valid_rate is None:
+        return None
+    if grpo.valid_rate >= sft.valid_rate:
+        return None
+    return (f"GRPO lowered the valid-answer rate ({sft.valid_rate:.0%} -> {grpo.valid_rate:.0%}); every unfinished "
+            f"answer counts as orthogonal, so compare the valid-only FVE ({_signed(sft.valid_fve)} -> "
+            f"{_signed(grpo.valid_fve)}) to see which force won")
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
 
 
 def _minutes(seconds: float) -> str:
@@ -107,9 +129,11 @@ def print_report(comparison: Comparison, seconds: dict[str, float], examples: li
     print("\nExample explanations (final pair, last three tokens of each text):\n")
     for table in examples:
         print(table + "\n")
-    print(f"Held-out FVE: greedy AV -> AR on {comparison.count} rows from {comparison.documents} documents "
-          f"(baseline variance {comparison.variance:.4f}; 95% intervals resample documents; an answer that\n"
-          f"does not finish counts as an orthogonal prediction, MSE 2)\n")
+    half = ("test half, which no training choice saw" if comparison.split == "test"
+            else f"{comparison.split} half, which training evaluated on")
+    print(f"Held-out FVE: greedy AV -> AR on {comparison.count} rows from {comparison.documents} documents of the "
+          f"held-out {half}\n(baseline variance {comparison.variance:.4f}; 95% "
+          f"intervals resample documents; an answer that does not finish counts as an orthogonal prediction, MSE 2)\n")
     print(f"  {'predictor':<{width}}  {'FVE [95% interval]':<26}  valid answers  FVE on valid answers only")
     for row in comparison.rows:
         valid = "-" if row.valid_rate is None else f"{row.valid_rate:.0%}"
@@ -119,6 +143,9 @@ def print_report(comparison: Comparison, seconds: dict[str, float], examples: li
     for row in comparison.differences:
         verdict = "beyond noise" if row.fve.low > 0 or row.fve.high < 0 else "within noise"
         print(f"  {row.name:<{width}}  {str(row.fve):<26}  {verdict}")
+    warning = valid_rate_warning(comparison)
+    if warning:
+        print(f"\n  warning: {warning}")
     print("\nWall time per stage")
     for stage, value in seconds.items():
         print(f"  {stage:<28} {_minutes(value)}")

@@ -10,8 +10,10 @@ from nla.grpo_loss import (
     fraction_zero_spread,
     group_advantages,
     kl_penalty,
+    overlong_penalty,
     penalized_rewards,
     trim_at_end_of_turn,
+    uniform_group_advantages,
 )
 from nla.modules.rollout import RolloutArgs
 
@@ -228,3 +230,24 @@ def test_penalized_rewards_rejects_an_unknown_kind():
 def test_fraction_zero_spread_by_hand():
     rewards = torch.tensor([[1.0, 1.0, 1.0], [1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [3.0, 3.0, 4.0]])
     assert fraction_zero_spread(rewards).item() == 0.5
+
+
+def test_overlong_penalty_rises_linearly_over_the_buffer_before_the_cap():
+    lengths = torch.tensor([5, 6, 7, 8, 10])
+    torch.testing.assert_close(overlong_penalty(lengths, cap=10, buffer=4, weight=1.0),
+                               torch.tensor([0.0, 0.0, 0.25, 0.5, 1.0]))
+    torch.testing.assert_close(overlong_penalty(lengths, cap=10, buffer=4, weight=0.5),
+                               torch.tensor([0.0, 0.0, 0.125, 0.25, 0.5]))
+    assert torch.equal(overlong_penalty(lengths, cap=10, buffer=0, weight=1.0), torch.zeros(5))
+    with pytest.raises(ValueError, match="buffer"):
+        overlong_penalty(lengths, cap=10, buffer=11, weight=1.0)
+
+
+def test_uniform_groups_are_scored_against_the_batch():
+    rewards = torch.tensor([[-2.0, -2.0], [-0.5, -1.0]])
+    per_group = group_advantages(rewards)
+    assert torch.equal(per_group[0], torch.zeros(2)), "a failed group has no signal within itself"
+    advantages = uniform_group_advantages(rewards, per_group)
+    # Batch mean -1.375, population std sqrt(0.421875) = 0.649519: the failed group is pushed down.
+    torch.testing.assert_close(advantages[0], torch.full((2,), -0.625 / 0.6495191))
+    assert torch.equal(advantages[1], per_group[1]), "groups with a spread keep their own advantages"

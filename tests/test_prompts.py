@@ -10,7 +10,8 @@ from transformers import AutoTokenizer
 
 from nla.errors import ConfigError
 from nla.marker import find_marker_slots
-from nla.prompts import PromptArgs, Prompts, explanation_text, parse_explanation, turn_closing
+from nla.prompts import (PromptArgs, Prompts, explanation_text, parse_explanation, partial_explanation,
+                         turn_closing)
 from tests.fixtures.tiny import MARKER_CHAR
 
 FEATURES = [
@@ -121,3 +122,13 @@ def test_smollm2_prompt_has_one_section_sign_slot_and_one_system_header(smollm2_
     assert text.count("<|im_start|>system") == 1 and text.startswith("<|im_start|>system")
     assert text.count("<|im_start|>user") == 1 and text.endswith("<|im_start|>assistant\n")
     assert built.closing == "<|im_end|>"
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("<explanation> The narrator turns to the weather, and", "The narrator turns to the weather, and"),
+    ("Sure. <explanation>\nA list of", "A list of"),
+    ("no tags at all", None),
+    ("<explanation>   ", None),
+])
+def test_partial_explanation_is_what_follows_the_opening_tag(answer, expected):
+    assert partial_explanation(answer) == expected

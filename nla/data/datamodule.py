@@ -32,7 +32,7 @@ from nla.data.corpus import CorpusArgs
 from nla.data.reference_format.convert import IMPORTED_SUMMARIES
 from nla.data.datasets import CacheRows, Collator, EpochSampler, ResumableLoader
 from nla.padding import pad_token_id
-from nla.data.splits import SplitArgs, spread_over_documents
+from nla.data.splits import HELDOUT_PARTS, SplitArgs, evaluation_order
 from nla.data.summaries import read_summaries, summaries_directory, summary_file, write_summaries
 from nla.data.teachers import TeacherArgs
 from nla.errors import ConfigError, field_scope
@@ -43,7 +43,7 @@ from nla.prompts import PromptArgs, Prompts, explanation_text
 
 log = logging.getLogger(__name__)
 
-KINDS = {"av_sft": "av", "ar_sft": "ar", "rl": "rl", "heldout": "heldout"}
+KINDS = {"av_sft": "av", "ar_sft": "ar", "rl": "rl", "heldout": "heldout", "validation": "heldout", "test": "heldout"}
 """The dataset kind (and training batch key) each split is served as."""
 
 TRAINABLE = ("av_sft", "ar_sft", "rl")
@@ -200,10 +200,15 @@ class NLADataModule(LightningDataModule):
             features = read_summaries(summary_file(directory, split))
             indices = self.cache.split_indices(split)
             kept = np.array([i for i in indices if int(i) in features], dtype=np.int64)
-            if split == "heldout":
-                kept = kept[spread_over_documents(np.array([self.cache.record(int(i))["doc_id"] for i in kept]))]
             self.excluded[split] = len(indices) - len(kept)
-            self._rows[split] = (kept, [explanation_text(features[int(i)]) for i in kept])
+            texts = [explanation_text(features[int(i)]) for i in kept]
+            if split == "heldout":
+                documents = np.array([self.cache.record(int(i))["doc_id"] for i in kept])
+                for part in ("heldout", *HELDOUT_PARTS):
+                    order = evaluation_order(documents, part)
+                    self._rows[part] = (kept[order], [texts[i] for i in order])
+            else:
+                self._rows[split] = (kept, texts)
             if self.excluded[split]:
                 log.info("%s: %d of %d rows have no teacher summary and are left out",
                          split, self.excluded[split], len(indices))
@@ -239,7 +244,7 @@ class NLADataModule(LightningDataModule):
 
     @property
     def heldout_variance(self) -> float | None:
-        """The FVE baseline (rawvar) of the held-out split itself; None when it is empty."""
+        """The FVE baseline (rawvar) of the held-out split itself (both halves); None when it is empty."""
         return self.cache.stats("heldout").get("variance")
 
     def split_documents(self, split: str, rows: int) -> int:
@@ -290,10 +295,16 @@ class NLADataModule(LightningDataModule):
         return combined
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """Held-out rows in a fixed order spread over the documents (``splits.spread_over_documents``:
-        the first N rows come from N documents, so ``limit_val_batches`` reads a fair sample), with the
-        true pairing; with ``val_shuffled``, a list of that loader and the same rows with shuffled
-        vectors."""
+        """The ``validation`` half of the held-out rows (``splits.HELDOUT_PARTS``: curves and the best
+        checkpoint are chosen on it, never on the ``test`` half a run reports), in a fixed order spread
+        over the documents (``splits.evaluation_order``: the first N rows come from N documents, so
+        ``limit_val_batches`` reads a fair sample), with the true pairing; with ``val_shuffled``, a
+        list of that loader and the same rows with shuffled vectors."""
         if self.val_shuffled:
-            return [self.dataloader("heldout"), self.dataloader("heldout", shuffled=True)]
-        return self.dataloader("heldout")
+            return [self.dataloader("validation"), self.dataloader("validation", shuffled=True)]
+        return self.dataloader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        """The ``test`` half of the held-out rows, in the same spread order: what ``nla test`` and the
+        quickstart's comparison report."""
+        return self.dataloader("test")

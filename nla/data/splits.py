@@ -17,6 +17,10 @@ import numpy as np
 from nla.errors import ConfigError
 
 SPLITS = ("av_sft", "ar_sft", "rl", "heldout")
+HELDOUT_PARTS = ("validation", "test")
+"""The two halves of the held-out split, by document: ``validation`` serves every choice made while
+training (curves, the best checkpoint, settings tried), ``test`` the figures a run reports; a
+figure on rows that also chose it is biased upwards."""
 
 
 @dataclass
@@ -90,3 +94,24 @@ def spread_over_documents(documents: np.ndarray, seed: int = 0) -> np.ndarray:
     starts = np.searchsorted(inverse[by_document], np.arange(len(unique)))
     rounds[by_document] = np.arange(len(inverse)) - np.repeat(starts, np.bincount(inverse, minlength=len(unique)))
     return np.lexsort((place, rounds))
+
+
+def heldout_part(doc_id: str, seed: int = 0) -> str:
+    """Which half of the held-out split ``doc_id`` serves (``HELDOUT_PARTS``), half the documents each:
+    a pure function of (seed, doc_id) in a hash domain of its own, so it never moves a document
+    between the splits themselves."""
+    digest = hashlib.sha256(f"heldout-part:{seed}:{doc_id}".encode("utf-8")).digest()
+    return HELDOUT_PARTS[int.from_bytes(digest[:8], "big") >= 2**63]
+
+
+def evaluation_order(documents: np.ndarray, part: str = "heldout", seed: int = 0) -> np.ndarray:
+    """Positions of the held-out rows of ``part`` (``heldout`` for all of them, or one of
+    ``HELDOUT_PARTS``) in the order every evaluation reads them (``spread_over_documents``);
+    ``documents[i]`` is row i's document."""
+    documents = np.asarray(documents)
+    if part == "heldout":
+        return spread_over_documents(documents, seed)
+    if part not in HELDOUT_PARTS:
+        raise ConfigError("split", f"must be heldout or one of its parts {', '.join(HELDOUT_PARTS)}, got {part!r}")
+    chosen = np.flatnonzero([heldout_part(str(doc), seed) == part for doc in documents])
+    return chosen[spread_over_documents(documents[chosen], seed)]

@@ -92,7 +92,7 @@ def evaluate(
     ar: str | None = None,
     pair: str | None = None,
     cache: str | None = None,
-    split: str = "heldout",
+    split: str = "test",
     rows: int = 192,
     texts: list[str] | None = None,
     positions: list[int] | None = None,
@@ -120,8 +120,10 @@ def evaluate(
         ar: Directory of the reconstructor that pairs with it.
         pair: An export directory holding ``av/`` and ``ar/``, instead of ``av`` and ``ar``.
         cache: An activation cache (``nla cache``) at the pair's layer: its ``split`` is scored.
-        split: The cache split to score; ``heldout`` unless you know better.
-        rows: The first ROWS rows of the split, in split order.
+        split: What of the cache to score: ``test`` (the held-out half no training choice saw, the
+            default), ``validation`` (the half training evaluated on), ``heldout`` (both) or another
+            cache split.
+        rows: The first ROWS rows of the split, in the order training and the quickstart read them.
         texts: Instead of a cache: texts whose activations the target gives (each its own document).
         positions: Token positions of every text (negative from the end); default: its last 32 tokens.
         target: The model the pair explains; default the AV sidecar's ``base_model``. Texts are read and

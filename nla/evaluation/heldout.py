@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from nla.data.activation_cache import ActivationCache
+from nla.data.splits import HELDOUT_PARTS, evaluation_order
 from nla.errors import ConfigError
 from nla.modules.target import choose_positions, residuals, tokenize
 
@@ -42,9 +43,16 @@ class HeldoutRows:
 
 
 def cache_rows(directory: str, split: str, count: int, layer: int, d: int) -> HeldoutRows:
-    """The first ``count`` rows of ``split`` in split order (the order every evaluation of this cache uses)."""
+    """The first ``count`` rows of ``split``: a cache split, or a half of the held-out split
+    (``validation``, ``test``) in the order training and the quickstart read it
+    (``nla.data.splits.evaluation_order``), so the same ``count`` means the same rows."""
     cache = ActivationCache(directory, expect_d=d, expect_layer=layer, field="cache")
-    indices = cache.split_indices(split)[:count]
+    if split in ("heldout", *HELDOUT_PARTS):
+        indices = cache.split_indices("heldout")
+        order = evaluation_order(np.array([cache.record(int(i))["doc_id"] for i in indices]), split)
+        indices = indices[order][:count]
+    else:
+        indices = cache.split_indices(split)[:count]
     if len(indices) < 2:
         raise ConfigError("split", f"'{split}' of {directory} has {len(indices)} rows; an evaluation needs at least 2")
     records = [cache.record(int(i)) for i in indices]
@@ -58,7 +66,7 @@ def cache_rows(directory: str, split: str, count: int, layer: int, d: int) -> He
         contexts=[r["context"] for r in records],
         texts=[r["text"] for r in records],
         mean=mean,
-        source={"kind": "cache", "cache": str(directory), "split": split, "order": "split order, first rows",
+        source={"kind": "cache", "cache": str(directory), "split": split, "order": "first rows, nla.data.splits.evaluation_order",
                 "mean_predictor": "the ar_sft split's mean normalised vector" if mean is not None else None},
         layer=layer,
     )

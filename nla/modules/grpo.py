@@ -79,6 +79,11 @@ class GRPOModule(LightningModule):
         eval_at_start: bool = True,
         max_nonfinite_steps: int = 10,
         sampler: str = "auto",
+        unfinished: str = "orthogonal",
+        unfinished_penalty: float = 0.5,
+        overlong_buffer: int = 0,
+        overlong_penalty: float = 1.0,
+        uniform_groups: str = "zero",
     ) -> None:
         """
         Args:
@@ -138,6 +143,15 @@ class GRPOModule(LightningModule):
                 ``loop`` (a plain loop, every row prefilled) or ``static`` (one prefill per prompt
                 shared by its G answers, a static KV cache, a CUDA-graph decode step on CUDA). All
                 engines sample the same tokens for the same seed.
+            unfinished: Reward of an answer cut by the cap: ``orthogonal`` (that of MSE 2, as any invalid
+                answer) or ``scored`` (the AR reads what it wrote, minus ``unfinished_penalty``).
+                Evaluation counts it as orthogonal either way (``RolloutArgs.unfinished``).
+            unfinished_penalty: Subtracted from a scored unfinished answer's reward.
+            overlong_buffer: A cap-aware length penalty over the last this many tokens before the cap,
+                rising linearly to ``overlong_penalty`` (``nla.grpo_loss.overlong_penalty``); 0: off.
+            overlong_penalty: Reward lost by an answer that reaches the cap under ``overlong_buffer``.
+            uniform_groups: Advantage of a group whose rewards are all equal: ``zero`` or ``batch``
+                (against the batch mean and std, so a group that failed entirely is pushed down).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -145,19 +159,24 @@ class GRPOModule(LightningModule):
         precision.trained_dtype(dtype, optimizer)  # before any work: float16 and unaided bf16 are refused
         choices = {"reward": (reward, REWARD_KINDS), "advantage": (advantage, ("group", "batch")),
                    "kl_estimator": (kl_estimator, KL_ESTIMATORS), "reference_device": (reference_device, DEVICES),
-                   "loss_aggregation": (loss_aggregation, AGGREGATION_MODES), "sampler": (sampler, SAMPLERS)}
+                   "loss_aggregation": (loss_aggregation, AGGREGATION_MODES), "sampler": (sampler, SAMPLERS),
+                   "unfinished": (unfinished, ("orthogonal", "scored")), "uniform_groups": (uniform_groups, ("zero", "batch"))}
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"model.{name}", f"must be one of {', '.join(allowed)}, got {value!r}")
         for name, least in (("samples_per_prompt", 1), ("micro_batch_size", 1), ("max_new_tokens", 1),
-                            ("eval_every_n_steps", 0), ("samples_every_n_steps", 1), ("max_nonfinite_steps", 0)):
+                            ("eval_every_n_steps", 0), ("samples_every_n_steps", 1), ("max_nonfinite_steps", 0), ("overlong_buffer", 0)):
             if getattr(self.hparams, name) < least:
                 raise ConfigError(f"model.{name}", f"must be at least {least}, got {getattr(self.hparams, name)}")
         if eval_every_n_steps == 0 and export_dir is not None:
             raise ConfigError("model.export_dir", "keeps the best pair by held-out FVE, but eval_every_n_steps is 0 "
                               "(evaluation off); unset export_dir (final_export_dir still exports) or evaluate")
+        if overlong_buffer > max_new_tokens:
+            raise ConfigError("model.overlong_buffer", f"is {overlong_buffer}; it must not exceed max_new_tokens "
+                              f"({max_new_tokens})")
         self.args = RolloutArgs(samples_per_prompt, micro_batch_size, max_new_tokens, temperature, reward,
-                                advantage, clip_epsilon, kl_coef, kl_estimator, loss_aggregation, sampler)
+                                advantage, clip_epsilon, kl_coef, kl_estimator, loss_aggregation, sampler,
+                                unfinished, unfinished_penalty, overlong_buffer, overlong_penalty, uniform_groups)
         self.verbalizer: Verbalizer | None = None
         self.reconstructor: Reconstructor | None = None
         self.best_fve = float("-inf")
@@ -345,7 +364,7 @@ class GRPOModule(LightningModule):
         if result is not None:
             training["figures"] = {"round_trip": figure(
                 "round_trip", fve=result["fve"], mse=result["mse"], rows=result["rows"],
-                documents=dm.split_documents("heldout", result["rows"]), variance=dm.heldout_variance,
+                documents=dm.split_documents("validation", result["rows"]), variance=dm.heldout_variance,
                 step=result["step"], cosine=float(result["cosine"]), valid_rate=float(result["valid_rate"]),
                 max_new_tokens=int(self.args.max_new_tokens), decoding="greedy", add_generation_prompt=True)}
         export_pair(directory, verbalizer=verbalizer, reconstructor=reconstructor,

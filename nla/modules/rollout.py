@@ -23,13 +23,15 @@ import torch.distributed as dist
 from torch import Tensor
 
 from nla.grpo_loss import (KL_DEFAULT, aggregate, batch_advantages, clipped_surrogate, group_advantages,
-                           kl_penalty, penalized_rewards, trim_at_end_of_turn)
+                           kl_penalty, overlong_penalty, penalized_rewards, trim_at_end_of_turn,
+                           uniform_group_advantages)
 from nla.marker import find_marker_slots
 from nla.maths import normalized_mse
 from nla.modules import fsdp
 from nla.modules.reconstructor import Reconstructor
 from nla.modules.verbalizer import Verbalizer
 from nla.padding import pad
+from nla.prompts import partial_explanation
 
 
 @dataclass
@@ -63,6 +65,21 @@ class RolloutArgs:
     sampler: str = "auto"
     """Sampling engine (``nla.modules.sampling``): ``auto`` (``static`` on CUDA, else ``loop``),
     ``loop`` or ``static``; each prompt's G answers share one prefill with ``static``."""
+    unfinished: str = "orthogonal"
+    """How an answer cut by the cap is rewarded: ``orthogonal`` (as every invalid answer, the reward
+    of MSE 2) or ``scored`` (closed at the cap: the AR reads what it wrote after its opening tag, and
+    ``unfinished_penalty`` is subtracted). Evaluation always counts it as orthogonal."""
+    unfinished_penalty: float = 0.5
+    """Subtracted from the reward of an unfinished answer under ``unfinished: scored``."""
+    overlong_buffer: int = 0
+    """Cap-aware length penalty (``nla.grpo_loss.overlong_penalty``): the last this many tokens before
+    the cap cost up to ``overlong_penalty`` of reward, rising linearly; 0 turns it off."""
+    overlong_penalty: float = 1.0
+    """The reward an answer that reaches the cap loses under ``overlong_buffer``."""
+    uniform_groups: str = "zero"
+    """Advantage of a group whose rewards are all equal: ``zero`` (no signal, as GRPO's per-group
+    baseline gives) or ``batch`` (against the batch's mean and std, so a group that failed entirely
+    is pushed down; ``nla.grpo_loss.uniform_group_advantages``)."""
 
 
 @dataclass
@@ -190,19 +207,30 @@ def collect(verbalizer: Verbalizer, reconstructor: Reconstructor, reference, pro
     truncated = torch.tensor(samples.truncated, device=device)
     valid = torch.tensor([text is not None for text in samples.parsed], device=device) & ~truncated
     explanations = [text if ok else None for text, ok in zip(samples.parsed, valid.tolist())]
+    # What the AR scores: the valid explanations and, with unfinished answers scored, what those wrote.
+    read = [(parsed or partial_explanation(answer)) if cut and args.unfinished == "scored" else text
+            for text, parsed, answer, cut in zip(explanations, samples.parsed, samples.texts, samples.truncated)]
+    scored = torch.tensor([text is not None for text in read], device=device)
     # float32 whatever the default dtype: under bf16-true Lightning makes it bfloat16 inside a step,
     # which would round the MSEs GRPO ranks (steps of ~0.002 near 0.3).
     mse = torch.full((len(explanations),), float("nan"), dtype=torch.float32, device=device)
-    kept = valid.nonzero().squeeze(1)
+    kept = scored.nonzero().squeeze(1)
     # Sharded, gathering is collective: every process gathers, also one without a valid answer (each
     # samples with its own seed, so their counts differ).
     with fsdp.gathered(reconstructor):
         if len(kept):
-            predicted = reconstruct(reconstructor, prompts, [explanations[i] for i in kept.tolist()],
+            predicted = reconstruct(reconstructor, prompts, [read[i] for i in kept.tolist()],
                                     args.micro_batch_size, pad_id)
             mse[kept] = normalized_mse(predicted, vectors[kept].float())
-    rewards = penalized_rewards(torch.nan_to_num(mse, nan=2.0), valid, args.reward).view(-1, group)
-    advantages = (group_advantages if args.advantage == "group" else batch_advantages)(rewards).reshape(-1)
+    rewards = penalized_rewards(torch.nan_to_num(mse, nan=2.0), scored, args.reward)
+    rewards = rewards - args.unfinished_penalty * (scored & truncated).float()
+    rewards = rewards - overlong_penalty(mask.sum(dim=1), args.max_new_tokens, args.overlong_buffer,
+                                         args.overlong_penalty)
+    rewards = rewards.view(-1, group)
+    advantages = (group_advantages if args.advantage == "group" else batch_advantages)(rewards)
+    if args.uniform_groups == "batch":
+        advantages = uniform_group_advantages(rewards, advantages)
+    advantages = advantages.reshape(-1)
     start = torch.tensor([len(p) for p in prompts_real], device=device)
     rollout = Rollout(vectors, input_ids, attention_mask, start, completion_ids, mask, truncated, valid,
                       explanations, samples.texts, mse, rewards, advantages, None, None, None,

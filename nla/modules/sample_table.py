@@ -32,7 +32,7 @@ class SampleRows:
 
 def sample_rows(datamodule, count: int) -> SampleRows:
     """The first ``count`` held-out rows (fewer when the split is smaller)."""
-    dataset = datamodule.dataset("heldout")
+    dataset = datamodule.dataset("validation")
     items = [dataset[i] for i in range(min(count, len(dataset)))]
     batch = Collator("heldout", pad_token_id(datamodule.tokenizer))(items)
     contexts = [datamodule.cache.record(item["index"])["context"] for item in items]

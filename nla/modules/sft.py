@@ -324,7 +324,7 @@ class SFTModule(LightningModule):
                 # Which rows the figure is about, so an export can say it (not logged: not a curve).
                 rows = int(scores["count"])
                 self.last_validation.update(rows=rows, step=int(self.global_step),
-                                            documents=self.trainer.datamodule.split_documents("heldout", rows))
+                                            documents=self.trainer.datamodule.split_documents("validation", rows))
 
     # ---- export ---------------------------------------------------------------------------------
 

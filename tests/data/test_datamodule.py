@@ -138,7 +138,7 @@ def test_rl_and_heldout_batches(built):
     assert torch.all(rl["attention_mask"][:, -1] == 1)
     find_marker_slots(rl["input_ids"], dm.marker)
     held = first_batch(dm.val_dataloader())
-    dataset = dm.dataset("heldout")
+    dataset = dm.dataset("validation")
     assert held["explanation"] == dataset.explanations[: len(held["explanation"])]
     assert torch.equal(held["index"], torch.as_tensor(dataset.indices[: len(held["index"])]))
     find_marker_slots(held["av_input_ids"], dm.marker)
@@ -155,6 +155,19 @@ def test_limited_heldout_evaluation_reads_rows_of_many_documents(built):
     assert count >= 3 and len(documents) > count
     assert len(set(documents[:count])) == count
     assert sorted(dm.dataset("heldout").indices.tolist()) == dm.cache.split_indices("heldout").tolist()
+
+
+def test_validation_and_test_halves_divide_the_heldout_rows_by_document(built):
+    # Curves and the best checkpoint read the validation half, reported figures the test half: no
+    # document, and so no row, is in both, and together they are the whole held-out split.
+    _, _, dm = built
+    halves = {part: dm.dataset(part).indices.tolist() for part in ("validation", "test")}
+    documents = {part: {dm.cache.record(i)["doc_id"] for i in rows} for part, rows in halves.items()}
+    assert halves["validation"] and halves["test"]
+    assert not documents["validation"] & documents["test"]
+    assert sorted(halves["validation"] + halves["test"]) == dm.cache.split_indices("heldout").tolist()
+    assert first_batch(dm.val_dataloader())["index"].tolist() == halves["validation"][: dm.eval_batch_size]
+    assert first_batch(dm.test_dataloader())["index"].tolist() == halves["test"][: dm.eval_batch_size]
 
 
 def test_shuffled_pairs_texts_with_a_fixed_permutation_of_vectors(built):

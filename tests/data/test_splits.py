@@ -8,7 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from nla.data.splits import SPLITS, SplitArgs, split_of, spread_over_documents
+from nla.data.splits import (HELDOUT_PARTS, SPLITS, SplitArgs, evaluation_order, heldout_part, split_of,
+                             spread_over_documents, unit_hash)
 from nla.errors import ConfigError
 
 IDS = [f"doc-{i}" for i in range(10_000)]
@@ -69,3 +70,27 @@ def test_spread_over_documents_deals_one_row_per_document_per_round():
     assert [d for d in dealt[:4] if d != "d"] == dealt[4:7]
     assert np.array_equal(spread_over_documents(documents), order)
     assert not all(np.array_equal(spread_over_documents(documents, seed), order) for seed in range(1, 6))
+
+
+def test_heldout_parts_are_a_fixed_half_of_the_documents():
+    documents = [f"doc-{i}" for i in range(2000)]
+    parts = [heldout_part(doc) for doc in documents]
+    assert parts == [heldout_part(doc) for doc in documents]
+    assert set(parts) == set(HELDOUT_PARTS)
+    assert abs(parts.count("validation") / len(parts) - 0.5) < 0.05
+    # Its own hash domain: which half a held-out document serves is independent of the split hash.
+    assert [unit_hash(0, doc) < 0.5 for doc in documents] != [part == "validation" for part in parts]
+
+
+def test_evaluation_order_of_each_half_is_its_rows_spread_over_its_documents():
+    documents = np.array([f"doc-{i // 3}" for i in range(60)])
+    every = evaluation_order(documents)
+    assert sorted(every.tolist()) == list(range(60))
+    halves = {part: evaluation_order(documents, part) for part in HELDOUT_PARTS}
+    assert sorted(np.concatenate(list(halves.values())).tolist()) == list(range(60))
+    for part, rows in halves.items():
+        assert {heldout_part(doc) for doc in documents[rows]} == {part}
+        count = len(set(documents[rows].tolist()))
+        assert len(set(documents[rows][:count].tolist())) == count, "the first rows come from distinct documents"
+    with pytest.raises(ConfigError, match="split: must be heldout or one of its parts"):
+        evaluation_order(documents, "train")

@@ -99,7 +99,7 @@ def test_cache_rows_have_the_mean_predictor_and_a_rerun_replaces_the_scalars(set
                  "--checks", '["round_trip", "splice"]')
     capsys.readouterr()
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert report["data"]["rows"] == 9 and report["data"]["source"]["split"] == "heldout"
+    assert report["data"]["rows"] == 9 and report["data"]["source"]["split"] == "test"
     assert set(report["round_trip"]["fve"]) == {"pair (round trip)", "mean predictor (training split's mean)",
                                                 "shuffled (pair's reconstructions, vectors deranged)"}
     assert "pair - mean predictor" in report["round_trip"]["differences"]

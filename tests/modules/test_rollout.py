@@ -20,7 +20,7 @@ from nla.modules.reference import FrozenCopy
 from nla.modules.rollout import (RolloutArgs, av_loss, ar_loss, collect, policy_logprobs, reconstruct,
                                 token_logprobs)
 from nla.modules.verbalizer import Verbalizer
-from nla.prompts import PromptArgs, Prompts
+from nla.prompts import PromptArgs, Prompts, partial_explanation
 
 SCALE = 5.0
 LAYER = 1
@@ -242,3 +242,25 @@ def test_token_logprobs_match_a_log_softmax_of_a_plain_forward(parts):
             assert token == int(rollout.completion_ids[row, j])
             expected = float(log_probs[row, position - 1, token])
             assert float(chosen[row, j]) == pytest.approx(expected, abs=1e-5), (row, j)
+
+
+def test_unfinished_answers_can_be_scored_on_what_they_wrote(parts):
+    orthogonal, _ = rollout_of(parts)
+    scored, args = rollout_of(parts, unfinished="scored", unfinished_penalty=0.25)
+    assert scored.texts == orthogonal.texts, "the reward rule changes no sample"
+    cut = scored.truncated & torch.tensor([partial_explanation(text) is not None for text in scored.texts])
+    assert cut.any()
+    rewards = scored.rewards.reshape(-1)
+    torch.testing.assert_close(rewards[cut], -scored.mse[cut] - 0.25)
+    assert torch.isfinite(scored.mse[cut]).all()
+    torch.testing.assert_close(rewards[scored.valid], orthogonal.rewards.reshape(-1)[orthogonal.valid])
+    assert torch.all(rewards[~scored.valid & ~cut] == -2.0)
+    assert scored.explanations == orthogonal.explanations, "the AR still trains on finished answers only"
+
+
+def test_the_overlong_penalty_lowers_answers_near_the_cap(parts):
+    plain, args = rollout_of(parts)
+    penalised, _ = rollout_of(parts, overlong_buffer=6, overlong_penalty=1.0)
+    lengths = plain.mask.sum(dim=1)
+    expected = plain.rewards.reshape(-1) - (lengths - 6).clamp(0, 6) / 6
+    torch.testing.assert_close(penalised.rewards.reshape(-1), expected)

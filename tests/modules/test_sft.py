@@ -287,7 +287,7 @@ def test_validation_metrics_are_exact_under_bf16_precisions(shared, precision):
     expected_fve = 1 - float(mse.mean()) / dm.heldout_variance
     losses, tokens = (torch.stack(values) for values in zip(*loss.calls))
     expected_loss = float((losses * tokens).sum() / tokens.sum())
-    assert len(mse) == len(dm.dataset("heldout"))
+    assert len(mse) == len(dm.dataset("validation"))
     assert module.last_validation["val/fve"] == pytest.approx(expected_fve, abs=1e-6)
     assert module.last_validation["val/av_loss"] == pytest.approx(expected_loss, abs=1e-6)
 
