@@ -273,7 +273,8 @@ def check_val_check_interval(trainer, batches: int, batch_size: int) -> None:
     interval, every_epoch = trainer.val_check_interval, trainer.check_val_every_n_epoch
     limit = trainer.limit_train_batches
     batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-    if isinstance(interval, int) and every_epoch is not None and interval > batches:
+    # As Lightning: no validation (limit_val_batches 0) means no interval to check.
+    if isinstance(interval, int) and every_epoch is not None and trainer.limit_val_batches and interval > batches:
         raise ConfigError("trainer.val_check_interval", f"is {interval} training batches but an epoch has {batches} "
                           f"(data.batch_size {batch_size}); lower it, or set trainer.check_val_every_n_epoch: null "
                           "to count batches across epochs")
