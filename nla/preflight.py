@@ -192,12 +192,15 @@ def _summaries_needed(datamodule) -> bool:
     if not meta_path.is_file() or not datamodule.cache_ready():
         return True
     cache = SimpleNamespace(meta=json.loads(meta_path.read_text()))
+    if "imported" in cache.meta:
+        return False  # `nla import` wrote the reference dataset's explanations as the summaries
     directory = summaries_directory(datamodule.summaries_root, datamodule.teacher_args, cache)
     return not all(summary_file(directory, split).is_file() for split in datamodule.text_splits)
 
 
-def _check_prompt_lengths(config, datamodule, hp, name: str) -> None:
-    """AV prompt + generated answer, and AR prompt + explanation, within the position limit."""
+def _check_prompt_lengths(config, datamodule, hp, name: str, teacher_writes: bool) -> None:
+    """AV prompt + generated answer, and AR prompt + explanation, within the position limit (the
+    teacher's cap only when it is about to write the summaries: imported or written ones are what they are)."""
     if adapters.position_limit(config) is None:
         return
     with field_scope("data.model"):
@@ -212,7 +215,7 @@ def _check_prompt_lengths(config, datamodule, hp, name: str) -> None:
     if generated is not None and "samples_per_prompt" in hp:
         # GRPO: the AR reads the AV's own answers.
         checks.append(("model.max_new_tokens", ar, generated, "the AR prompt", "answers of max_new_tokens"))
-    elif teacher.provider != "extractive":
+    elif teacher_writes and teacher.provider != "extractive":
         # SFT: both read the teacher's summaries (the extractive teacher's are short and uncapped).
         for prompt, length in (("the AV prompt", av), ("the AR prompt", ar)):
             checks.append(("data.teacher.max_tokens", length, teacher.max_tokens, prompt, "summaries of max_tokens"))
@@ -261,8 +264,8 @@ def preflight_fit(trainer, module, datamodule, will_exist: tuple[str, ...] = ())
                 raise ConfigError("model.sft_export", f"{export} holds no {side}/nla_meta.yaml; run the SFT stage "
                                   "first (its model.export_dir) or fix the path")
     name = datamodule.model_args.name_or_path
-    _check_prompt_lengths(config, datamodule, hp, name)
     needed = _summaries_needed(datamodule)
+    _check_prompt_lengths(config, datamodule, hp, name, needed)
     teacher = check_teacher(datamodule.teacher_args, "data.teacher") if needed else "summaries written"
     disk = check_disk(_fit_disk(trainer, module, datamodule, config, layer))
     _say(f"ok: {name} layer {layer}, {_positions(config)}; {teacher}; disk {disk or 'not estimated'}")

@@ -126,7 +126,8 @@ def _minutes(seconds: float) -> str:
 
 def print_report(comparison: Comparison, seconds: dict[str, float], examples: list[str], paths: dict[str, str]) -> None:
     width = max(len(row.name) for row in [*comparison.rows, *comparison.differences])
-    print("\nExample explanations (final pair, last three tokens of each text):\n")
+    if examples:
+        print("\nExample explanations (final pair, last three tokens of each text):\n")
     for table in examples:
         print(table + "\n")
     half = ("test half, which no training choice saw" if comparison.split == "test"

@@ -75,6 +75,30 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path, tiny_model_d
     main([*command, "--skip_training", "true"])
     compared = capsys.readouterr().out
     assert "after GRPO" in compared and "  SFT  " not in compared and "  GRPO  " not in compared
+    assert "held-out test half, which no training choice saw" in compared
+
+    # An ablation of GRPO alone: the SFT export is kept as it is, the table reads the validation half.
+    (tmp_path / "explorer.html").unlink()
+    sft_weights = (tmp_path / "sft-export" / "ar" / "value_head.safetensors").read_bytes()
+    grpo_weights = (tmp_path / "grpo-export" / "av" / "model.safetensors").read_bytes()
+    main([*command[:-2], "--examples", "[]", "--reuse_sft", "true", "--eval_split", "validation",
+          "--training_seed", "1", "--grpo_overrides", '["--model.init_args.overlong_buffer=4"]'])
+    ablation = capsys.readouterr().out
+    assert "held-out validation half" in ablation and "  SFT  " not in ablation and "  GRPO  " in ablation
+    assert "Example explanations" not in ablation and not (tmp_path / "explorer.html").exists()
+    assert (tmp_path / "sft-export" / "ar" / "value_head.safetensors").read_bytes() == sft_weights
+    assert (tmp_path / "grpo-export" / "av" / "model.safetensors").read_bytes() != grpo_weights
+
+
+def test_eval_split_must_be_a_heldout_half(tmp_path, tiny_model_dir, capsys):
+    write_corpus(tmp_path)
+    model_dir = tiny_model_dir("llama")
+    sft, grpo = toy_config("sft", tmp_path, model_dir), toy_config("grpo", tmp_path, model_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", "--sft_config", str(sft), "--grpo_config", str(grpo), "--eval_split", "heldout"])
+    assert exit_info.value.code == 2
+    assert "eval_split" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
 
 
 def test_grpo_config_must_continue_from_the_sft_export(tmp_path, tiny_model_dir, capsys):

@@ -304,21 +304,33 @@ class SFTModule(LightningModule):
             predicted = self.reconstructor(batch["ar_input_ids"], batch["ar_attention_mask"], batch.get("ar_last_index"))
             self.fve.update(predicted, batch["vector"])
 
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """The held-out ``test`` half (``nla test``), scored as validation scores its half."""
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_heldout("test")
+
     def on_validation_epoch_end(self) -> None:
+        self._log_heldout("val")
+
+    def _log_heldout(self, prefix: str) -> None:
         values = {}
         if self.verbalizer is not None and self.av_val_loss.update_called:
-            values["val/av_loss"] = self.av_val_loss.compute()
+            values[f"{prefix}/av_loss"] = self.av_val_loss.compute()
             if self.av_val_loss_shuffled.update_called:
-                values["val/av_loss_shuffled"] = self.av_val_loss_shuffled.compute()
-                values["val/av_loss_gap"] = values["val/av_loss_shuffled"] - values["val/av_loss"]
+                values[f"{prefix}/av_loss_shuffled"] = self.av_val_loss_shuffled.compute()
+                values[f"{prefix}/av_loss_gap"] = values[f"{prefix}/av_loss_shuffled"] - values[f"{prefix}/av_loss"]
         if self.reconstructor is not None and self.fve.update_called:
             scores = self.fve.compute_all()
-            values.update({"val/fve": scores["fve"], "val/ar_loss": scores["mse"], "val/ar_cosine": scores["cosine"]})
+            values.update({f"{prefix}/fve": scores["fve"], f"{prefix}/ar_loss": scores["mse"],
+                           f"{prefix}/ar_cosine": scores["cosine"]})
         for metric in (self.av_val_loss, self.av_val_loss_shuffled, *([self.fve] if self.reconstructor else [])):
             metric.reset()
         values = {name: value.float() for name, value in values.items()}
         self.log_dict(values)
-        if not self.trainer.sanity_checking:
+        # Only validation figures describe the run (the sidecar's, the checkpoint's): the test half is read, not kept.
+        if prefix == "val" and not self.trainer.sanity_checking:
             self.last_validation = {name: float(value) for name, value in values.items()}
             if "val/fve" in values:
                 # Which rows the figure is about, so an export can say it (not logged: not a curve).

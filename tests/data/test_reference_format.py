@@ -128,7 +128,7 @@ def test_a_reference_dataset_trains_through_sft_with_nla_fit(tmp_path, tiny_mode
     main(["fit", "--config", str(path)])
     assert (tmp_path / "export" / "av" / "nla_meta.yaml").is_file()
     sidecar_text = (tmp_path / "export" / "ar" / "nla_meta.yaml").read_text()
-    assert "heldout_fve" in sidecar_text
+    assert "ar_on_teacher_text" in sidecar_text
 
 
 @pytest.mark.parametrize(("change", "message"), [

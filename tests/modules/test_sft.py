@@ -292,6 +292,23 @@ def test_validation_metrics_are_exact_under_bf16_precisions(shared, precision):
     assert module.last_validation["val/av_loss"] == pytest.approx(expected_loss, abs=1e-6)
 
 
+def test_nla_test_scores_the_test_half_and_keeps_no_figure(shared):
+    from lightning.pytorch import Trainer
+
+    dm = datamodule(shared)
+    module = SFTModule()
+    module.build(dm)
+    fve = Recorded(module.fve)
+    results = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False).test(module, datamodule=dm)
+    mse = torch.cat([normalized_mse(pred.float(), target.float()) for pred, target in fve.calls]).double()
+    assert len(mse) == len(dm.dataset("test")) != len(dm.dataset("validation"))
+    assert results[0]["test/fve"] == pytest.approx(1 - float(mse.mean()) / dm.heldout_variance, abs=1e-6)
+    assert "test/av_loss" in results[0] and not any(name.startswith("val/") for name in results[0])
+    # What describes the run (sidecar, checkpoint) comes from validation only.
+    assert module.last_validation == {}
+
+
 def test_gradient_clipping_clips_each_model_by_its_own_norm(shared):
     from lightning.pytorch import Trainer
 

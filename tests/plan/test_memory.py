@@ -15,9 +15,10 @@ def test_full_fine_tuning_costs_16_bytes_per_trained_parameter_divided_over_shar
     assert model_state(SHAPE, lora=False, s=Setting(cpu_offload=True)) == {"weights": 0, "gradients": 0, "optimizer": 0}
 
 
-def test_lora_keeps_the_base_in_the_frozen_dtype_and_trains_only_the_adapters():
+def test_lora_loads_the_base_as_the_trained_model_and_trains_only_the_adapters():
+    # The base is loaded as the model it adapts, float32 (nla.modules.precision), not in the frozen dtype.
     state = model_state(SHAPE, lora=True, s=Setting(shards=2, frozen_bytes=2))
-    assert state == {"weights": (1000 * 2 + 10 * 4) / 2, "gradients": 20, "optimizer": 40}
+    assert state == {"weights": (1000 * 4 + 10 * 4) / 2, "gradients": 20, "optimizer": 40}
 
 
 def test_reference_placements():

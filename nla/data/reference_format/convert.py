@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nla.data.cache_format import INDEX_DTYPE, MEANS, META, write_shard
+from nla.data.cache_check import record_location
+from nla.data.cache_format import BOUNDS, INDEX_DTYPE, MEANS, META, write_shard
 from nla.data.cache_plan import FORMAT_VERSION
 from nla.data.cache_stats import GROUPS, split_statistics
 from nla.data.reference_format.dataset import ReferenceDataset
@@ -89,8 +90,9 @@ def write_imported_cache(datasets: list[ReferenceDataset], directory: Path, mode
                     summaries[split][str(index)] = [line for line in explanation.splitlines() if line.strip()]
                 index += 1
         write_shard(directory, shard, np.stack(vectors).astype(np.float32), np.array(records, dtype=INDEX_DTYPE), docs)
-    stats, means = split_statistics(directory, num_shards, "float32")
+    stats, means, bounds = split_statistics(directory, num_shards, "float32")
     atomic_save_npy(directory / MEANS, means)
+    atomic_save_npy(directory / BOUNDS, bounds)
     summary_dir = directory / "summaries" / IMPORTED_SUMMARIES
     summary_dir.mkdir(parents=True)
     for split, features in summaries.items():
@@ -119,4 +121,5 @@ def write_imported_cache(datasets: list[ReferenceDataset], directory: Path, mode
     if final.exists():
         shutil.rmtree(final)
     directory.rename(final)
+    record_location(final)
     return meta

@@ -1,0 +1,30 @@
+"""The quickstart's printed table: which half it reads, and the warning when GRPO lost valid answers."""
+
+from __future__ import annotations
+
+from nla.evaluation.bootstrap import Interval
+from nla.quickstart_report import Comparison, Row, print_report, valid_rate_warning
+
+
+def comparison(sft_valid: float, grpo_valid: float, split: str = "test") -> Comparison:
+    fve = Interval(0.1, -0.1, 0.3)
+    rows = [Row("mean predictor", fve), Row("after SFT", fve, sft_valid, 0.428), Row("after GRPO", fve, grpo_valid, 0.509)]
+    return Comparison(rows, [Row("GRPO - SFT", Interval(-0.194, -0.463, 0.085))], 192, 24, 1.0, split)
+
+
+def test_a_lower_valid_rate_after_grpo_is_named_with_both_valid_only_figures():
+    warning = valid_rate_warning(comparison(0.83, 0.77))
+    assert "83% -> 77%" in warning and "+0.428 -> +0.509" in warning
+
+
+def test_no_warning_when_grpo_kept_or_raised_the_valid_rate():
+    assert valid_rate_warning(comparison(0.83, 0.83)) is None
+    assert valid_rate_warning(comparison(0.83, 0.95)) is None
+
+
+def test_the_table_names_its_half_and_prints_the_warning(capsys):
+    print_report(comparison(0.83, 0.77, "validation"), {"total": 61.0}, [], {"GRPO pair": "x"})
+    out = capsys.readouterr().out
+    assert "held-out validation half, which training evaluated on" in out
+    assert "warning: GRPO lowered the valid-answer rate (83% -> 77%)" in out
+    assert "Example explanations" not in out and "GRPO - SFT" in out and "within noise" in out
