@@ -10,7 +10,9 @@ A run is ``python -m nla quickstart`` with ``corpus.path`` and a cache directory
 held-out rows with its paired 95% interval over documents, both pairs' valid-answer rates and
 valid-only FVE, and the wall time. ``--reuse_sft`` trains GRPO alone, from the SFT export an earlier
 run of the same (corpus, seed) saved here: the way to compare GRPO settings, on ``--split
-validation`` so that the test half stays unseen by the choice. Every run's result is appended to
+validation`` so that the test half stays unseen by the choice; ``--evaluate_kept`` then reads the
+test half with the exports a ``--keep_grpo`` run of that label kept, without training again (the
+runs are deterministic, so this is the pair a rerun would train). Every run's result is appended to
 ``--results`` (JSON lines) and its SFT export kept under ``--keep``; the table is built from all
 results of the chosen label, so an interrupted sweep is resumed by running it again.
 """
@@ -43,12 +45,13 @@ def child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     comparison = quickstart(overrides=corpus_overrides(args.corpus), grpo_overrides=args.grpo_overrides,
                             training_seed=args.seed, examples=[], reuse_sft=args.reuse_sft,
-                            eval_split=args.split, eval_rows=args.eval_rows)
+                            skip_training=args.evaluate_kept, eval_split=args.split, eval_rows=args.eval_rows)
     rows = {row.name: row for row in comparison.rows}
     difference = {row.name: row for row in comparison.differences}["GRPO - SFT"].fve
     result = {
         "label": args.label, "corpus": args.corpus, "seed": args.seed, "split": args.split,
-        "reuse_sft": args.reuse_sft, "grpo_overrides": args.grpo_overrides, "rows": comparison.count,
+        "reuse_sft": args.reuse_sft, "evaluated_kept": args.evaluate_kept, "grpo_overrides": args.grpo_overrides,
+        "rows": comparison.count,
         "documents": comparison.documents, "minutes": (time.perf_counter() - started) / 60,
         "grpo_minus_sft": [difference.value, difference.low, difference.high],
         **{f"{key}_{name}": getattr(rows[title], field) for key, title in (("sft", "after SFT"), ("grpo", "after GRPO"))
@@ -62,25 +65,28 @@ def child(args: argparse.Namespace) -> None:
 def run(corpus: str, seed: int, args: argparse.Namespace) -> dict:
     """One run in a fresh process (so no memory or global state carries over between runs)."""
     kept = Path(args.keep) / f"{corpus}-seed{seed}"
-    if args.reuse_sft:
-        if not (kept / "sft").is_dir():
-            raise SystemExit(f"no SFT export of {corpus}, seed {seed} in {kept}: run without --reuse_sft first")
-        shutil.rmtree(SFT_EXPORT, ignore_errors=True)
-        shutil.copytree(kept / "sft", SFT_EXPORT)
+    needed = {SFT_EXPORT: kept / "sft"} if args.reuse_sft or args.evaluate_kept else {}
+    if args.evaluate_kept:
+        needed[GRPO_EXPORT] = kept / f"grpo-{args.label}"
+    for export, source in needed.items():
+        if not source.is_dir():
+            raise SystemExit(f"no export of {corpus}, seed {seed} in {source}: run it first (--keep_grpo for GRPO)")
+        shutil.rmtree(export, ignore_errors=True)
+        shutil.copytree(source, export)
     target = Path(args.results).with_suffix(f".{args.label}.{corpus}.{seed}.json")
     command = [sys.executable, __file__, "--child", "--corpus", corpus, "--seed", str(seed), "--json", str(target),
                "--label", args.label, "--split", args.split, "--eval_rows", str(args.eval_rows),
-               *(["--reuse_sft"] if args.reuse_sft else []),
+               *(["--reuse_sft"] if args.reuse_sft else []), *(["--evaluate_kept"] if args.evaluate_kept else []),
                *(f"--grpo_overrides={value}" for value in args.grpo_overrides)]
     log = Path(args.results).with_suffix(f".{args.label}.{corpus}.{seed}.log")
     with open(log, "w") as stream:
         done = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         raise SystemExit(f"{corpus}, seed {seed}: the run failed (exit {done.returncode}); see {log}")
-    if not args.reuse_sft:
+    if not (args.reuse_sft or args.evaluate_kept):
         shutil.rmtree(kept / "sft", ignore_errors=True)
         shutil.copytree(SFT_EXPORT, kept / "sft")
-    if args.keep_grpo:
+    if args.keep_grpo and not args.evaluate_kept:
         shutil.rmtree(kept / f"grpo-{args.label}", ignore_errors=True)
         shutil.copytree(GRPO_EXPORT, kept / f"grpo-{args.label}")
     result = json.loads(target.read_text())
@@ -102,7 +108,7 @@ def table(results: list[dict]) -> str:
             f"| {r['corpus']} | {r['seed']} | {r['split']} ({r['rows']} / {r['documents']}) | {interval(r['sft'])} "
             f"| {interval(r['grpo'])} | {interval(r['grpo_minus_sft'])}, {verdict} "
             f"| {r['sft_valid']:.0%} -> {r['grpo_valid']:.0%} | {r['sft_valid_fve']:+.3f} -> {r['grpo_valid_fve']:+.3f} "
-            f"| {r['minutes']:.1f} |")
+            f"| {r['minutes']:.1f}{' (evaluation only)' if r.get('evaluated_kept') else ''} |")
     return "\n".join(lines)
 
 
@@ -114,6 +120,8 @@ def main() -> None:
     parser.add_argument("--grpo_overrides", action="append", default=[],
                         help="a dotted override of the GRPO config (repeatable), e.g. --grpo_overrides=--model.init_args.kl_coef=0.05")
     parser.add_argument("--reuse_sft", action="store_true", help="train GRPO only, from the kept SFT export")
+    parser.add_argument("--evaluate_kept", action="store_true",
+                        help="no training: evaluate the SFT and GRPO exports kept by a --keep_grpo run of --label")
     parser.add_argument("--split", default="test", choices=["test", "validation"])
     parser.add_argument("--eval_rows", type=int, default=192)
     parser.add_argument("--results", default="runs/robustness/results.jsonl")
