@@ -191,9 +191,7 @@ def _summaries_needed(datamodule) -> bool:
     meta_path = Path(datamodule.cache_args.directory) / META
     if not meta_path.is_file() or not datamodule.cache_ready():
         return True
-    cache = SimpleNamespace(meta=json.loads(meta_path.read_text()))
-    if "imported" in cache.meta:
-        return False  # `nla import` wrote the reference dataset's explanations as the summaries
+    cache = SimpleNamespace(meta=json.loads(meta_path.read_text()), directory=meta_path.parent)
     directory = summaries_directory(datamodule.summaries_root, datamodule.teacher_args, cache)
     return not all(summary_file(directory, split).is_file() for split in datamodule.text_splits)
 

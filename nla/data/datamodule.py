@@ -29,7 +29,6 @@ from nla.data.cache_format import META
 from nla.data.cache_plan import CacheArgs
 from nla.data.cache_writer import build_cache
 from nla.data.corpus import CorpusArgs
-from nla.data.reference_format.convert import IMPORTED_SUMMARIES
 from nla.data.datasets import CacheRows, Collator, EpochSampler, ResumableLoader
 from nla.padding import pad_token_id
 from nla.data.splits import HELDOUT_PARTS, SplitArgs, evaluation_order
@@ -194,8 +193,7 @@ class NLADataModule(LightningDataModule):
         self.cache = self._validated(ActivationCache(self.cache_args.directory, expect_d=adapters.hidden_size(config),
                                                      expect_layer=self._layer(config), field="data.cache.directory"))
         self.prompts = Prompts.build(self.tokenizer, self.prompt_args)
-        directory = (Path(self.cache.directory) / "summaries" / IMPORTED_SUMMARIES if "imported" in self.cache.meta
-                     else summaries_directory(self.summaries_root, self.teacher_args, self.cache))
+        directory = summaries_directory(self.summaries_root, self.teacher_args, self.cache)
         for split in self.text_splits:
             features = read_summaries(summary_file(directory, split))
             indices = self.cache.split_indices(split)

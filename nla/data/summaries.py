@@ -50,7 +50,15 @@ def teacher_identity(teacher: TeacherArgs, cache: ActivationCache) -> dict:
     }
 
 
+IMPORTED_SUMMARIES = "imported"
+"""Directory under ``<cache>/summaries`` holding an imported cache's explanations (``nla import``)."""
+
+
 def summaries_directory(root: str | Path, teacher: TeacherArgs, cache: ActivationCache) -> Path:
+    """Where ``cache``'s summaries are: those ``nla import`` wrote for an imported cache, else the
+    teacher's own directory under ``root``."""
+    if "imported" in cache.meta:
+        return Path(cache.directory) / "summaries" / IMPORTED_SUMMARIES
     identity = teacher_identity(teacher, cache)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return Path(root) / f"{teacher.provider}-{digest}"

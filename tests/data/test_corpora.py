@@ -84,7 +84,7 @@ class Mirror:
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
-        pass
+        """Silent: requests are not logged to the test output."""
 
 
 @pytest.fixture

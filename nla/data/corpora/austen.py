@@ -34,8 +34,6 @@ def austen_documents(chunk_words: int = 500, data_dir: Path | str | None = None)
     """The novels cut into documents of about ``chunk_words`` words (``chunks.chunk_paragraphs``).
     Paragraph lines are joined by spaces. Ids are ``austen/<novel>/<index>``; ``data_dir`` defaults to
     the package's data (installed, cached or fetched)."""
-    if chunk_words < 1:
-        raise ConfigError("corpus.chunk_words", f"must be at least 1, got {chunk_words}")
     novels = read_novels(package_data(PACKAGE) if data_dir is None else data_dir)
     return [doc for name, lines in sorted(novels.items())
             for doc in chunk_paragraphs(f"austen/{name}", _paragraphs(lines), chunk_words)]

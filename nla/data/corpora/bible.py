@@ -42,8 +42,6 @@ def bible_documents(chunk_words: int = 500, data_dir: Path | str | None = None) 
     """The books cut into documents of about ``chunk_words`` words (``chunks.chunk_paragraphs``).
     Ids are ``bible/<book>/<index>`` with the book's name in lower case, spaces as dashes
     (``bible/1-samuel/0003``); ``data_dir`` defaults to the package's module directory."""
-    if chunk_words < 1:
-        raise ConfigError("corpus.chunk_words", f"must be at least 1, got {chunk_words}")
     books = read_books(package_data(PACKAGE) if data_dir is None else data_dir)
     return [doc for name, paragraphs in books.items()
             for doc in chunk_paragraphs(f"bible/{name}", paragraphs, chunk_words)]

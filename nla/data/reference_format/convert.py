@@ -29,11 +29,10 @@ from nla.data.cache_stats import GROUPS, split_statistics
 from nla.data.reference_format.dataset import ReferenceDataset
 from nla.data.splits import SPLITS
 from nla.data.storage import atomic_save_npy, atomic_write_json, file_sha256
+from nla.data.summaries import IMPORTED_SUMMARIES
 from nla.errors import ConfigError
 
 STAGE_SPLIT = {"av_sft": "av_sft", "ar_sft": "ar_sft", "rl": "rl", "base": "rl"}
-IMPORTED_SUMMARIES = "imported"
-"""Directory under ``<cache>/summaries`` holding the datasets' explanations as teacher summaries."""
 
 
 def heldout_documents(doc_ids: set[str], fraction: float, seed: int) -> set[str]:
