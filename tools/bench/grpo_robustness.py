@@ -29,6 +29,7 @@ from pathlib import Path
 
 SFT_EXPORT = Path("runs/quickstart/sft/export")
 GRPO_EXPORT = Path("runs/quickstart/grpo/export")
+GRPO_LOGS = Path("runs/quickstart/grpo/version_0")
 
 
 def corpus_overrides(corpus: str) -> list[str]:
@@ -62,6 +63,16 @@ def child(args: argparse.Namespace) -> None:
     Path(args.json).write_text(json.dumps(result))
 
 
+def keep_grpo_run(kept: Path, label: str) -> None:
+    """The run's final GRPO export in ``kept/grpo-LABEL`` and its curves (TensorBoard events and
+    config, not the checkpoints) in ``kept/grpo-LABEL-logs``: the next run replaces both here, and
+    the curves (valid rate, lengths, KL per step) are what says why a run lost."""
+    for source, target, ignore in ((GRPO_EXPORT, kept / f"grpo-{label}", None),
+                                   (GRPO_LOGS, kept / f"grpo-{label}-logs", shutil.ignore_patterns("checkpoints"))):
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target, ignore=ignore)
+
+
 def run(corpus: str, seed: int, args: argparse.Namespace) -> dict:
     """One run in a fresh process (so no memory or global state carries over between runs)."""
     kept = Path(args.keep) / f"{corpus}-seed{seed}"
@@ -87,8 +98,7 @@ def run(corpus: str, seed: int, args: argparse.Namespace) -> dict:
         shutil.rmtree(kept / "sft", ignore_errors=True)
         shutil.copytree(SFT_EXPORT, kept / "sft")
     if args.keep_grpo and not args.evaluate_kept:
-        shutil.rmtree(kept / f"grpo-{args.label}", ignore_errors=True)
-        shutil.copytree(GRPO_EXPORT, kept / f"grpo-{args.label}")
+        keep_grpo_run(kept, args.label)
     result = json.loads(target.read_text())
     with open(args.results, "a") as stream:
         stream.write(json.dumps(result) + "\n")
@@ -126,7 +136,7 @@ def main() -> None:
     parser.add_argument("--eval_rows", type=int, default=192)
     parser.add_argument("--results", default="runs/robustness/results.jsonl")
     parser.add_argument("--keep", default="runs/robustness", help="where each run's SFT export is kept")
-    parser.add_argument("--keep_grpo", action="store_true", help="also keep each run's final GRPO export")
+    parser.add_argument("--keep_grpo", action="store_true", help="also keep each run's final GRPO export and its curves")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
