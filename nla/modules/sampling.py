@@ -5,8 +5,9 @@ prompt) with ``[B x G, W]`` token ids, row ``b * G + g`` being answer g of promp
 first end-of-turn token. ``Verbalizer.sample`` picks the engine by name; GRPO only names it
 (``sampler``), so another engine (vLLM's prompt embeddings, say) is one more class here.
 
-- ``loop``: the plain loop over a growing (dynamic) KV cache, every row prefilled on its own and a
-  host check of "all rows done" after each token. It runs anywhere; it is the CPU default.
+- ``loop``: the plain loop over a growing (dynamic) KV cache, every row prefilled on its own, a host
+  check of "all rows done" after each token, and finished rows dropped from the batch. It runs
+  anywhere; it is the CPU default.
 - ``static``: each prompt prefilled ONCE (the injection happens there, outside any graph), its KV
   cache copied into a static cache of prompt + cap positions for its G answers, then one decode step
   per token with the sampled tokens kept on the device and "all rows done" checked every
@@ -30,6 +31,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from nla.errors import ConfigError
 from nla.modules.injection import Injector
@@ -133,7 +135,9 @@ def _finish(token: Tensor, done: Tensor, stop: Tensor, pad_id: int) -> Tensor:
 
 
 class LoopSampler:
-    """The plain loop: every row prefilled, one forward per token over a dynamic cache."""
+    """The plain loop: every row prefilled, one forward per token over a dynamic cache, finished rows
+    dropped from the batch (their cache rows too), so a few answers that run to the cap do not keep
+    every other row decoding: on CPU a step costs about its row count."""
 
     def generate(self, verbalizer: Verbalizer, request: SamplingRequest) -> Tensor:
         model, group = verbalizer.model, request.group
@@ -141,29 +145,46 @@ class LoopSampler:
         attention_mask = request.attention_mask.repeat_interleave(group, dim=0)
         vectors = request.vectors.repeat_interleave(group, dim=0)
         device = input_ids.device
+        key, pad_id = seed_key(request.seed), verbalizer.pad_id
+        # Each active row keeps its row number: its keyed randomness and its line in ``tokens``.
         rows = torch.arange(input_ids.shape[0], device=device)
+        tokens = torch.full((rows.shape[0], request.max_new_tokens), pad_id, dtype=torch.long, device=device)
         stop = torch.tensor(sorted(verbalizer.stop_ids), device=device)
         done = torch.zeros(rows.shape[0], dtype=torch.bool, device=device)
-        key, pad_id = seed_key(request.seed), verbalizer.pad_id
         position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
-        cache = {cache_keyword(model): DynamicCache(config=model.config)}
-        steps: list[Tensor] = []
+        cache = DynamicCache(config=model.config)
+        cache_arg, steps = {cache_keyword(model): cache}, 0
         verbalizer.injector.load(vectors, once=True)
         try:
             step_ids = input_ids
             for step in range(request.max_new_tokens):
                 logits = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=True, logits_to_keep=1, **cache).logits[:, -1]
-                token = draw(logits, keyed_uniforms(key, rows, step), request.temperature, request.greedy)
-                steps.append(_finish(token, done, stop, pad_id))
-                if bool(done.all()):
+                               use_cache=True, logits_to_keep=1, **cache_arg).logits[:, -1]
+                token = _finish(draw(logits, keyed_uniforms(key, rows, step), request.temperature, request.greedy),
+                                done, stop, pad_id)
+                tokens[rows, step] = token
+                steps = step + 1
+                finished = int(done.sum())
+                if finished == rows.shape[0]:
                     break
                 step_ids = token[:, None]
                 attention_mask = torch.cat([attention_mask, torch.ones_like(step_ids)], dim=1)
                 position_ids = position_ids[:, -1:] + 1
+                if finished and _compactable(cache):
+                    keep = (~done).nonzero().squeeze(1)
+                    cache.batch_select_indices(keep)
+                    rows, done, step_ids = rows[keep], done[keep], step_ids[keep]
+                    attention_mask, position_ids = attention_mask[keep], position_ids[keep]
         finally:
             verbalizer.injector.unload()
-        return torch.stack(steps, dim=1)
+        return tokens[:, :steps]
+
+
+def _compactable(cache: DynamicCache) -> bool:
+    """Whether dropping batch rows keeps the cache whole: true for key/value layers (full or sliding
+    window); a layer with other state (a linear-attention layer's convolution state, say) keeps its
+    rows and every row decodes to the end."""
+    return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers)
 
 
 class StaticSampler:

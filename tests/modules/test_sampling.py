@@ -122,6 +122,32 @@ def test_static_engine_checks_for_the_end_every_few_tokens(tiny_model_dir, one_t
     assert torch.equal(static[:, :1], loop) and bool((static[:, 1:] == verbalizer.pad_id).all())
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_loop_drops_finished_rows_and_samples_the_static_engines_tokens(family, tiny_model_dir, one_thread):
+    verbalizer, prompts = build(family, tiny_model_dir)
+    rows, v, stop_ids = two_prompts(prompts), vectors(verbalizer), verbalizer.stop_ids
+    for kwargs in (dict(greedy=True), dict(seed=12, temperature=0.7)):
+        verbalizer.stop_ids = stop_ids
+        free = verbalizer.sample(v, rows, max_new_tokens=12, group=3, sampler="static", **kwargs).tokens
+        # Row 0's third token ends an answer: rows then finish at different steps.
+        verbalizer.stop_ids = {free[0][2]}
+        batch_sizes = []
+        handle = adapters.decoder_layers(verbalizer.model)[0].register_forward_pre_hook(
+            lambda module, args, kwargs: batch_sizes.append((args[0] if args else kwargs["hidden_states"]).shape[0]),
+            with_kwargs=True)
+        try:
+            loop = verbalizer.sample(v, rows, max_new_tokens=12, group=3, sampler="loop", **kwargs)
+        finally:
+            handle.remove()
+        static = verbalizer.sample(v, rows, max_new_tokens=12, group=3, sampler="static", **kwargs)
+        assert loop.tokens == static.tokens, kwargs
+        lengths = sorted(len(tokens) for tokens in loop.tokens)
+        assert lengths[0] <= 3 < lengths[-1], lengths
+        # One forward per token; each step's batch holds exactly the rows not finished before it.
+        assert batch_sizes == [sum(length > step for length in lengths) for step in range(len(batch_sizes))]
+        assert batch_sizes[-1] < 6
+
+
 def test_resolve_names_the_engine():
     cpu = torch.device("cpu")
     assert isinstance(sampling.resolve("auto", cpu), LoopSampler)
