@@ -26,6 +26,9 @@ from nla.errors import ConfigError
 from nla.preflight import preflight_fit
 from nla.quickstart_report import Comparison, comparison_rows, print_report
 
+GRPO_PAIRS = {"final": "final_export_dir", "best": "export_dir"}
+"""``grpo_pair`` values: the GRPO config key of the export each one names."""
+
 EXAMPLES = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.",
     "She walked to the window and looked out at the rain, wondering whether he would",
@@ -71,6 +74,7 @@ def quickstart(
     grpo_overrides: list[str] | None = None,
     reuse_sft: bool = False,
     eval_split: str = "test",
+    grpo_pair: str = "final",
 ) -> Comparison:
     """Run the whole NLA pipeline on CPU: cache -> teacher summaries -> SFT -> GRPO -> held-out
     comparison -> example explanations, then print the FVE table, wall time per stage and where the
@@ -79,7 +83,7 @@ def quickstart(
     Args:
         sft_config: Fit config of the SFT stage (its ``model.init_args.export_dir`` is the SFT pair).
         grpo_config: Fit config of the GRPO stage; its ``sft_export`` must be the SFT stage's export
-            and its ``final_export_dir`` set (the pair the table compares).
+            and the export ``grpo_pair`` names set (the pair the table compares).
         overrides: Dotted overrides applied to BOTH fit configs, e.g. ``["--data.init_args.cache.directory=X"]``.
         eval_rows: Held-out rows of the comparison: the first ones of the held-out split's ``test`` half
             (``nla.data.splits.HELDOUT_PARTS``), which no training choice saw, in evaluation order.
@@ -96,11 +100,16 @@ def quickstart(
         reuse_sft: Train only GRPO, from the SFT export a previous run left (ablations of the GRPO stage).
         eval_split: The held-out half the table reads: ``test`` (what a run reports) or ``validation``
             (what settings are chosen on, e.g. between ablations).
+        grpo_pair: The GRPO pair the table compares: ``final`` (the pair at the last step,
+            ``final_export_dir``) or ``best`` (the pair of the step with the best ``val/fve`` on the
+            validation half, ``export_dir``; the test half stays unseen by that choice).
     """
     if eval_split not in HELDOUT_PARTS:
         raise ConfigError("eval_split", f"must be one of {', '.join(HELDOUT_PARTS)}, got {eval_split!r}")
     seeds = [f"--seed_everything={training_seed}", f"--data.init_args.seed={training_seed}"]
     overrides = [*seeds, *(overrides or [])]
+    if grpo_pair not in GRPO_PAIRS:
+        raise ConfigError("grpo_pair", f"must be one of {', '.join(GRPO_PAIRS)}, got {grpo_pair!r}")
     if eval_rows < 2:
         raise ConfigError("eval_rows", f"is {eval_rows}; the comparison needs at least 2 held-out rows")
     seconds: dict[str, float] = {}
@@ -114,8 +123,11 @@ def quickstart(
         raise ConfigError("model.init_args.export_dir", f"is unset in {sft_config}; the quickstart needs the SFT export")
     if hp.get("sft_export") is None or Path(hp["sft_export"]).resolve() != Path(sft_export).resolve():
         raise ConfigError("model.init_args.sft_export", f"in {grpo_config} must be the SFT stage's export {sft_export}")
-    if not hp.get("final_export_dir"):
-        raise ConfigError("model.init_args.final_export_dir", f"is unset in {grpo_config}; the table compares that pair")
+    compared_key = GRPO_PAIRS[grpo_pair]
+    if not hp.get(compared_key):
+        raise ConfigError(f"model.init_args.{compared_key}", f"is unset in {grpo_config}; the table compares that pair "
+                          f"(grpo_pair: {grpo_pair})")
+    compared = hp[compared_key]
     # Each stage's pre-flight before any of them runs; the GRPO stage's sft_export is the SFT stage's to write.
     preflight_fit(sft.trainer, sft.model, sft.datamodule)
     preflight_fit(grpo.trainer, grpo.model, grpo.datamodule, will_exist=(str(hp["sft_export"]),))
@@ -126,7 +138,7 @@ def quickstart(
     sft.datamodule.prepare_data()
     seconds["cache + summaries" + (" (reused)" if reused else "")] = time.perf_counter() - clock
 
-    kept = [sft_export, hp["final_export_dir"]] if skip_training else [sft_export] if reuse_sft else []
+    kept = [sft_export, compared] if skip_training else [sft_export] if reuse_sft else []
     for export in kept:
         if not (Path(export) / "av").is_dir() or not (Path(export) / "ar").is_dir():
             key = "skip_training" if skip_training else "reuse_sft"
@@ -146,21 +158,21 @@ def quickstart(
 
     _stage("held-out comparison")
     clock = time.perf_counter()
-    rows = comparison_rows(grpo.datamodule, sft_export, hp["final_export_dir"], hp["max_new_tokens"],
+    rows = comparison_rows(grpo.datamodule, sft_export, compared, hp["max_new_tokens"],
                            hp["micro_batch_size"], eval_rows, resamples, seed, eval_split)
     seconds["held-out evaluation"] = time.perf_counter() - clock
 
     examples = list(EXAMPLES) if examples is None else examples
-    page = Path(hp["final_export_dir"]).parent / "explorer.html"
+    page = Path(compared).parent / "explorer.html"
     explained = []
     if examples:
         clock = time.perf_counter()
         _stage("example explanations")
-        explained = _explain_examples(hp["final_export_dir"], examples, hp["max_new_tokens"], page)
+        explained = _explain_examples(compared, examples, hp["max_new_tokens"], page)
         seconds["examples"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - started
     logs = sorted({str(Path(cli.trainer.logger.save_dir)) for cli in (sft, grpo) if cli.trainer.logger is not None})
-    paths = {"TensorBoard logs": ", ".join(logs), "SFT pair": sft_export, "GRPO pair": hp["final_export_dir"]}
+    paths = {"TensorBoard logs": ", ".join(logs), "SFT pair": sft_export, "GRPO pair": compared}
     print_report(rows, seconds, explained, {**paths, **({"explorer page": str(page)} if examples else {})})
     return rows
 

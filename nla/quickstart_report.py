@@ -70,7 +70,7 @@ def _pair_round_trip(name: str, directory: str, datamodule, batches, max_new_tok
 
 def comparison_rows(datamodule, sft_export: str, grpo_export: str, max_new_tokens: int, micro: int,
                     eval_rows: int, resamples: int, seed: int, split: str = "test") -> Comparison:
-    """Mean predictor, shuffled control, SFT pair and final GRPO pair on the same held-out rows."""
+    """Mean predictor, shuffled control, SFT pair and GRPO pair on the same held-out rows."""
     batches = heldout_rows(datamodule, eval_rows, split)
     vectors = torch.cat([batch["vector"] for batch in batches]).float()
     indices = torch.cat([batch["index"] for batch in batches]).tolist()

@@ -76,6 +76,12 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path, tiny_model_d
     compared = capsys.readouterr().out
     assert "after GRPO" in compared and "  SFT  " not in compared and "  GRPO  " not in compared
     assert "held-out test half, which no training choice saw" in compared
+    assert f"GRPO pair: {tmp_path / 'grpo-export'}" in compared
+
+    # The pair of the step that scored best on the validation half, read on the test half.
+    main([*command, "--skip_training", "true", "--grpo_pair", "best"])
+    best = capsys.readouterr().out
+    assert f"GRPO pair: {tmp_path / 'grpo-best'}" in best and "after GRPO" in best
 
     # An ablation of GRPO alone: the SFT export is kept as it is, the table reads the validation half.
     (tmp_path / "explorer.html").unlink()
@@ -98,6 +104,24 @@ def test_eval_split_must_be_a_heldout_half(tmp_path, tiny_model_dir, capsys):
         main(["quickstart", "--sft_config", str(sft), "--grpo_config", str(grpo), "--eval_split", "heldout"])
     assert exit_info.value.code == 2
     assert "eval_split" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_grpo_pair_must_name_an_export(tmp_path, tiny_model_dir, capsys):
+    write_corpus(tmp_path)
+    model_dir = tiny_model_dir("llama")
+    sft, grpo = toy_config("sft", tmp_path, model_dir), toy_config("grpo", tmp_path, model_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", "--sft_config", str(sft), "--grpo_config", str(grpo), "--grpo_pair", "last"])
+    assert exit_info.value.code == 2
+    assert "grpo_pair: must be one of final, best" in capsys.readouterr().err
+    config = yaml.safe_load(grpo.read_text())
+    del config["model"]["init_args"]["export_dir"]
+    grpo.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", "--sft_config", str(sft), "--grpo_config", str(grpo), "--grpo_pair", "best"])
+    assert exit_info.value.code == 2
+    assert "model.init_args.export_dir" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
 
 

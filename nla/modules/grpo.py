@@ -116,8 +116,8 @@ class GRPOModule(LightningModule):
                 minutes: the AV writes an answer for every row).
             export_dir: Where the pair with the best ``val/fve`` so far is exported (None: no export).
             final_export_dir: Where the pair at the end of training is exported (None: no export).
-                Comparing stages on the held-out split needs this one: the best pair was chosen on
-                that same split, so its score there is biased upwards.
+                The best pair was chosen on the held-out split's validation half: compare either on
+                the test half (``nla quickstart --grpo_pair``).
             samples_every_n_steps: A TensorBoard text table of rollout samples every N steps.
             seed: Seed of the rollout sampling (combined with the step and the process rank).
             memory_probe: Before the first step, run one forward+backward of each model at the

@@ -15,10 +15,11 @@ def load_script():
     return module
 
 
-def test_a_kept_grpo_run_holds_its_export_and_curves_but_no_checkpoints(tmp_path, monkeypatch):
+def test_a_kept_grpo_run_holds_its_exports_and_curves_but_no_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     robustness = load_script()
     files = {robustness.GRPO_EXPORT / "av" / "model.safetensors": "weights",
+             robustness.GRPO_BEST / "av" / "model.safetensors": "best weights",
              robustness.GRPO_LOGS / "events.out.tfevents.1": "curves",
              robustness.GRPO_LOGS / "checkpoints" / "last.ckpt": "state"}
     for path, text in files.items():
@@ -31,6 +32,7 @@ def test_a_kept_grpo_run_holds_its_export_and_curves_but_no_checkpoints(tmp_path
     robustness.keep_grpo_run(tmp_path / "keep", "L")
 
     assert (tmp_path / "keep" / "grpo-L" / "av" / "model.safetensors").read_text() == "weights"
+    assert (tmp_path / "keep" / "grpo-L-best" / "av" / "model.safetensors").read_text() == "best weights"
     assert (tmp_path / "keep" / "grpo-L-logs" / "events.out.tfevents.1").read_text() == "curves"
     assert not (tmp_path / "keep" / "grpo-L-logs" / "checkpoints").exists()
     assert not stale.exists()

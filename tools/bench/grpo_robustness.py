@@ -29,6 +29,7 @@ from pathlib import Path
 
 SFT_EXPORT = Path("runs/quickstart/sft/export")
 GRPO_EXPORT = Path("runs/quickstart/grpo/export")
+GRPO_BEST = Path("runs/quickstart/grpo/best")
 GRPO_LOGS = Path("runs/quickstart/grpo/version_0")
 
 
@@ -46,11 +47,12 @@ def child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     comparison = quickstart(overrides=corpus_overrides(args.corpus), grpo_overrides=args.grpo_overrides,
                             training_seed=args.seed, examples=[], reuse_sft=args.reuse_sft,
-                            skip_training=args.evaluate_kept, eval_split=args.split, eval_rows=args.eval_rows)
+                            skip_training=args.evaluate_kept, eval_split=args.split, eval_rows=args.eval_rows,
+                            grpo_pair=args.grpo_pair)
     rows = {row.name: row for row in comparison.rows}
     difference = {row.name: row for row in comparison.differences}["GRPO - SFT"].fve
     result = {
-        "label": args.label, "corpus": args.corpus, "seed": args.seed, "split": args.split,
+        "label": args.label, "corpus": args.corpus, "seed": args.seed, "split": args.split, "grpo_pair": args.grpo_pair,
         "reuse_sft": args.reuse_sft, "evaluated_kept": args.evaluate_kept, "grpo_overrides": args.grpo_overrides,
         "rows": comparison.count,
         "documents": comparison.documents, "minutes": (time.perf_counter() - started) / 60,
@@ -64,10 +66,12 @@ def child(args: argparse.Namespace) -> None:
 
 
 def keep_grpo_run(kept: Path, label: str) -> None:
-    """The run's final GRPO export in ``kept/grpo-LABEL`` and its curves (TensorBoard events and
-    config, not the checkpoints) in ``kept/grpo-LABEL-logs``: the next run replaces both here, and
-    the curves (valid rate, lengths, KL per step) are what says why a run lost."""
+    """The run's final GRPO export in ``kept/grpo-LABEL``, its best-on-validation export in
+    ``kept/grpo-LABEL-best`` and its curves (TensorBoard events and config, not the checkpoints) in
+    ``kept/grpo-LABEL-logs``: the next run replaces all three here, and the curves (valid rate,
+    lengths, KL per step) are what says why a run lost."""
     for source, target, ignore in ((GRPO_EXPORT, kept / f"grpo-{label}", None),
+                                   (GRPO_BEST, kept / f"grpo-{label}-best", None),
                                    (GRPO_LOGS, kept / f"grpo-{label}-logs", shutil.ignore_patterns("checkpoints"))):
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(source, target, ignore=ignore)
@@ -78,18 +82,21 @@ def run(corpus: str, seed: int, args: argparse.Namespace) -> dict:
     kept = Path(args.keep) / f"{corpus}-seed{seed}"
     needed = {SFT_EXPORT: kept / "sft"} if args.reuse_sft or args.evaluate_kept else {}
     if args.evaluate_kept:
-        needed[GRPO_EXPORT] = kept / f"grpo-{args.label}"
+        best = args.grpo_pair == "best"
+        needed[GRPO_BEST if best else GRPO_EXPORT] = kept / f"grpo-{args.label}{'-best' if best else ''}"
     for export, source in needed.items():
         if not source.is_dir():
             raise SystemExit(f"no export of {corpus}, seed {seed} in {source}: run it first (--keep_grpo for GRPO)")
         shutil.rmtree(export, ignore_errors=True)
         shutil.copytree(source, export)
-    target = Path(args.results).with_suffix(f".{args.label}.{corpus}.{seed}.json")
+    name = f"{args.label}{'-best' if args.grpo_pair == 'best' else ''}.{corpus}.{seed}"
+    target = Path(args.results).with_suffix(f".{name}.json")
     command = [sys.executable, __file__, "--child", "--corpus", corpus, "--seed", str(seed), "--json", str(target),
                "--label", args.label, "--split", args.split, "--eval_rows", str(args.eval_rows),
+               "--grpo_pair", args.grpo_pair,
                *(["--reuse_sft"] if args.reuse_sft else []), *(["--evaluate_kept"] if args.evaluate_kept else []),
                *(f"--grpo_overrides={value}" for value in args.grpo_overrides)]
-    log = Path(args.results).with_suffix(f".{args.label}.{corpus}.{seed}.log")
+    log = Path(args.results).with_suffix(f".{name}.log")
     with open(log, "w") as stream:
         done = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT)
     if done.returncode != 0:
@@ -133,10 +140,13 @@ def main() -> None:
     parser.add_argument("--evaluate_kept", action="store_true",
                         help="no training: evaluate the SFT and GRPO exports kept by a --keep_grpo run of --label")
     parser.add_argument("--split", default="test", choices=["test", "validation"])
+    parser.add_argument("--grpo_pair", default="final", choices=["final", "best"],
+                        help="the GRPO export compared: the last step's or the best on the validation half")
     parser.add_argument("--eval_rows", type=int, default=192)
     parser.add_argument("--results", default="runs/robustness/results.jsonl")
     parser.add_argument("--keep", default="runs/robustness", help="where each run's SFT export is kept")
-    parser.add_argument("--keep_grpo", action="store_true", help="also keep each run's final GRPO export and its curves")
+    parser.add_argument("--keep_grpo", action="store_true",
+                        help="also keep each run's final and best GRPO exports and its curves")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -153,8 +163,8 @@ def main() -> None:
                   f"({result['minutes']:.1f} min)", flush=True)
     results = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     chosen = [r for r in results if r["label"] == args.label and r["split"] == args.split
-              and r["corpus"] in args.corpora and r["seed"] in args.seeds]
-    print(f"\n{args.label}: GRPO against SFT on the held-out {args.split} half\n")
+              and r.get("grpo_pair", "final") == args.grpo_pair and r["corpus"] in args.corpora and r["seed"] in args.seeds]
+    print(f"\n{args.label}: GRPO ({args.grpo_pair} pair) against SFT on the held-out {args.split} half\n")
     print(table(chosen))
 
 
