@@ -96,14 +96,19 @@ def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path, tiny_model_d
     assert (tmp_path / "grpo-export" / "av" / "model.safetensors").read_bytes() != grpo_weights
 
 
+def refused(capsys, sft: Path, grpo: Path, *options: str) -> str:
+    """The one-line error (exit status 2) of a quickstart that must not start."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", "--sft_config", str(sft), "--grpo_config", str(grpo), *options])
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
 def test_eval_split_must_be_a_heldout_half(tmp_path, tiny_model_dir, capsys):
     write_corpus(tmp_path)
     model_dir = tiny_model_dir("llama")
     sft, grpo = toy_config("sft", tmp_path, model_dir), toy_config("grpo", tmp_path, model_dir)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["quickstart", "--sft_config", str(sft), "--grpo_config", str(grpo), "--eval_split", "heldout"])
-    assert exit_info.value.code == 2
-    assert "eval_split" in capsys.readouterr().err
+    assert "eval_split" in refused(capsys, sft, grpo, "--eval_split", "heldout")
     assert not (tmp_path / "cache").exists()
 
 
@@ -111,17 +116,11 @@ def test_grpo_pair_must_name_an_export(tmp_path, tiny_model_dir, capsys):
     write_corpus(tmp_path)
     model_dir = tiny_model_dir("llama")
     sft, grpo = toy_config("sft", tmp_path, model_dir), toy_config("grpo", tmp_path, model_dir)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["quickstart", "--sft_config", str(sft), "--grpo_config", str(grpo), "--grpo_pair", "last"])
-    assert exit_info.value.code == 2
-    assert "grpo_pair: must be one of final, best" in capsys.readouterr().err
+    assert "grpo_pair: must be one of final, best" in refused(capsys, sft, grpo, "--grpo_pair", "last")
     config = yaml.safe_load(grpo.read_text())
     del config["model"]["init_args"]["export_dir"]
     grpo.write_text(yaml.safe_dump(config))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["quickstart", "--sft_config", str(sft), "--grpo_config", str(grpo), "--grpo_pair", "best"])
-    assert exit_info.value.code == 2
-    assert "model.init_args.export_dir" in capsys.readouterr().err
+    assert "model.init_args.export_dir" in refused(capsys, sft, grpo, "--grpo_pair", "best")
     assert not (tmp_path / "cache").exists()
 
 
@@ -132,7 +131,4 @@ def test_grpo_config_must_continue_from_the_sft_export(tmp_path, tiny_model_dir,
     config = yaml.safe_load(grpo.read_text())
     config["model"]["init_args"]["sft_export"] = str(tmp_path / "elsewhere")
     grpo.write_text(yaml.safe_dump(config))
-    with pytest.raises(SystemExit) as exit_info:
-        main(["quickstart", "--sft_config", str(sft), "--grpo_config", str(grpo), "--eval_rows", "4"])
-    assert exit_info.value.code == 2
-    assert "sft_export" in capsys.readouterr().err
+    assert "sft_export" in refused(capsys, sft, grpo, "--eval_rows", "4")

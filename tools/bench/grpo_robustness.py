@@ -81,15 +81,15 @@ def run(corpus: str, seed: int, args: argparse.Namespace) -> dict:
     """One run in a fresh process (so no memory or global state carries over between runs)."""
     kept = Path(args.keep) / f"{corpus}-seed{seed}"
     needed = {SFT_EXPORT: kept / "sft"} if args.reuse_sft or args.evaluate_kept else {}
+    suffix = "-best" if args.grpo_pair == "best" else ""
     if args.evaluate_kept:
-        best = args.grpo_pair == "best"
-        needed[GRPO_BEST if best else GRPO_EXPORT] = kept / f"grpo-{args.label}{'-best' if best else ''}"
+        needed[GRPO_BEST if suffix else GRPO_EXPORT] = kept / f"grpo-{args.label}{suffix}"
     for export, source in needed.items():
         if not source.is_dir():
             raise SystemExit(f"no export of {corpus}, seed {seed} in {source}: run it first (--keep_grpo for GRPO)")
         shutil.rmtree(export, ignore_errors=True)
         shutil.copytree(source, export)
-    name = f"{args.label}{'-best' if args.grpo_pair == 'best' else ''}.{corpus}.{seed}"
+    name = f"{args.label}{suffix}.{corpus}.{seed}"
     target = Path(args.results).with_suffix(f".{name}.json")
     command = [sys.executable, __file__, "--child", "--corpus", corpus, "--seed", str(seed), "--json", str(target),
                "--label", args.label, "--split", args.split, "--eval_rows", str(args.eval_rows),

@@ -21,7 +21,7 @@ import torch
 from heldout_fve import datamodule_from  # this script's directory is on the path when run
 
 from nla.export import load_verbalizer
-from nla.modules import sampling
+from nla.modules import adapters, sampling
 from nla.modules.verbalizer import Verbalizer
 from nla.quickstart_report import heldout_rows
 
@@ -29,8 +29,7 @@ from nla.quickstart_report import heldout_rows
 def decode(verbalizer: Verbalizer, batches: list[dict], max_new_tokens: int) -> tuple[list, float, int]:
     """Tokens, seconds and row-steps of greedy answers to every batch."""
     row_steps = []
-    layer = verbalizer.model.get_decoder().layers[0]
-    handle = layer.register_forward_pre_hook(
+    handle = adapters.decoder_layers(verbalizer.model)[0].register_forward_pre_hook(
         lambda module, args, kwargs: row_steps.append((args[0] if args else kwargs["hidden_states"]).shape[0]),
         with_kwargs=True)
     tokens, started = [], time.perf_counter()
