@@ -84,6 +84,7 @@ class GRPOModule(LightningModule):
         overlong_buffer: int = 0,
         overlong_penalty: float = 1.0,
         uniform_groups: str = "zero",
+        greedy_answer: bool = False,
     ) -> None:
         """
         Args:
@@ -152,6 +153,8 @@ class GRPOModule(LightningModule):
             overlong_penalty: Reward lost by an answer that reaches the cap under ``overlong_buffer``.
             uniform_groups: Advantage of a group whose rewards are all equal: ``zero`` or ``batch``
                 (against the batch mean and std, so a group that failed entirely is pushed down).
+            greedy_answer: Decode the first of each group's answers greedily, as evaluation does, so
+                a greedy loop that sampling rarely shows is scored and pushed down (needs G >= 2).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -174,9 +177,13 @@ class GRPOModule(LightningModule):
         if overlong_buffer > max_new_tokens:
             raise ConfigError("model.overlong_buffer", f"is {overlong_buffer}; it must not exceed max_new_tokens "
                               f"({max_new_tokens})")
+        if greedy_answer and samples_per_prompt < 2:
+            raise ConfigError("model.greedy_answer", "needs samples_per_prompt of at least 2 (one greedy answer "
+                              "and the sampled ones it is compared with); set samples_per_prompt or turn it off")
         self.args = RolloutArgs(samples_per_prompt, micro_batch_size, max_new_tokens, temperature, reward,
                                 advantage, clip_epsilon, kl_coef, kl_estimator, loss_aggregation, sampler,
-                                unfinished, unfinished_penalty, overlong_buffer, overlong_penalty, uniform_groups)
+                                unfinished, unfinished_penalty, overlong_buffer, overlong_penalty, uniform_groups,
+                                greedy_answer)
         self.verbalizer: Verbalizer | None = None
         self.reconstructor: Reconstructor | None = None
         self.best_fve = float("-inf")

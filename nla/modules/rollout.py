@@ -80,6 +80,10 @@ class RolloutArgs:
     """Advantage of a group whose rewards are all equal: ``zero`` (no signal, as GRPO's per-group
     baseline gives) or ``batch`` (against the batch's mean and std, so a group that failed entirely
     is pushed down; ``nla.grpo_loss.uniform_group_advantages``)."""
+    greedy_answer: bool = False
+    """Decode answer 0 of each group greedily (the answer evaluation and ``nla explain`` write) and
+    sample the other G - 1. A greedy repetition loop, which sampled answers rarely show, is then
+    scored like any unfinished answer and pushed down by its advantage."""
 
 
 @dataclass
@@ -194,7 +198,7 @@ def collect(verbalizer: Verbalizer, reconstructor: Reconstructor, reference, pro
     with fsdp.gathered(verbalizer):
         samples = verbalizer.sample(batch["vector"], batch["input_ids"], batch["attention_mask"],
                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=seed,
-                                    group=group, sampler=args.sampler)
+                                    group=group, sampler=args.sampler, greedy_answers=int(args.greedy_answer))
     sampled = time.perf_counter()
     device = prompt_ids.device
     host_ids, host_mask = prompt_ids.cpu(), prompt_mask.cpu()

@@ -65,6 +65,9 @@ class SamplingRequest:
     """Take the most likely token at every step."""
     seed: int = 0
     """Key of the randomness: the same seed gives the same answers."""
+    greedy_answers: int = 0
+    """The first this many of each prompt's G answers take the most likely token at every step, the
+    others are sampled (GRPO's ``greedy_answers``); ignored when ``greedy``."""
 
 
 class Verbalizer(Protocol):
@@ -107,18 +110,28 @@ def keyed_uniforms(key: int, rows: Tensor, step: Tensor | int) -> Tensor:
     return (mixed >> 8).to(torch.float32) * 2.0**-24
 
 
-def draw(logits: Tensor, uniforms: Tensor, temperature: float, greedy: bool) -> Tensor:
-    """``[N]`` tokens from ``logits`` ``[N, V]``: the argmax when ``greedy``, else the inverse CDF of
+def draw(logits: Tensor, uniforms: Tensor, temperature: float, greedy: bool | Tensor) -> Tensor:
+    """``[N]`` tokens from ``logits`` ``[N, V]``: the argmax when ``greedy`` (a bool, or ``[N]`` bools
+    choosing per row), else the inverse CDF of
     ``softmax(logits / temperature)`` at ``uniforms``, which is exact temperature sampling (up to
     float32 rounding, as ``torch.multinomial``). The pick is the first token whose cumulative
     probability exceeds ``u x total``, so a token of probability 0 is never chosen."""
-    if greedy:
+    if isinstance(greedy, bool) and greedy:
         return logits.argmax(dim=-1)
     cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(dim=-1)
     total = cdf[:, -1:]
     below_total = torch.nextafter(total, torch.zeros_like(total))
     target = torch.minimum(uniforms[:, None] * total, below_total)
-    return torch.searchsorted(cdf, target, right=True).squeeze(1)
+    sampled = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    return torch.where(greedy, logits.argmax(dim=-1), sampled) if isinstance(greedy, Tensor) else sampled
+
+
+def greedy_rows(request: SamplingRequest, rows: Tensor) -> bool | Tensor:
+    """``draw``'s ``greedy`` for the answers numbered ``rows`` (``b * G + g``): the request's flag, or
+    per row whether g is below ``greedy_answers``."""
+    if request.greedy or not request.greedy_answers:
+        return request.greedy
+    return rows % request.group < request.greedy_answers
 
 
 def cache_keyword(model) -> str:
@@ -160,8 +173,8 @@ class LoopSampler:
             for step in range(request.max_new_tokens):
                 logits = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=True, logits_to_keep=1, **cache_arg).logits[:, -1]
-                token = _finish(draw(logits, keyed_uniforms(key, rows, step), request.temperature, request.greedy),
-                                done, stop, pad_id)
+                token = _finish(draw(logits, keyed_uniforms(key, rows, step), request.temperature,
+                                     greedy_rows(request, rows)), done, stop, pad_id)
                 tokens[rows, step] = token
                 steps = step + 1
                 finished = int(done.sum())
@@ -215,7 +228,7 @@ class StaticSampler:
         rows = torch.arange(rows_n, device=device)
         stop = torch.tensor(sorted(verbalizer.stop_ids), device=device)
         key, pad_id = seed_key(request.seed), verbalizer.pad_id
-        sample = (request.temperature, request.greedy)
+        sample = (request.temperature, greedy_rows(request, rows))
         done = torch.zeros(rows_n, dtype=torch.bool, device=device)
         out = torch.full((rows_n, cap), pad_id, dtype=torch.long, device=device)
         first = draw(logits.repeat_interleave(group, dim=0), keyed_uniforms(key, rows, 0), *sample)

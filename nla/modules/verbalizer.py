@@ -140,16 +140,20 @@ class Verbalizer(nn.Module):
         seed: int | None = None,
         group: int = 1,
         sampler: str | Sampler = "auto",
+        greedy_answers: int = 0,
     ) -> Samples:
         """Generate ``group`` answers per row of ``vectors`` [B, d] after ``prompt_ids`` (lists of ids,
         padded here on the left, or a left-padded [B, T] batch with its ``attention_mask``); answer g of
         row b is row ``b * group + g`` of the result. ``seed`` makes sampling reproducible without
         touching the global RNG (None: a seed drawn from it). ``sampler`` names the engine
-        (``nla.modules.sampling``: ``auto``, ``loop``, ``static``); every engine samples the same tokens."""
+        (``nla.modules.sampling``: ``auto``, ``loop``, ``static``); every engine samples the same tokens.
+        The first ``greedy_answers`` of each row's ``group`` answers are greedy, the others sampled."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if group < 1:
             raise ValueError(f"group must be at least 1, got {group}")
+        if not 0 <= greedy_answers <= group:
+            raise ValueError(f"greedy_answers must be between 0 and group ({group}), got {greedy_answers}")
         if not greedy and not temperature > 0:
             raise ValueError(f"temperature must be positive for sampling, got {temperature}")
         device = next(self.model.parameters()).device
@@ -160,7 +164,7 @@ class Verbalizer(nn.Module):
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()))
         request = SamplingRequest(input_ids, attention_mask, vectors.to(device), group, max_new_tokens,
-                                  temperature, greedy, seed)
+                                  temperature, greedy, seed, greedy_answers)
         tokens = sampling.resolve(sampler, device).generate(self, request)
         return self._collect(tokens.tolist(), self.injector.stats)
 

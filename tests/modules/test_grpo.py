@@ -194,6 +194,16 @@ def test_the_best_pair_export_needs_evaluation(setting, capsys):
         "off); unset export_dir (final_export_dir still exports) or evaluate")
 
 
+def test_a_greedy_answer_needs_a_group_to_compare_it_with(setting, capsys):
+    with pytest.raises(SystemExit) as failed:
+        fit(setting, "greedy-alone", "--model.init_args.greedy_answer", "true",
+            "--model.init_args.samples_per_prompt", "1")
+    assert failed.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "nla: error: model.greedy_answer: needs samples_per_prompt of at least 2 (one greedy answer and the sampled "
+        "ones it is compared with); set samples_per_prompt or turn it off")
+
+
 def test_nan_rollouts_stop_grpo_and_keep_the_checkpoint(setting, monkeypatch, capsys):
     """Manual optimization: both models' steps are skipped on NaN rewards and losses; two such steps in a
     row stop the run before the checkpoint of the second. (Step 0's rollouts are all unparseable, so its

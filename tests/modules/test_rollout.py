@@ -264,3 +264,15 @@ def test_the_overlong_penalty_lowers_answers_near_the_cap(parts):
     lengths = plain.mask.sum(dim=1)
     expected = plain.rewards.reshape(-1) - (lengths - 6).clamp(0, 6) / 6
     torch.testing.assert_close(penalised.rewards.reshape(-1), expected)
+
+
+def test_a_greedy_answer_leads_each_group(parts):
+    plain, _ = rollout_of(parts)
+    mixed, _ = rollout_of(parts, greedy_answer=True)
+    verbalizer, _, prompts = parts
+    batch = rl_batch(prompts)
+    greedy = verbalizer.sample(batch["vector"], batch["input_ids"], batch["attention_mask"], max_new_tokens=12,
+                               greedy=True)
+    assert [mixed.texts[i] for i in (0, 4, 8)] == greedy.texts
+    sampled = [i for i in range(12) if i % 4]
+    assert [mixed.texts[i] for i in sampled] == [plain.texts[i] for i in sampled]

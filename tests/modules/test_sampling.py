@@ -40,6 +40,8 @@ def test_draw_picks_by_inverse_cdf_and_never_a_zero_probability_token():
     assert draw(logits, uniforms, 1.0, greedy=True).tolist() == [2] * 5
     # The largest uniform the keyed generator can give still lands on a real token.
     assert draw(logits[:1], torch.tensor([1 - 2.0**-24]), 1.0, greedy=False).tolist() == [3]
+    per_row = torch.tensor([True, False, True, False, False])
+    assert draw(logits, uniforms, 1.0, greedy=per_row).tolist() == [2, 0, 2, 2, 3]
 
 
 def test_draw_is_exact_temperature_sampling():
@@ -146,6 +148,21 @@ def test_loop_drops_finished_rows_and_samples_the_static_engines_tokens(family, 
         # One forward per token; each step's batch holds exactly the rows not finished before it.
         assert batch_sizes == [sum(length > step for length in lengths) for step in range(len(batch_sizes))]
         assert batch_sizes[-1] < 6
+
+
+@pytest.mark.parametrize("engine", ["loop", "static"])
+def test_greedy_answers_are_the_greedy_ones_and_the_rest_the_samples(engine, tiny_model_dir, one_thread):
+    verbalizer, prompts = build("llama", tiny_model_dir)
+    rows, v = two_prompts(prompts), vectors(verbalizer)
+    common = dict(max_new_tokens=16, group=3, sampler=engine)
+    mixed = verbalizer.sample(v, rows, seed=4, temperature=0.7, greedy_answers=1, **common).tokens
+    sampled = verbalizer.sample(v, rows, seed=4, temperature=0.7, **common).tokens
+    greedy = verbalizer.sample(v, rows, greedy=True, **common).tokens
+    # Answer 0 of each prompt is its greedy answer; answers 1 and 2 keep the draws they have without it.
+    assert [mixed[0], mixed[3]] == [greedy[0], greedy[3]] != [sampled[0], sampled[3]]
+    assert [mixed[i] for i in (1, 2, 4, 5)] == [sampled[i] for i in (1, 2, 4, 5)]
+    with pytest.raises(ValueError, match="greedy_answers must be between 0 and group"):
+        verbalizer.sample(v, rows, greedy_answers=4, **common)
 
 
 def test_resolve_names_the_engine():
