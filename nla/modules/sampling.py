@@ -67,7 +67,7 @@ class SamplingRequest:
     """Key of the randomness: the same seed gives the same answers."""
     greedy_answers: int = 0
     """The first this many of each prompt's G answers take the most likely token at every step, the
-    others are sampled (GRPO's ``greedy_answers``); ignored when ``greedy``."""
+    others are sampled (GRPO's ``greedy_answer`` sets 1); ignored when ``greedy``."""
 
 
 class Verbalizer(Protocol):
