@@ -124,8 +124,8 @@ def valid_rate_warning(comparison: Comparison) -> str | None:
 
 def no_gain_note(comparison: Comparison) -> str | None:
     """A line when GRPO did not beat SFT beyond noise: at the quickstart's size one run says little
-    about the next, so the reader is sent to the runs over seeds and corpora and the setting that
-    gained in every one of them."""
+    about the next, so the reader is sent to the runs over seeds and corpora and to the longer setting
+    that gained in every run read with it."""
     gain = next((row.fve for row in comparison.differences if row.name == "GRPO - SFT"), None)
     if gain is None or gain.low > 0:
         return None
