@@ -215,6 +215,7 @@ class StaticSampler:
         batch, length = prompt_ids.shape
         device, rows_n = prompt_ids.device, batch * group
         cache = StaticCache(config=model.config, max_cache_len=length + cap)
+        _values_in_their_own_dtype(cache)
         cache_arg = {cache_keyword(model): cache}
         positions = (prompt_mask.long().cumsum(dim=1) - 1).clamp_min(0)
         verbalizer.injector.load(request.vectors, once=True)
@@ -257,6 +258,18 @@ class StaticSampler:
             run()
             taken += 1
         return out[:, :taken]
+
+
+def _values_in_their_own_dtype(cache: StaticCache) -> None:
+    """Allocate each layer's values in their own dtype. Under autocast over float32 weights (bf16-mixed
+    training) RoPE leaves the keys float32 while the values leave their projection in bf16; some
+    transformers releases (5.17) allocate both in the keys' dtype and then refuse the values."""
+    for layer in cache.layers:
+        def allocate(key_states: Tensor, value_states: Tensor, layer=layer, allocate=layer.lazy_initialization):
+            allocate(key_states, value_states)
+            layer.values = layer.values.to(value_states.dtype)
+
+        layer.lazy_initialization = allocate
 
 
 def _expand_cache(cache: StaticCache, group: int) -> None:

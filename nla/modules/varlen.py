@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,9 @@ def varlen_reference(query: Tensor, key: Tensor, value: Tensor, cu_seq_q: Tensor
     [Nk, Hkv, D]; sequence i holds ``cu_seq_q[i]:cu_seq_q[i+1]`` of the queries and
     ``cu_seq_k[i]:cu_seq_k[i+1]`` of the keys. ``window_size`` (left, right), -1 unbounded, counted
     from the diagonal aligned at each sequence's end ((-1, 0) is causal)."""
+    if not query.dtype == key.dtype == value.dtype:
+        raise ValueError(f"varlen attention takes query, key and value of one dtype (as the CUDA kernel does), "
+                         f"got {query.dtype}, {key.dtype}, {value.dtype}")
     q_seq = torch.repeat_interleave(torch.arange(cu_seq_q.numel() - 1, device=query.device), cu_seq_q.diff().long())
     k_seq = torch.repeat_interleave(torch.arange(cu_seq_k.numel() - 1, device=query.device), cu_seq_k.diff().long())
     # Offsets from each sequence's end, so unequal query and key lengths align bottom-right as in flash.
@@ -56,12 +60,29 @@ def varlen_reference(query: Tensor, key: Tensor, value: Tensor, cu_seq_q: Tensor
     return out[0].transpose(0, 1)
 
 
-def _kernel(device: torch.device):
+def _kernel(device: torch.device, dtype: torch.dtype):
+    """The CUDA kernel takes float16/bfloat16 only; other calls attend through the reference."""
     if device.type != "cuda":
+        return varlen_reference
+    if dtype not in (torch.float16, torch.bfloat16):
+        warnings.warn(f"{NAME}: {dtype} attention on CUDA runs the reference kernel, whose memory grows with the "
+                      "square of the packed length; train with bf16-mixed precision, or set "
+                      "attn_implementation: sdpa", RuntimeWarning, stacklevel=2)
         return varlen_reference
     from torch.nn.attention.varlen import varlen_attn
 
     return varlen_attn
+
+
+def _compute_dtype(query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Query, key and value in one dtype. Under autocast over float32 weights (bf16-mixed training)
+    RoPE leaves the query and key in float32 while the value leaves its projection in bf16; SDPA is
+    cast by autocast, a custom kernel is not, so the cast to autocast's dtype happens here."""
+    device = query.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        return query.to(dtype), key.to(dtype), value.to(dtype)
+    return query, key, value
 
 
 def _window(sliding_window: int | None) -> tuple[int, int]:
@@ -107,8 +128,10 @@ def varlen_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor
         raise ValueError(f"a packed call holds one row, got {query.shape[0]}")
     cu_k = kwargs.get("cu_seq_lens_k", cu_q)
     groups = query.shape[1] // key.shape[1]
-    out = _call(_kernel(query.device), query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
-                cu_q, cu_k, kwargs["max_length_q"], kwargs.get("max_length_k", kwargs["max_length_q"]), scaling,
+    query, key, value = _compute_dtype(query, key, value)
+    max_q = kwargs["max_length_q"]
+    out = _call(_kernel(query.device, query.dtype), query[0].transpose(0, 1), key[0].transpose(0, 1),
+                value[0].transpose(0, 1), cu_q, cu_k, max_q, kwargs.get("max_length_k", max_q), scaling,
                 _window(sliding_window), groups)
     return out[None], None
 

@@ -1,6 +1,8 @@
 """Training steps on a CUDA device through the real CLI (skipped without one): bf16-mixed SFT and GRPO
 steps on one GPU, and the FSDP2 strategy at world size 1 on NCCL (NCCL refuses two ranks on one GPU).
-Run by ``tools/gpu/check.sh`` on the lent GPU."""
+Run by ``tools/gpu/check.sh`` on the lent GPU. The SFT and GRPO steps also run on CPU with the GPU's
+code paths (bf16-mixed, packed ``nla_varlen`` attention through its reference kernel, the static
+sampler), so ``tools/gpu/rehearse.sh`` tries them with the GPU image's package versions."""
 
 from __future__ import annotations
 
@@ -17,18 +19,21 @@ from tests.data.cache_helpers import write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.gpu
+DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu), "cpu"]
 
 
-def config(kind: str, run: Path, model_dir: Path, corpus: Path, **trainer) -> Path:
-    """configs/tiny/<kind>.yaml on one GPU, bf16-mixed, 2 steps, everything written under ``run``."""
+def config(kind: str, run: Path, model_dir: Path, corpus: Path, device: str = "cuda", **trainer) -> Path:
+    """configs/tiny/<kind>.yaml on one GPU (or the CPU), bf16-mixed, 2 steps, everything written under ``run``."""
     values = yaml.safe_load((ROOT / "configs" / "tiny" / f"{kind}.yaml").read_text())
-    values["trainer"].update(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=2, default_root_dir=str(run),
+    accelerator = "gpu" if device == "cuda" else "cpu"
+    values["trainer"].update(accelerator=accelerator, devices=1, precision="bf16-mixed", max_steps=2,
+                             default_root_dir=str(run),
                              logger={"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                      "init_args": {"save_dir": str(run), "name": kind, "version": 0}}, **trainer)
     values["trainer"].pop("val_check_interval", None)
     init = values["data"]["init_args"]
     init["model"]["name_or_path"] = str(model_dir)
+    init["model"]["attn_implementation"] = "nla_varlen"  # what auto picks on CUDA
     init["corpus"]["path"] = str(corpus)
     init["cache"]["directory"] = str(run / "cache")
     values["model"]["init_args"]["export_dir"] = str(run / "export")
@@ -54,22 +59,26 @@ def corpus(tmp_path_factory) -> Path:
     return root / "docs.jsonl"
 
 
-def test_bf16_mixed_sft_steps_log_mfu(tmp_path, corpus, tiny_model_dir):
-    main(["fit", "--config", str(config("sft", tmp_path, tiny_model_dir("llama"), corpus))])
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_mixed_sft_steps_log_mfu(device, tmp_path, corpus, tiny_model_dir):
+    main(["fit", "--config", str(config("sft", tmp_path, tiny_model_dir("llama"), corpus, device))])
     logged = scalars(tmp_path)
     assert len(logged["train/av_loss"]) == 2 and all(math.isfinite(v) for v in logged["train/av_loss"])
-    assert all(0 < v < 1 for v in logged["train/mfu"])  # the device's peak came from the table
+    if device == "cuda":
+        assert all(0 < v < 1 for v in logged["train/mfu"])  # the device's peak came from the table
     assert (tmp_path / "export" / "av" / "config.json").is_file()
 
 
-def test_bf16_mixed_grpo_steps_sample_on_the_static_engine(tmp_path, corpus, tiny_model_dir):
-    main(["fit", "--config", str(config("grpo", tmp_path, tiny_model_dir("llama"), corpus)),
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_mixed_grpo_steps_sample_on_the_static_engine(device, tmp_path, corpus, tiny_model_dir):
+    main(["fit", "--config", str(config("grpo", tmp_path, tiny_model_dir("llama"), corpus, device)),
           "--model.init_args.sampler", "static"])
     logged = scalars(tmp_path)
     assert len(logged["time/generate_s"]) == 2 and all(v == 1.0 for v in logged["train/injected_fraction"])
     assert all(math.isfinite(v) for v in logged["train/av_loss"])
 
 
+@pytest.mark.gpu
 def test_fsdp2_sft_at_world_size_one_on_nccl(tmp_path, corpus, tiny_model_dir):
     path = config("sft", tmp_path, tiny_model_dir("llama"), corpus,
                   strategy={"class_path": "nla.modules.fsdp.NLAFSDPStrategy"})

@@ -11,6 +11,7 @@ from nla.modules import adapters
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
 from nla.modules.reconstructor import Reconstructor, last_real_token
 from nla.modules.residual import read_residual
+from nla.padding import pad, pad_token_id
 from tests.fixtures.tiny import FAMILIES
 
 TEXTS = [
@@ -22,9 +23,9 @@ LAYER = 2
 
 
 def batch(tokenizer, texts, side="right"):
-    tokenizer.padding_side = side
-    encoded = tokenizer(texts, return_tensors="pt", padding=True)
-    return encoded["input_ids"], encoded["attention_mask"]
+    # nla's own padding, as the library pads: some tokenizers (SmolLM2's GGUF under transformers 5.17)
+    # have no PAD token for the tokenizer's.
+    return pad([tokenizer(text)["input_ids"] for text in texts], pad_token_id(tokenizer), side)
 
 
 def residual_at_last_token(args, layer, tokenizer, texts):

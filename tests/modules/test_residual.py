@@ -6,6 +6,7 @@ from nla.errors import ConfigError
 from nla.modules import adapters
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
 from nla.modules.residual import read_residual
+from nla.padding import pad, pad_token_id
 from tests.fixtures.tiny import FAMILIES
 
 TEXTS = [
@@ -15,9 +16,9 @@ TEXTS = [
 
 
 def right_padded(tokenizer, texts):
-    batch = tokenizer(texts, return_tensors="pt", padding=True)
-    assert tokenizer.padding_side == "right"
-    return batch["input_ids"], batch["attention_mask"]
+    # nla's own padding, as the library pads: some tokenizers (SmolLM2's GGUF under transformers 5.17)
+    # have no PAD token for the tokenizer's.
+    return pad([tokenizer(text)["input_ids"] for text in texts], pad_token_id(tokenizer), "right")
 
 
 def all_real_tokens(mask):

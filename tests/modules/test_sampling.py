@@ -88,6 +88,20 @@ def test_static_engine_samples_the_loops_tokens(family, tiny_model_dir, one_thre
     assert len(set(map(tuple, loop.tokens))) > 1
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+def test_static_engine_samples_the_loops_tokens_under_bf16_autocast(family, tiny_model_dir, one_thread):
+    # bf16-mixed training samples under autocast over float32 weights: the keys leave RoPE in float32
+    # (float32 cos/sin), the values leave their projection in bf16. transformers 5.17's static cache
+    # gave both the keys' dtype and refused the values ("index_copy_(): ... Float and BFloat16").
+    verbalizer, prompts = build(family, tiny_model_dir)
+    rows, v = two_prompts(prompts), vectors(verbalizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for kwargs in (dict(greedy=True), dict(seed=11)):
+            loop = verbalizer.sample(v, rows, max_new_tokens=12, group=2, sampler="loop", **kwargs)
+            static = verbalizer.sample(v, rows, max_new_tokens=12, group=2, sampler="static", **kwargs)
+            assert static.tokens == loop.tokens, (family, kwargs)
+
+
 def test_group_rows_are_the_repeated_prompts(tiny_model_dir, one_thread):
     verbalizer, prompts = build("llama", tiny_model_dir)
     rows, v = two_prompts(prompts), vectors(verbalizer)

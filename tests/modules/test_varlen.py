@@ -1,6 +1,8 @@
 """``nla_varlen``: PyTorch's variable-length attention registered with transformers, exercised on CPU
 through ``varlen_reference`` (same arguments), against padded SDPA."""
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,46 @@ def test_reference_is_causal_attention_per_sequence(window):
     torch.testing.assert_close(ours, per_sequence_attention(query, key, value, cu, window))
 
 
+def test_reference_refuses_mixed_dtypes_as_the_kernel_does():
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    query, key = torch.randn(5, 2, 8), torch.randn(5, 2, 8)
+    with pytest.raises(ValueError, match="one dtype .* got torch.float32, torch.float32, torch.bfloat16"):
+        varlen.varlen_reference(query, key, key.bfloat16(), cu, cu, 3, 3, window_size=(-1, 0))
+
+
+def test_cuda_kernel_only_for_half_precision():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert varlen._kernel(cpu, torch.bfloat16) is varlen.varlen_reference
+    with pytest.warns(RuntimeWarning, match="float32 attention on CUDA runs the reference kernel"):
+        assert varlen._kernel(cuda, torch.float32) is varlen.varlen_reference
+    if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+        from torch.nn.attention.varlen import varlen_attn
+
+        assert varlen._kernel(cuda, torch.bfloat16) is varlen_attn
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nla_varlen_under_bf16_autocast_over_float32_weights(family, tiny_model_dir, monkeypatch, one_thread):
+    # bf16-mixed training: RoPE leaves query and key float32, the value projection gives bf16; the kernel
+    # must get all three in bf16 (SDPA is cast by autocast, a custom kernel is not).
+    results = {}
+    for attn in ("sdpa", varlen.NAME):
+        args, tokenizer = load(family, tiny_model_dir, attn)
+        ar = Reconstructor.from_backbone(args, LAYER).train()
+        ids, mask = ar_batch(tokenizer, "right")
+        calls = count_calls(monkeypatch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            predicted = ar(ids, mask, layout=pack_layout(mask))
+        predicted.float().pow(2).mean().backward()
+        grad = ar.model.get_input_embeddings().weight.grad
+        results[attn] = predicted.detach().float(), grad
+    assert calls and all(dtype == torch.bfloat16 for _, dtype in calls)
+    (sdpa, sdpa_grad), (packed, packed_grad) = results["sdpa"], results[varlen.NAME]
+    # bf16 rounding, as in the GPU test: a leak across sequences moves the results far more.
+    torch.testing.assert_close(packed, sdpa, rtol=2e-2, atol=2e-2 * float(sdpa.abs().mean()))
+    assert torch.isfinite(packed_grad).all() and float(packed_grad.abs().sum()) > 0
+
+
 def test_registration_and_auto_selection(monkeypatch):
     varlen.register()
     from transformers import AttentionInterface
@@ -76,9 +118,9 @@ def count_calls(monkeypatch):
     calls = []
     original = varlen._kernel
 
-    def kernel(device):
-        calls.append(device)
-        return original(device)
+    def kernel(device, dtype):
+        calls.append((device, dtype))
+        return original(device, dtype)
 
     monkeypatch.setattr(varlen, "_kernel", kernel)
     return calls

@@ -26,3 +26,19 @@ def test_check_script_dry_run_on_cpu(tmp_path):
     grpo = [e for e in entries if e["step"] == "grpo"]
     assert all(e["ar_update_s"] > 0 and e["generated_tokens"] == e["rows"] * e["new_tokens"] for e in grpo)
     assert "## sft_av" in (tmp_path / "results.md").read_text()
+
+
+def test_prepare_refuses_a_python_without_the_projects_packages(tmp_path):
+    # A `python` that cannot import tokenizers (the system one, venv not active) is refused before any
+    # download, and the carried folder is left as it was.
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    carried = ROOT / ".whl"
+    before = sorted(p.name for p in carried.iterdir()) if carried.is_dir() else None
+    env = {**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin"}
+    done = subprocess.run(["bash", "tools/gpu/prepare.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "lacks tokenizers; activate the project's venv" in done.stderr and done.stderr.count("\n") == 1
+    assert (sorted(p.name for p in carried.iterdir()) if carried.is_dir() else None) == before

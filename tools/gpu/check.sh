@@ -6,6 +6,7 @@
 #   here:        bash tools/gpu/prepare.sh
 #   device tool: run(command="bash tools/gpu/check.sh", carry=[".whl"], timeout_s=600)
 #   dry run:     bash tools/gpu/check.sh --device cpu      (tiny shapes, seconds; part of the test suite)
+#   rehearsal:   bash tools/gpu/rehearse.sh                (the dry run with the image's package versions)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 DEVICE=cuda
@@ -36,6 +37,16 @@ step() {  # step SECONDS NAME COMMAND...: run one capped step, log it, never abo
 }
 
 CHECK=(python tools/gpu/check.py --device "$DEVICE" --out "$RESULTS")
+# The files holding gpu-marked tests (collecting all of tests/ would import packages the image lacks).
+GPU_TESTS=$(grep -rl --include='test_*.py' -e 'mark.gpu' tests)
+
+if [ "$DEVICE" != cpu ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>&1
+    python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+        | tee -a "$LOG"
+fi
+# On CPU the gpu-marked tests skip, which still shows that they import with only the carried packages.
+step 120 gpu-tests python -m pytest -q -m gpu -p no:cacheprovider -rs $GPU_TESTS
 
 if [ "$DEVICE" = cpu ]; then
     TINY=(--shape tiny --prompts 2 --group 2 --tokens 5 --micro 2 --explanation-tokens 24 --repeats 1)
@@ -44,12 +55,6 @@ if [ "$DEVICE" = cpu ]; then
     step 120 grpo "${CHECK[@]}" grpo "${TINY[@]}"
     step 120 varlen "${CHECK[@]}" varlen "${TINY[@]}"
 else
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>&1
-    python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
-        | tee -a "$LOG"
-    # The files holding gpu-marked tests (collecting all of tests/ would import packages the image lacks).
-    GPU_TESTS=$(grep -rl --include='test_*.py' -e 'mark.gpu' tests)
-    step 120 gpu-tests python -m pytest -q -m gpu -p no:cacheprovider -rs $GPU_TESTS
     step 75 sampler-0.5b "${CHECK[@]}" sampler --shape qwen2.5-0.5b --prompts 64 --group 8 --tokens 150
     step 40 decode-7b "${CHECK[@]}" sampler --shape qwen2.5-7b --prompts 8 --group 8 --tokens 64 --no-hf
     step 40 decode-llama-8b "${CHECK[@]}" sampler --shape llama-3.1-8b --prompts 8 --group 8 --tokens 64 --no-hf

