@@ -4,13 +4,16 @@ keeps working between the sessions that have a GPU."""
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_check_script_dry_run_on_cpu(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    # check.sh calls python3 (the image's name): this interpreter's, whether or not its venv is active.
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PATH": path}
     done = subprocess.run(["bash", "tools/gpu/check.sh", "--device", "cpu"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     log = (tmp_path / "check.log").read_text() if (tmp_path / "check.log").is_file() else ""

@@ -36,17 +36,18 @@ step() {  # step SECONDS NAME COMMAND...: run one capped step, log it, never abo
     [ $status -eq 0 ] || { failed=$((failed + 1)); tail -n 15 "$LOG" | grep -v '^== '; }
 }
 
-CHECK=(python tools/gpu/check.py --device "$DEVICE" --out "$RESULTS")
+# python3: on the image the plain python3 is the one that holds PyTorch.
+CHECK=(python3 tools/gpu/check.py --device "$DEVICE" --out "$RESULTS")
 # The files holding gpu-marked tests (collecting all of tests/ would import packages the image lacks).
 GPU_TESTS=$(grep -rl --include='test_*.py' -e 'mark.gpu' tests)
 
 if [ "$DEVICE" != cpu ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>&1
-    python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
         | tee -a "$LOG"
 fi
 # On CPU the gpu-marked tests skip, which still shows that they import with only the carried packages.
-step 120 gpu-tests python -m pytest -q -m gpu -p no:cacheprovider -rs $GPU_TESTS
+step 120 gpu-tests python3 -m pytest -q -m gpu -p no:cacheprovider -rs $GPU_TESTS
 
 if [ "$DEVICE" = cpu ]; then
     TINY=(--shape tiny --prompts 2 --group 2 --tokens 5 --micro 2 --explanation-tokens 24 --repeats 1)
@@ -65,6 +66,6 @@ else
         --no-masters --optimizer adamw8bit
     step 30 varlen-0.5b "${CHECK[@]}" varlen --shape qwen2.5-0.5b --micro 16
 fi
-python tools/gpu/check.py report --out "$RESULTS" --markdown "$OUT/results.md" >>"$LOG" 2>&1
+python3 tools/gpu/check.py report --out "$RESULTS" --markdown "$OUT/results.md" >>"$LOG" 2>&1
 echo "check: $(wc -l <"$RESULTS") measurements, $failed failed step(s); $OUT/results.md"
 exit $((failed > 0))
