@@ -19,6 +19,8 @@ Randomness is keyed, not drawn from a stream: the uniform of row r at step s is 
 (seed, r, s) (``keyed_uniforms``), and the token is the inverse CDF of the tempered distribution at
 that uniform (``draw``). Both engines, any batch split and a replayed graph therefore sample the same
 tokens from the same logits, and a row's answer does not depend on which other rows share its batch.
+(Logits computed over different key lengths can differ in their last bit; a uniform that close to a
+CDF boundary then picks the neighbouring token.)
 """
 
 from __future__ import annotations
