@@ -28,6 +28,10 @@ def test_check_script_dry_run_on_cpu(tmp_path):
     assert difference < 1e-5
     grpo = [e for e in entries if e["step"] == "grpo"]
     assert all(e["ar_update_s"] > 0 and e["generated_tokens"] == e["rows"] * e["new_tokens"] for e in grpo)
+    # The 7B steps' settings ran too: 8-bit AdamW over float32 masters (SFT) and over bf16 weights (GRPO).
+    settings = {(e["step"], e["masters"], e["optimizer"]) for e in entries if "optimizer" in e}
+    assert settings == {(step, "float32", "adamw") for step in ("sft_av", "sft_ar", "grpo")} | {
+        ("sft_av", "float32", "adamw8bit"), ("sft_ar", "float32", "adamw8bit"), ("grpo", "bfloat16", "adamw8bit")}
     assert "## sft_av" in (tmp_path / "results.md").read_text()
 
 

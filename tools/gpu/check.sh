@@ -54,6 +54,9 @@ if [ "$DEVICE" = cpu ]; then
     step 120 sampler "${CHECK[@]}" sampler "${TINY[@]}" --loop
     step 120 sft "${CHECK[@]}" sft "${TINY[@]}"
     step 120 grpo "${CHECK[@]}" grpo "${TINY[@]}"
+    # The 7B steps' settings: 8-bit AdamW (bitsandbytes from .whl there), bf16 weights for GRPO.
+    step 120 sft-8bit "${CHECK[@]}" sft "${TINY[@]}" --optimizer adamw8bit
+    step 120 grpo-8bit "${CHECK[@]}" grpo "${TINY[@]}" --no-masters --optimizer adamw8bit
     step 120 varlen "${CHECK[@]}" varlen "${TINY[@]}"
 else
     step 75 sampler-0.5b "${CHECK[@]}" sampler --shape qwen2.5-0.5b --prompts 64 --group 8 --tokens 150
