@@ -11,7 +11,7 @@ Steps (each appends one JSON line per measurement to ``--out``):
 - ``grpo``: one GRPO step's phases (sampling / scoring / AV update / AR update) and peak memory; random
   weights never close their answers, so every answer is given a dummy explanation for the AR phases.
 - ``varlen``: the AR's forward and backward, packed through ``nla_varlen`` against padded SDPA.
-- ``report``: ``--out`` rendered as markdown (``--markdown``).
+- ``report``: ``--out`` rendered as markdown (``--markdown``), led by the targets (``report.py``).
 
 Random-weight models of real shapes (``tools/gpu/shapes.py``); bf16 compute. ``--device cpu`` with
 ``--shape tiny`` is the dry run the test suite makes, so the script keeps working.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from nla.modules.packing import pack_layout  # noqa: E402
 from nla.modules.reconstructor import Reconstructor  # noqa: E402
 from nla.modules.verbalizer import Verbalizer  # noqa: E402
 from nla.prompts import PromptArgs, Prompts  # noqa: E402
+import report  # noqa: E402
 from shapes import LAYERS, build_model, tokenizer_for  # noqa: E402
 
 DUMMY = ("The text describes a quiet harbour town where fishermen mend their nets at dawn and the "
@@ -319,27 +319,7 @@ def step_varlen(args, out: Path) -> None:
 
 
 def step_report(args, out: Path) -> None:
-    lines = [f"# nla device check ({platform.node()}, torch {torch.__version__})", ""]
-    if torch.cuda.is_available():
-        lines += [f"Device: {torch.cuda.get_device_name(0)}", ""]
-    entries = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.is_file() else []
-    by_step: dict[str, list[dict]] = {}
-    for entry in entries:
-        by_step.setdefault(entry["step"], []).append(entry)
-    for step, items in by_step.items():
-        keys = list(dict.fromkeys(key for item in items for key in item if key != "step"))
-        lines += [f"## {step}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        for item in items:
-            lines.append("| " + " | ".join(_cell(item.get(key)) for key in keys) + " |")
-        lines.append("")
-    Path(args.markdown).write_text("\n".join(lines))
-    print("\n".join(lines))
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
+    print(report.write(out, Path(args.markdown)))
 
 
 STEPS = {"sampler": step_sampler, "sft": step_sft, "grpo": step_grpo, "varlen": step_varlen, "report": step_report}
