@@ -11,8 +11,7 @@ from nla.modules import adapters
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
 from nla.modules.reconstructor import Reconstructor, last_real_token
 from nla.modules.residual import read_residual
-from nla.padding import pad, pad_token_id
-from tests.fixtures.tiny import FAMILIES
+from tests.fixtures.tiny import FAMILIES, pad_texts
 
 TEXTS = [
     "Summary of the following text: <text>the sailor counts the waves</text> <summary>",
@@ -22,15 +21,9 @@ TEXTS = [
 LAYER = 2
 
 
-def batch(tokenizer, texts, side="right"):
-    # nla's own padding, as the library pads: some tokenizers (SmolLM2's GGUF under transformers 5.17)
-    # have no PAD token for the tokenizer's.
-    return pad([tokenizer(text)["input_ids"] for text in texts], pad_token_id(tokenizer), side)
-
-
 def residual_at_last_token(args, layer, tokenizer, texts):
     full = load_causal_lm(args).eval()
-    ids, mask = batch(tokenizer, texts)
+    ids, mask = pad_texts(tokenizer, texts)
     rows = torch.arange(len(texts))
     return read_residual(full, layer, ids, mask, rows, mask.sum(dim=1) - 1)
 
@@ -55,7 +48,7 @@ def test_identity_head_returns_the_layer_k_residual(family, tiny_model_dir):
     assert len(adapters.decoder_layers(ar.model)) == LAYER + 1
     torch.testing.assert_close(ar.head.weight, torch.eye(32), rtol=0, atol=0)
     with torch.no_grad():
-        pred = ar(*batch(tokenizer, TEXTS))
+        pred = ar(*pad_texts(tokenizer, TEXTS))
     assert pred.dtype == torch.float32 and pred.shape == (len(TEXTS), 32)
     expected = residual_at_last_token(args, LAYER, tokenizer, TEXTS)
     torch.testing.assert_close(pred, expected, rtol=0, atol=1e-5)
@@ -68,7 +61,7 @@ def test_smollm2_layer_6_matches_its_residual(smollm2_dir):
     assert len(adapters.decoder_layers(ar.model)) == 7 and ar.d_model == 576
     text = ["Summary of the following text: <text>a lighthouse keeper at night</text> <summary>"]
     with torch.no_grad():
-        pred = ar(*batch(tokenizer, text))
+        pred = ar(*pad_texts(tokenizer, text))
     expected = residual_at_last_token(args, 6, tokenizer, text)
     torch.testing.assert_close(pred, expected, rtol=0, atol=1e-5)
 
@@ -79,9 +72,9 @@ def test_left_and_right_padding_agree_with_single_rows(family, tiny_model_dir):
     tokenizer = load_tokenizer(args)
     ar = Reconstructor.from_backbone(args, LAYER).eval()
     with torch.no_grad():
-        single = torch.cat([ar(*batch(tokenizer, [text])) for text in TEXTS])
-        right = ar(*batch(tokenizer, TEXTS, "right"))
-        left_ids, left_mask = batch(tokenizer, TEXTS, "left")
+        single = torch.cat([ar(*pad_texts(tokenizer, [text])) for text in TEXTS])
+        right = ar(*pad_texts(tokenizer, TEXTS, "right"))
+        left_ids, left_mask = pad_texts(tokenizer, TEXTS, "left")
         assert bool((left_mask[:, 0] == 0).any()), "the batch must actually be left-padded"
         left = ar(left_ids, left_mask)
     torch.testing.assert_close(right, single, rtol=0, atol=1e-5)
@@ -104,7 +97,7 @@ def test_bf16_backbone_keeps_an_fp32_head_that_moves_at_small_lr(tiny_model_dir)
     ar.to(torch.bfloat16)
     assert ar.head.weight.dtype == torch.float32, "a whole-module cast must leave the head in fp32"
 
-    ids, mask = batch(tokenizer, TEXTS)
+    ids, mask = pad_texts(tokenizer, TEXTS)
     targets = torch.randn(len(TEXTS), 32, generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(ar.head.parameters(), lr=1e-4, weight_decay=0.0)
     bf16_diagonal = torch.ones(32, dtype=torch.bfloat16)
@@ -132,7 +125,7 @@ def test_the_head_computes_in_fp32_under_bf16_autocast(tiny_model_dir):
     seen = []
     ar.head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        pred = ar(*batch(load_tokenizer(args), TEXTS))
+        pred = ar(*pad_texts(load_tokenizer(args), TEXTS))
     # The blocks compute in bf16; the head multiplies their float32-cast output by its float32 weight.
     assert seen[0].dtype == torch.float32 and pred.dtype == torch.float32
     torch.testing.assert_close(pred, seen[0].double().matmul(ar.head.weight.double().T).float(), rtol=1e-6, atol=1e-6)
@@ -143,7 +136,7 @@ def test_training_on_a_fixed_batch_lowers_the_loss(tiny_model_dir):
     tokenizer = load_tokenizer(args)
     torch.manual_seed(0)
     ar = Reconstructor.from_backbone(args, LAYER)
-    ids, mask = batch(tokenizer, TEXTS)
+    ids, mask = pad_texts(tokenizer, TEXTS)
     targets = torch.randn(len(TEXTS), 32, generator=torch.Generator().manual_seed(1))
     optimizer = torch.optim.AdamW(ar.parameters(), lr=1e-2)
     losses = []
@@ -176,7 +169,7 @@ def test_save_then_load_gives_identical_predictions(tmp_path, tiny_model_dir):
 
     loaded = Reconstructor.from_pretrained(tmp_path / "ar").eval()
     assert loaded.layer == LAYER and adapters.num_layers(loaded.model.config) == LAYER + 1
-    ids, mask = batch(tokenizer, TEXTS, "right")
+    ids, mask = pad_texts(tokenizer, TEXTS, "right")
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, mask), ar(ids, mask), rtol=0, atol=0)
 
@@ -204,7 +197,7 @@ def test_released_layout_loads_with_k_from_the_critic_section(tmp_path, tiny_mod
     ar = Reconstructor.from_pretrained(released).eval()
     assert ar.layer == LAYER and ar.head.weight.dtype == torch.float32
     with torch.no_grad():
-        pred = ar(*batch(tokenizer, TEXTS))
+        pred = ar(*pad_texts(tokenizer, TEXTS))
     residual = residual_at_last_token(args, LAYER, tokenizer, TEXTS)
     torch.testing.assert_close(pred, residual @ head.float().T, rtol=1e-5, atol=1e-5)
 

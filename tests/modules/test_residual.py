@@ -6,19 +6,12 @@ from nla.errors import ConfigError
 from nla.modules import adapters
 from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
 from nla.modules.residual import read_residual
-from nla.padding import pad, pad_token_id
-from tests.fixtures.tiny import FAMILIES
+from tests.fixtures.tiny import FAMILIES, pad_texts
 
 TEXTS = [
     "The reconstructor reads an explanation and predicts the activation vector at the last token.",
     "A teacher writes numbers on the board: one, two, three.",
 ]
-
-
-def right_padded(tokenizer, texts):
-    # nla's own padding, as the library pads: some tokenizers (SmolLM2's GGUF under transformers 5.17)
-    # have no PAD token for the tokenizer's.
-    return pad([tokenizer(text)["input_ids"] for text in texts], pad_token_id(tokenizer), "right")
 
 
 def all_real_tokens(mask):
@@ -35,7 +28,7 @@ def full_hidden_states(model, ids, mask):
 def test_early_exit_equals_hidden_states_k_plus_1(family, tiny_model_dir):
     args = BackboneArgs(str(tiny_model_dir(family)))
     model, tokenizer = load_causal_lm(args).eval(), load_tokenizer(args)
-    ids, mask = right_padded(tokenizer, TEXTS)
+    ids, mask = pad_texts(tokenizer, TEXTS)
     hidden = full_hidden_states(model, ids, mask)
     rows, cols = all_real_tokens(mask)
     # The last block is excluded: HF applies the final norm to hidden_states[-1], while the residual
@@ -50,7 +43,7 @@ def test_truncated_model_gives_the_same_residual(family, tiny_model_dir):
     args = BackboneArgs(str(tiny_model_dir(family)))
     full = load_causal_lm(args).eval()
     tokenizer = load_tokenizer(args)
-    ids, mask = right_padded(tokenizer, TEXTS)
+    ids, mask = pad_texts(tokenizer, TEXTS)
     rows, cols = all_real_tokens(mask)
     layer = 1
     truncated = load_causal_lm(args, keep_layers=layer + 1).eval()
@@ -93,7 +86,7 @@ def test_smollm2_early_exit_and_truncation(layer, smollm2_dir):
     args = BackboneArgs(str(smollm2_dir))
     model, tokenizer = load_causal_lm(args).eval(), load_tokenizer(args)
     tokenizer.padding_side = "right"
-    ids, mask = right_padded(tokenizer, TEXTS)
+    ids, mask = pad_texts(tokenizer, TEXTS)
     rows, cols = all_real_tokens(mask)
     hidden = full_hidden_states(model, ids, mask)
     residual = read_residual(model, layer, ids, mask, rows, cols)
