@@ -3,6 +3,9 @@ the causal splice."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import pytest
 import torch
 
@@ -58,3 +61,26 @@ def test_only_the_prefill_is_patched(model):
     with torch.no_grad():
         expected = [int(model(input_ids=ids).logits[0, -1].argmax())]
     assert clean_tokens[0] == expected[0]
+
+
+def test_greedy_continuation_reuses_its_cache_under_the_name_forward_takes(model, monkeypatch):
+    # transformers 5.2x renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40);
+    # the GPU image's 5.17 knows only the old one.
+    ids = torch.tensor([[1, 40, 41, 42]])
+    names, forward = [], model.forward
+
+    @functools.wraps(forward)  # keeps forward's signature, where the name is looked up
+    def spy(*args, **kwargs):
+        names.append({"cache", "past_key_values"} & kwargs.keys())
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    tokens, _ = greedy_continuation(model, ids, 5, LAYER, 3, None)
+    monkeypatch.undo()
+    taken = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    assert names[1:] == [{taken}] * 4
+    recomputed = ids
+    with torch.no_grad():
+        for _ in range(5):
+            recomputed = torch.cat([recomputed, model(input_ids=recomputed).logits[:, -1:].argmax(-1)], dim=1)
+    assert tokens == recomputed[0, ids.shape[1]:].tolist()

@@ -126,7 +126,7 @@ def test_static_engine_under_bf16_autocast_samples_the_loops_distributions(famil
     verbalizer.stop_ids = set()  # every answer runs to the cap: the loop keeps all its rows and steps align
     ids, mask = verbalizer._left_padded(two_prompts(prompts), None, torch.device("cpu"))
     request = sampling.SamplingRequest(ids, mask, vectors(verbalizer), group=2, max_new_tokens=12, seed=11)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as Verbalizer.sample runs them
         loop_tokens, loop_logits = drawn(monkeypatch, LoopSampler(), verbalizer, request)
         static_tokens, static_logits = drawn(monkeypatch, StaticSampler(), verbalizer, request, forced=loop_tokens)
     assert loop_tokens.shape == static_tokens.shape == (4, 12) and len(static_logits) == len(loop_logits) == 12
