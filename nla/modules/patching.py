@@ -67,12 +67,12 @@ def greedy_continuation(model, ids: Tensor, steps: int, layer: int, position: in
     """``steps`` greedy tokens after ``ids`` [1, T] (no stop at end-of-text: a fixed length keeps
     runs comparable) with the residual at ``position`` patched by ``replace`` during the prefill
     (``None``: the clean run); returns them and the float32 log-probabilities of the first one."""
-    cache = {cache_keyword(model): DynamicCache(config=model.config)}
+    cache_arg = {cache_keyword(model): DynamicCache(config=model.config)}
     with patched_residual(model, layer, position, replace or (lambda clean: clean)):
-        out = model(input_ids=ids, use_cache=True, **cache)
+        out = model(input_ids=ids, use_cache=True, **cache_arg)
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
     tokens = [int(first.argmax())]
     for _ in range(steps - 1):
-        out = model(input_ids=torch.tensor([[tokens[-1]]], device=ids.device), use_cache=True, **cache)
+        out = model(input_ids=torch.tensor([[tokens[-1]]], device=ids.device), use_cache=True, **cache_arg)
         tokens.append(int(out.logits[0, -1].argmax()))
     return tokens, first
