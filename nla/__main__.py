@@ -1,4 +1,4 @@
-from nla.cli import main
+from nla.commands.cli import main
 
 if __name__ == "__main__":
     main()

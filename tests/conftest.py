@@ -14,9 +14,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from nla.errors import NLAError  # noqa: E402
-from nla.modules.backbone import materialize_gguf  # noqa: E402
-from nla.packaged import smollm2_gguf  # noqa: E402
+from nla.core.errors import NLAError  # noqa: E402
+from nla.models.loading import materialize_gguf  # noqa: E402
+from nla.models.packaged import smollm2_gguf  # noqa: E402
+from tests.fixtures.loopback import fake_api  # noqa: E402, F401  (the loopback server, for every test)
+from tests.fixtures.pairs import build_pair, export, warm_tiny_llama  # noqa: E402
 from tests.fixtures.tiny import build_tokenizer, save_tiny  # noqa: E402
 
 
@@ -70,3 +72,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def warm_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny llama taught to answer in explanation tags (``tests.fixtures.pairs.warm_tiny_llama``)."""
+    return warm_tiny_llama(tiny_model_dir("llama"), tmp_path_factory.mktemp("warm-llama"))
+
+
+@pytest.fixture(scope="session")
+def exported_pair(tiny_model_dir, tmp_path_factory) -> dict[str, str]:
+    """The nudged tiny llama pair (``tests.fixtures.pairs.build_pair``) exported with the suite's
+    training record: ``{"dir", "av", "ar", "source"}`` as strings. Read it, never write into it."""
+    source = tiny_model_dir("llama")
+    root = tmp_path_factory.mktemp("exported-pair") / "pair"
+    written = export(root, build_pair(source))
+    return {"dir": str(root), "av": str(written["av"]), "ar": str(written["ar"]), "source": str(source)}

@@ -1,12 +1,12 @@
 """Every shipped config parses against the CLI subcommand its file name names."""
 
-from pathlib import Path
 
 import pytest
 
-from nla.cli import main
+from nla.commands.cli import main
+from tests.fixtures.paths import ROOT
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 SUBCOMMAND_OF_FILE = {"cache": "cache", "sft": "fit", "grpo": "fit"}
 
 

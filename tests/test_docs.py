@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from nla.cli import SUBCOMMANDS, TRAINER_SUBCOMMANDS
+from nla.commands.cli import SUBCOMMANDS, TRAINER_SUBCOMMANDS
+from tests.fixtures.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 FENCED = re.compile(r"^ {0,3}(`{3,}|~{3,}).*?^ {0,3}\1[ \t]*$", re.MULTILINE | re.DOTALL)

@@ -1,6 +1,6 @@
 """Every shipped family's cache, SFT and GRPO configs run one step on a scaled-down model of that family.
 
-The tiny model is built from the family's real architecture numbers (``nla.plan.architectures``:
+The tiny model is built from the family's real architecture numbers (``nla.commands.plan.architectures``:
 the same model class, tied or untied head, head dim, bias, rope and Gemma-3's multimodal wrapper) with
 the sizes scaled down, and saved with the fixtures' tokenizer. Only the model path, sizes, devices
 and strategy (CPU, one process), directories and the teacher server's address (a loopback fake of an
@@ -18,13 +18,13 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from nla.cli import main
-from nla.plan.architectures import ARCHITECTURES
-from tests.data.cache_helpers import write_corpus
-from tests.data.teachers.conftest import FakeAPI, fake_api  # noqa: F401  (the fixture)
+from nla.commands.cli import main
+from nla.commands.plan.architectures import ARCHITECTURES
+from tests.fixtures.corpus import write_corpus
 from tests.fixtures.tiny import build_tokenizer
+from tests.fixtures.paths import ROOT
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = ROOT / "configs"
 FAMILIES = sorted(p.name for p in CONFIGS.iterdir() if (p / "cache.yaml").is_file() and (p / "grpo.yaml").is_file()
                   and p.name not in ("smollm2",))
 LAYERS = 4

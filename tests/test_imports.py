@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from tests.fixtures.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def module_names(package: Path) -> dict[str, Path]:

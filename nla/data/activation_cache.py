@@ -14,7 +14,7 @@ from nla.data.cache_format import MEANS, META, shard_files, shard_problem
 from nla.data.cache_stats import GROUPS
 from nla.data.splits import SPLITS
 from nla.data.storage import decode_vectors
-from nla.errors import ConfigError, NLAError
+from nla.core.errors import ConfigError, NLAError
 
 
 class ActivationCache:

@@ -28,7 +28,7 @@ import numpy as np
 
 from nla.data.cache_format import BOUNDS, LOCATION, META, shard_files, shard_name, shard_problem
 from nla.data.storage import atomic_write_json
-from nla.errors import ConfigError, NLAError
+from nla.core.errors import ConfigError, NLAError
 
 CHECKSUM_MODES = ("auto", "always", "never")
 CHUNK_BYTES = 64 << 20

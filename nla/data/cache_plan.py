@@ -19,8 +19,8 @@ from nla.data.positions import choose_positions
 from nla.data.splits import SPLITS, SplitArgs
 from nla.data.storage import STORE_DTYPES
 from nla.data.tokens import TokenizedDocument, TokenizeReport, tokenize_documents
-from nla.errors import ConfigError
-from nla.modules.backbone import BackboneArgs
+from nla.core.errors import ConfigError
+from nla.models.loading import ModelArgs
 
 FORMAT_VERSION = 1
 
@@ -132,7 +132,7 @@ class CachePlan:
 
 
 def make_plan(
-    model: BackboneArgs, corpus: CorpusArgs, cache: CacheArgs, splits: SplitArgs, tokenizer, layer: int
+    model: ModelArgs, corpus: CorpusArgs, cache: CacheArgs, splits: SplitArgs, tokenizer, layer: int
 ) -> CachePlan:
     """Read the corpus once: positions, splits, sizes, and the fingerprint of everything that decides bytes."""
     pairs = PlannedDocuments(corpus, tokenizer, cache, splits)

@@ -10,16 +10,16 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from nla import maths
+from nla.core import maths
 from nla.data.cache_check import record_location
 from nla.data.cache_format import BOUNDS, INDEX_DTYPE, MEANS, META, shard_files, shard_problem
 from nla.data.cache_plan import FORMAT_VERSION, CacheArgs, CachePlan
 from nla.data.corpus import CorpusArgs
 from nla.data.splits import SPLITS, SplitArgs
 from nla.data.storage import atomic_save_npy, atomic_write_json, decode_vectors
-from nla.errors import NLAError
-from nla.modules import adapters
-from nla.modules.backbone import BackboneArgs
+from nla.core.errors import NLAError
+from nla.models import adapters
+from nla.models.loading import ModelArgs
 
 GROUPS = (*SPLITS, "all")
 """Rows of ``split_means.npy``: one per split, then all vectors together."""
@@ -80,7 +80,7 @@ def split_statistics(directory: Path, num_shards: int, store_dtype: str) -> tupl
 def finalize(
     directory: Path,
     plan: CachePlan,
-    model: BackboneArgs,
+    model: ModelArgs,
     corpus: CorpusArgs,
     cache: CacheArgs,
     splits: SplitArgs,

@@ -21,11 +21,11 @@ from nla.data.corpus import CorpusArgs
 from nla.data.splits import SPLITS, SplitArgs
 from nla.data.storage import atomic_write_json, encode_vectors
 from nla.data.tokens import TokenizedDocument
-from nla.errors import ConfigError, NLAError, field_scope
-from nla.modules import adapters
-from nla.modules.backbone import BackboneArgs, load_causal_lm, load_config, load_tokenizer
-from nla.modules.residual import read_residual
-from nla.padding import pad, pad_token_id
+from nla.core.errors import ConfigError, NLAError, field_scope
+from nla.models import adapters
+from nla.models.loading import ModelArgs, load_causal_lm, load_config, load_tokenizer
+from nla.models.residual import read_residual
+from nla.core.padding import pad, pad_token_id
 
 
 def length_sorted_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -140,7 +140,7 @@ def seconds_per_token(model, layer: int, batch_tokens: int, width: int, vocab_si
 
 
 def build_cache(
-    model: BackboneArgs,
+    model: ModelArgs,
     corpus: CorpusArgs,
     cache: CacheArgs,
     splits: SplitArgs | None = None,

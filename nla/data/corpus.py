@@ -16,7 +16,7 @@ from pathlib import Path
 from nla.data.corpora import NAMED_CORPORA
 from nla.data.document import Document
 from nla.data.tokens import TokenizedDocument, TokenizedDocuments, TokenizeReport, tokenize_documents
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 # The input side of the cache is used through this module; the pieces live in small modules.
 __all__ = [

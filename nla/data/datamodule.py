@@ -30,15 +30,15 @@ from nla.data.cache_plan import CacheArgs
 from nla.data.cache_writer import build_cache
 from nla.data.corpus import CorpusArgs
 from nla.data.datasets import CacheRows, Collator, EpochSampler, ResumableLoader
-from nla.padding import pad_token_id
+from nla.core.padding import pad_token_id
 from nla.data.splits import HELDOUT_PARTS, SplitArgs, evaluation_order
 from nla.data.summaries import read_summaries, summaries_directory, summary_file, write_summaries
 from nla.data.teachers import TeacherArgs
-from nla.errors import ConfigError, field_scope
-from nla.modules import adapters
-from nla.modules.backbone import BackboneArgs, load_config, load_tokenizer
-from nla.preflight import check_val_check_interval
-from nla.prompts import PromptArgs, Prompts, explanation_text
+from nla.core.errors import ConfigError, field_scope
+from nla.models import adapters
+from nla.models.loading import ModelArgs, load_config, load_tokenizer
+from nla.commands.preflight import check_val_check_interval
+from nla.core.prompts import PromptArgs, Prompts, explanation_text
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class NLADataModule(LightningDataModule):
 
     def __init__(
         self,
-        model: BackboneArgs,
+        model: ModelArgs,
         corpus: CorpusArgs,
         cache: CacheArgs | None = None,
         splits: SplitArgs | None = None,

@@ -14,7 +14,7 @@ never precomputed. Padding sides:
 
 What a forward would otherwise find on the device, at the price of a host synchronisation, is found
 here on the host: ``marker_slots`` (the AV's marker position per row, given a marker; ``av_`` prefix
-in held-out batches) and, in training batches, ``layout`` (``nla.modules.packing.pack_layout``: where
+in held-out batches) and, in training batches, ``layout`` (``nla.models.packing.pack_layout``: where
 each row goes in a padding-free packed row).
 """
 
@@ -27,10 +27,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from nla.data.activation_cache import ActivationCache
-from nla.marker import Marker, find_marker_slots
-from nla.modules.packing import pack_layout
-from nla.prompts import Prompts
-from nla.padding import pad
+from nla.core.marker import Marker, find_marker_slots
+from nla.core.maths import derangement
+from nla.models.packing import pack_layout
+from nla.core.prompts import Prompts
+from nla.core.padding import pad
 
 IGNORE = -100
 """Label of tokens that carry no loss."""
@@ -52,14 +53,6 @@ LAYOUTS: dict[str, dict[str, tuple[str, str | None, str | None, str | None]]] = 
 }
 AV_INPUTS = {("av", "input_ids"), ("heldout", "av_input_ids")}
 """The (kind, field) pairs holding AV inputs with a marker slot (the AV's labelled forward)."""
-
-
-def derangement(n: int, seed: int) -> np.ndarray:
-    """A seeded permutation of ``range(n)`` that moves every element (n >= 2): a random cycle."""
-    order = np.random.default_rng(seed).permutation(n)
-    result = np.empty(n, dtype=np.int64)
-    result[order] = np.roll(order, -1)
-    return result
 
 
 class CacheRows(Dataset):
@@ -85,7 +78,7 @@ class CacheRows(Dataset):
         self.explanations = list(explanations) if explanations is not None else None
         self.vector_indices = self.indices
         if shuffled_seed is not None and len(self.indices) > 1:
-            self.vector_indices = self.indices[derangement(len(self.indices), shuffled_seed)]
+            self.vector_indices = self.indices[derangement(len(self.indices), shuffled_seed).numpy()]
 
     def __len__(self) -> int:
         return len(self.indices)

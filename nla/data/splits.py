@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 SPLITS = ("av_sft", "ar_sft", "rl", "heldout")
 HELDOUT_PARTS = ("validation", "test")

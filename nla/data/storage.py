@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nla.files import atomic_write, atomic_write_bytes
+from nla.core.files import atomic_write, atomic_write_bytes
 
 __all__ = ["STORE_DTYPES", "atomic_save_npy", "atomic_write_bytes", "atomic_write_json", "decode_vectors",
            "encode_vectors", "file_sha256"]

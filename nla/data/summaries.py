@@ -26,7 +26,7 @@ from nla.data.teachers import (
     build_teacher,
     summarize_all,
 )
-from nla.errors import NLAError
+from nla.core.errors import NLAError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from itertools import islice
 import numpy as np
 
 from nla.data.document import Document
-from nla.errors import NLAError
+from nla.core.errors import NLAError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nla.maths import fve
+from nla.core.maths import fve
 
 ALL_ROWS = slice(None)
 

@@ -12,8 +12,8 @@ from torch import Tensor
 
 from nla.data.activation_cache import ActivationCache
 from nla.data.splits import HELDOUT_PARTS, evaluation_order
-from nla.errors import ConfigError
-from nla.modules.target import choose_positions, residuals, tokenize
+from nla.core.errors import ConfigError
+from nla.models.target import choose_positions, residuals, tokenize
 
 
 @dataclass
@@ -73,7 +73,7 @@ def cache_rows(directory: str, split: str, count: int, layer: int, d: int) -> He
 
 
 def text_rows(model, tokenizer, layer: int, texts: list[str], positions: list[int] | None) -> HeldoutRows:
-    """Rows at ``positions`` (default: ``nla.modules.target.choose_positions``) of every text, each
+    """Rows at ``positions`` (default: ``nla.models.target.choose_positions``) of every text, each
     text its own document, activations read from ``model``."""
     if not texts or not all(text.strip() for text in texts):
         raise ConfigError("texts", "needs at least one non-empty text")

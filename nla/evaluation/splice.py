@@ -1,7 +1,7 @@
 """The causal splice: does the explanation carry what the model *uses*, not only what is in the vector?
 
 For each held-out row the target reads its text up to the explained position, with the residual
-after block K at that position replaced (``nla.modules.patching``) by a direction rescaled to the
+after block K at that position replaced (``nla.models.patching``) by a direction rescaled to the
 original norm: the original itself (clean), the AR's reconstruction from the row's explanation
 (nla), the mean direction (the ablation), and the reconstruction from another row's explanation
 (shuffled). Each run is scored by the cross-entropy of the real next token and the KL divergence
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from nla.evaluation.bootstrap import bootstrap_interval
-from nla.modules.patching import next_token_logprobs, rescaled
+from nla.models.patching import next_token_logprobs, rescaled
 
 VARIANTS = ("clean", "nla", "mean", "shuffled")
 

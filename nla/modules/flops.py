@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from nla.modules import adapters
+from nla.models import adapters
 
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756.0),

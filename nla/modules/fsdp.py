@@ -29,8 +29,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from nla.errors import ConfigError, NLAError
-from nla.modules import adapters
+from nla.core.errors import ConfigError, NLAError
+from nla.models import adapters
 
 # What each unit ``shard`` made does after a forward, for ``gathered`` to restore.
 _RESHARD_AFTER_FORWARD: WeakKeyDictionary[nn.Module, bool] = WeakKeyDictionary()
@@ -206,13 +206,13 @@ def _fill(plain: nn.Module, state: dict, source: nn.Module) -> nn.Module:
 
 
 def full_copies(verbalizer, reconstructor) -> tuple:
-    """``(verbalizer, reconstructor)`` ready for ``nla.export.export_pair``: the same objects when they
+    """``(verbalizer, reconstructor)`` ready for ``nla.models.pair.export_pair``: the same objects when they
     are not sharded; under FSDP2 unsharded host-memory copies on global rank 0 and ``(None, None)`` on
     the other ranks. Collective when sharded: every process must call it."""
     if not _units((verbalizer, reconstructor)):
         return verbalizer, reconstructor
-    from nla.modules.reconstructor import Reconstructor
-    from nla.modules.verbalizer import Verbalizer
+    from nla.models.reconstructor import Reconstructor
+    from nla.models.verbalizer import Verbalizer
 
     av = ar = None
     if verbalizer is not None:

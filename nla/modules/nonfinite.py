@@ -17,7 +17,7 @@
 
 Under data parallelism the decision is reduced over processes (skip when any process saw a
 non-finite value), so all processes step or skip together. Exports check their weights themselves
-(``nla.finite.check_weights_finite``).
+(``nla.core.finite.check_weights_finite``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from lightning.pytorch import Callback
 
-from nla.errors import NLAError
-from nla.finite import all_finite, nonfinite_names
+from nla.core.errors import NLAError
+from nla.core.finite import all_finite, nonfinite_names
 
 
 class NonFiniteGuard(Callback):

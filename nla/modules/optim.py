@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 from nla.modules.stochastic_adamw import StochasticRoundingAdamW
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-from nla.errors import ConfigError
-from nla.modules.backbone import DTYPES
+from nla.core.errors import ConfigError
+from nla.models.loading import DTYPES
 from nla.modules.optim import COMPENSATED
 
 CAST_PRECISIONS = {"bf16-true": torch.bfloat16, "16-true": torch.float16}

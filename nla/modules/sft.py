@@ -21,16 +21,18 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from nla.data.datasets import IGNORE
-from nla.errors import ConfigError, field_scope
-from nla.export import export_pair
-from nla.meta import figure
-from nla.metrics import FractionOfVarianceExplained, WeightedMean
-from nla.modules import flops, fsdp, lora, optim, precision
-from nla.modules.backbone import check_trainable, load_causal_lm
+from nla.core.errors import ConfigError, field_scope
+from nla.models.pair import Pair
+from nla.models.pair_export import export_pair
+from nla.models.sidecar import figure
+from nla.core.metrics import FractionOfVarianceExplained, WeightedMean
+from nla.modules import flops, fsdp, optim, precision
+from nla.models import lora
+from nla.models.loading import check_trainable, load_causal_lm
 from nla.modules.nonfinite import NonFiniteGuard
-from nla.modules.reconstructor import Reconstructor
-from nla.modules.sample_table import sample_rows, sample_table
-from nla.modules.verbalizer import Verbalizer
+from nla.models.reconstructor import Reconstructor
+from nla.modules.sample_table import heldout_sample_table, sample_rows
+from nla.models.verbalizer import Verbalizer
 
 
 class SFTModule(LightningModule):
@@ -169,6 +171,11 @@ class SFTModule(LightningModule):
                 lora.wrap(self.reconstructor.model, hp.reconstructor_lora, "model.reconstructor_lora")
             self.fve = FractionOfVarianceExplained(datamodule.d, variance=datamodule.heldout_variance)
 
+    @property
+    def pair(self) -> Pair:
+        """The trained models as a ``Pair`` (a view: the same modules; a disabled side is None)."""
+        return Pair(self.verbalizer, self.reconstructor, self.prompts, self.layer, base_model=self.base_model)
+
     def check_data(self, datamodule) -> None:
         """The data serves exactly the splits of the enabled models (also run by the pre-flight)."""
         hp = self.hparams
@@ -282,7 +289,7 @@ class SFTModule(LightningModule):
         if self._samples is None:
             self._samples = sample_rows(self.trainer.datamodule, self.hparams.num_samples)
         with fsdp.gathered(self.verbalizer):
-            table, rate = sample_table(self.verbalizer, self._samples, self.hparams.max_new_tokens)
+            table, rate = heldout_sample_table(self.pair, self._samples, self.hparams.max_new_tokens)
         self.log("samples/cjk_rate", rate, batch_size=1)
         if self.trainer.is_global_zero:
             for logger in self.loggers:
@@ -355,7 +362,7 @@ class SFTModule(LightningModule):
         self.last_validation = dict(checkpoint.get("nla_last_validation", {}))
 
     def export(self, directory: str | Path, steps: int | None = None, models: tuple | None = None) -> dict[str, Path]:
-        """Write the trained pair as ``directory/av`` and ``directory/ar`` (``nla.export``); ``steps``
+        """Write the trained pair as ``directory/av`` and ``directory/ar`` (``nla.models.pair``); ``steps``
         (recorded in the sidecars) defaults to the trainer's global step; ``models`` replaces
         ``(self.verbalizer, self.reconstructor)`` (unsharded copies from ``fsdp.full_copies``)."""
         if self.prompts is None:
@@ -375,13 +382,13 @@ class SFTModule(LightningModule):
         if "val/av_loss_gap" in self.last_validation:
             training["heldout_av_loss_gap"] = self.last_validation["val/av_loss_gap"]
         verbalizer, reconstructor = models or (self.verbalizer, self.reconstructor)
-        return export_pair(directory, verbalizer=verbalizer, reconstructor=reconstructor,
-                           prompts=self.prompts, layer=self.layer, base_model=self.base_model, stage="sft",
-                           training=training, merge_adapters=lora.merge_on_export(self.hparams.verbalizer_lora))
+        pair = Pair(verbalizer, reconstructor, self.prompts, self.layer, base_model=self.base_model)
+        return export_pair(directory, pair, stage="sft", training=training,
+                           merge_adapters=lora.merge_on_export(self.hparams.verbalizer_lora))
 
 
 def provenance(datamodule) -> dict:
-    """What the sidecar records about the data (keys of ``nla.model_card.TRAINING_FIELDS``)."""
+    """What the sidecar records about the data (keys of ``nla.models.card.TRAINING_FIELDS``)."""
     cache = datamodule.cache
     teacher = datamodule.teacher_args
     record = {

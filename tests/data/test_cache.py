@@ -12,17 +12,17 @@ import torch
 import yaml
 from rich.console import Console
 
-from nla.cli import main
+from nla.commands.cli import main
 from nla.data import storage
 from nla.data.activation_cache import ActivationCache
 from nla.data.cache_format import LOCATION, shard_files
 from nla.data.cache_writer import build_cache, length_sorted_batches
 from nla.data.splits import SplitArgs
-from nla.errors import ConfigError, NLAError
-from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
-from tests.data.cache_helpers import cache_args
+from nla.core.errors import ConfigError, NLAError
+from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
+from tests.fixtures.corpus import cache_args
+from tests.fixtures.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 QUIET = Console(file=open(os.devnull, "w"))
 
 
@@ -37,7 +37,7 @@ def tree_bytes(directory: Path) -> dict[str, bytes]:
 
 
 def assert_matches_full_forward(cache: ActivationCache, model_dir: Path, atol: float) -> None:
-    args = BackboneArgs(str(model_dir))
+    args = ModelArgs(str(model_dir))
     model, tokenizer = load_causal_lm(args).eval(), load_tokenizer(args)
     for i in range(0, len(cache), max(1, len(cache) // 12)):
         record = cache.record(i)

@@ -27,7 +27,7 @@ from nla.data.corpora.austen import austen_documents, read_novels
 from nla.data.corpora.bible import bible_documents, read_books
 from nla.data.corpora.chunks import chunk_paragraphs
 from nla.data.corpus import CorpusArgs, load_corpus
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 DATA_DIR = "usr/share/nla-test/data"
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from nla.data.corpus import CorpusArgs, Document, corpus_fingerprint, load_corpus, tokenize_documents
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 WORDS = "the lamplighter counts brass rings while the ferry waits beside a quiet harbour wall".split()
 

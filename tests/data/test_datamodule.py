@@ -19,9 +19,9 @@ from nla.data.corpus import CorpusArgs
 from nla.data.datamodule import NLADataModule
 from nla.data.datasets import IGNORE
 from nla.data.teachers import Summary, Teacher
-from nla.errors import ConfigError
-from nla.marker import find_marker_slots
-from nla.modules.backbone import BackboneArgs
+from nla.core.errors import ConfigError
+from nla.core.marker import find_marker_slots
+from nla.models.loading import ModelArgs
 
 # Written for this test: sentences of our own, varied in length so positions and splits vary.
 WORDS = (
@@ -41,7 +41,7 @@ def write_corpus(path: Path, documents: int = 40) -> Path:
 def make_datamodule(root: Path, model_dir: Path, **kwargs) -> NLADataModule:
     options = {"train_splits": ("av_sft", "ar_sft", "rl"), "batch_size": 4, "progress": False, **kwargs}
     return NLADataModule(
-        BackboneArgs(str(model_dir)),
+        ModelArgs(str(model_dir)),
         CorpusArgs(str(root / "corpus.jsonl"), max_length=64, min_position=8),
         CacheArgs(str(root / "cache"), positions_per_document=3),
         **options,
@@ -289,4 +289,4 @@ def test_jsonargparse_builds_it_from_dotted_keys(tmp_path):
     assert dm.cache_args.directory == str(tmp_path) and dm.train_splits == ("rl",)
     assert dm.prompt_args.marker == "^" and dm.text_splits == ["heldout"]
     with pytest.raises(ConfigError, match="data.train_splits"):
-        NLADataModule(BackboneArgs("m"), CorpusArgs("austen"), train_splits=("heldout",))
+        NLADataModule(ModelArgs("m"), CorpusArgs("austen"), train_splits=("heldout",))

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from nla.cli import main
+from nla.commands.cli import main
 from nla.data.activation_cache import ActivationCache
-from nla.marker import choose_marker
+from nla.core.marker import choose_marker
+from tests.fixtures.paths import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,7 +115,7 @@ def test_import_writes_a_cache_with_splits_contexts_and_the_teachers_text(tmp_pa
 def test_a_reference_dataset_trains_through_sft_with_nla_fit(tmp_path, tiny_model_dir, datasets):
     model_dir = tiny_model_dir("llama")
     run_import(datasets, model_dir, tmp_path / "cache")
-    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml").read_text())
+    config = yaml.safe_load((ROOT / "configs" / "tiny" / "sft.yaml").read_text())
     data = config["data"]["init_args"]
     data["model"]["name_or_path"] = str(model_dir)
     data["cache"].update(directory=str(tmp_path / "cache"), layer=LAYER)
@@ -178,15 +179,15 @@ def test_an_imported_cache_serves_only_the_model_and_layer_it_was_imported_for(t
     from nla.data.cache_plan import CacheArgs
     from nla.data.corpus import CorpusArgs
     from nla.data.datamodule import NLADataModule
-    from nla.errors import ConfigError
-    from nla.modules.backbone import BackboneArgs
+    from nla.core.errors import ConfigError
+    from nla.models.loading import ModelArgs
 
     model_dir = tiny_model_dir("llama")
     run_import(datasets, model_dir, tmp_path / "cache")
 
     def datamodule(layer: int) -> NLADataModule:
         # The corpus is never read for an imported cache: it is not the one the vectors came from.
-        return NLADataModule(BackboneArgs(str(model_dir)), CorpusArgs("austen"),
+        return NLADataModule(ModelArgs(str(model_dir)), CorpusArgs("austen"),
                              CacheArgs(directory=str(tmp_path / "cache"), layer=layer))
 
     assert datamodule(LAYER).cache_ready()

@@ -10,7 +10,7 @@ import pytest
 
 from nla.data.splits import (HELDOUT_PARTS, SPLITS, SplitArgs, evaluation_order, heldout_part, split_of,
                              spread_over_documents, unit_hash)
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 IDS = [f"doc-{i}" for i in range(10_000)]
 

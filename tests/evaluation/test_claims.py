@@ -16,7 +16,7 @@ from nla.evaluation.claims import (
     summary,
     verdict,
 )
-from tests.data.teachers.conftest import answer_body, fake_api  # noqa: F401  (the loopback server fixture)
+from tests.fixtures.loopback import answer_body
 
 # Five adjacent positions of one text, one of another. The recipe claim recurs at every neighbour;
 # the quoted final tokens differ at each position; "It is about rain." appears once.

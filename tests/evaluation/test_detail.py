@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nla.evaluation.detail import doubling_grid, prefix, sentence_ends, spread_points, token_ends
-from nla.modules.backbone import BackboneArgs, load_tokenizer
+from nla.models.loading import ModelArgs, load_tokenizer
 
 TEXT = "The text is a recipe. The next word is a quantity!\nIt ends here"
 
@@ -16,7 +16,7 @@ def test_sentence_prefixes_grow_and_the_last_is_the_whole_text():
 
 
 def test_token_prefixes_cut_at_token_ends(tiny_model_dir):
-    tokenizer = load_tokenizer(BackboneArgs(str(tiny_model_dir("llama"))))
+    tokenizer = load_tokenizer(ModelArgs(str(tiny_model_dir("llama"))))
     text = TEXT + "  "
     ends = token_ends(tokenizer, text)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

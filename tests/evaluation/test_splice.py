@@ -9,8 +9,8 @@ import torch
 
 from nla.evaluation.bootstrap import document_resamples
 from nla.evaluation.splice import loss_recovered, splice_scores, summary
-from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
-from nla.modules.target import residuals
+from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
+from nla.models.target import residuals
 
 LAYER = 1
 TEXTS = ["The sailor counts the waves before the storm arrives at night.",
@@ -29,8 +29,8 @@ def test_loss_recovered_on_hand_computed_values():
 @pytest.fixture(scope="module")
 def rows(tiny_model_dir):
     source = str(tiny_model_dir("llama"))
-    model = load_causal_lm(BackboneArgs(source, dtype="float32")).eval()
-    tokenizer = load_tokenizer(BackboneArgs(source))
+    model = load_causal_lm(ModelArgs(source, dtype="float32")).eval()
+    tokenizer = load_tokenizer(ModelArgs(source))
     ids, positions, vectors = [], [], []
     for text in TEXTS:
         tokens = tokenizer(text)["input_ids"]

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from nla.modules import adapters
-from nla.modules.backbone import BackboneArgs, load_causal_lm
+from nla.models import adapters
+from nla.models.loading import ModelArgs, load_causal_lm
 from nla.modules.flops import ModelCounts, model_counts, peak_tflops, training_flops
-from nla.modules.reconstructor import Reconstructor
+from nla.models.reconstructor import Reconstructor
 
 
 def test_training_flops_hand_computed():
@@ -27,7 +27,7 @@ def test_peak_table_matches_device_names():
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
 def test_model_counts_leave_the_embedding_lookups_out(family, tiny_model_dir):
-    model = load_causal_lm(BackboneArgs(str(tiny_model_dir(family)), dtype="float32"))
+    model = load_causal_lm(ModelArgs(str(tiny_model_dir(family)), dtype="float32"))
     decoder, head = adapters.decoder(model), model.get_output_embeddings()
     lookups = sum(m.weight.numel() for m in decoder.modules() if isinstance(m, torch.nn.Embedding))
     tied = head.weight is adapters.input_embeddings(model).weight
@@ -43,7 +43,7 @@ def test_model_counts_leave_the_embedding_lookups_out(family, tiny_model_dir):
 
 
 def test_model_counts_of_the_reconstructor(tiny_model_dir):
-    ar = Reconstructor.from_backbone(BackboneArgs(str(tiny_model_dir("llama")), dtype="float32"), 1)
+    ar = Reconstructor.from_backbone(ModelArgs(str(tiny_model_dir("llama")), dtype="float32"), 1)
     counts = model_counts(ar.model, ar.head)
     blocks = sum(p.numel() for p in adapters.decoder_layers(ar.model).parameters())
     assert counts.dense == blocks + 32 * 32 and counts.layers == 2

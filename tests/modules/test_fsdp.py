@@ -17,33 +17,34 @@ import torch
 import torch.distributed as dist
 import yaml
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.distributed.fsdp._fully_shard import _fsdp_param_group
 
-from nla.errors import ConfigError
-from nla.export import load_pair
-from nla.modules import adapters
-from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
+from nla.core.errors import ConfigError
+from nla.models.pair_loading import load_pair
+from nla.models import adapters
+from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
+from nla.models.pair import Pair
 from nla.modules.fsdp import NLAFSDPStrategy, full_copies, gathered, shard, sharding_plan
-from nla.modules.reconstructor import Reconstructor
-from nla.modules import rollout as rollout_module
-from nla.modules.reference import FrozenCopy
-from nla.modules.rollout import ar_loss
-from nla.modules.verbalizer import Verbalizer
-from nla.prompts import PromptArgs, Prompts
-from tests.data.cache_helpers import write_corpus
-from tests.modules.test_rollout import LAYER, SCALE, warm_tiny_llama, write_sft_export
+from nla.models.reconstructor import Reconstructor
+from nla.modules.grpo import rollout as rollout_module
+from nla.modules.grpo.reference import FrozenCopy
+from nla.modules.grpo.rollout import ar_loss
+from nla.models.verbalizer import Verbalizer
+from nla.core.prompts import PromptArgs, Prompts
+from tests.fixtures.corpus import write_corpus
+from tests.fixtures.pairs import WARM_LAYER as LAYER, WARM_SCALE as SCALE, warm_tiny_llama, write_sft_export
+from tests.fixtures.tensorboard import steps as steps_logged
+from tests.fixtures.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class Pair(nn.Module):
+class Holder(nn.Module):
     """The attributes the plan reads, as SFTModule and GRPOModule hold them."""
 
     def __init__(self, verbalizer: Verbalizer, reconstructor: Reconstructor, reference: FrozenCopy | None = None):
@@ -54,14 +55,14 @@ class Pair(nn.Module):
 @pytest.fixture(scope="module")
 def parts(tiny_model_dir):
     torch.manual_seed(0)
-    args = BackboneArgs(str(tiny_model_dir("llama")), dtype="float32")
+    args = ModelArgs(str(tiny_model_dir("llama")), dtype="float32")
     tokenizer = load_tokenizer(args)
     prompts = Prompts.build(tokenizer, PromptArgs())
 
-    def make(reference: bool = False) -> Pair:
+    def make(reference: bool = False) -> Holder:
         verbalizer = Verbalizer(load_causal_lm(args), tokenizer, prompts.marker, SCALE)
         frozen = FrozenCopy(verbalizer) if reference else None
-        return Pair(verbalizer, Reconstructor.from_backbone(args, LAYER), frozen)
+        return Holder(verbalizer, Reconstructor.from_backbone(args, LAYER), frozen)
 
     return make, prompts
 
@@ -196,18 +197,19 @@ def test_full_copies_are_plain_modules_with_the_weights(parts, mesh):
 
 def test_ar_update_keeps_pace_with_busier_processes(parts, monkeypatch):
     make, prompts = parts
-    reconstructor, pad = make().reconstructor, prompts.tokenizer.pad_token_id
+    reconstructor = make().reconstructor
+    pair = Pair(None, reconstructor, prompts, LAYER)
     valid = SimpleNamespace(valid=torch.tensor([True, True]), explanations=["a b", "c d"], vectors=torch.randn(2, 32))
-    alone = ar_loss(reconstructor, prompts, valid, 2, pad, lambda loss: None)
+    alone = ar_loss(pair, valid, 2, lambda loss: None)
     # Another process holds 2 more valid rows and needs 2 passes: this one runs 2, weighted x 2 / 4.
     monkeypatch.setattr(rollout_module, "_across_processes", lambda rows, passes, device: (rows + 2, 2, 2))
     passes = []
-    shared = ar_loss(reconstructor, prompts, valid, 2, pad, passes.append)
+    shared = ar_loss(pair, valid, 2, passes.append)
     assert len(passes) == 2 and shared == pytest.approx(alone) and float(passes[1].detach()) == 0.0
     # With no valid row here, it still runs the passes, weightless: no gradient, but no missed collective.
     empty = SimpleNamespace(valid=torch.tensor([False, False]), explanations=[None, None], vectors=torch.randn(2, 32))
     passes.clear()
-    assert ar_loss(reconstructor, prompts, empty, 2, pad, lambda loss: passes.append(loss.backward())) == 0.0
+    assert ar_loss(pair, empty, 2, lambda loss: passes.append(loss.backward())) == 0.0
     assert len(passes) == 2
     assert all(p.grad is not None and not p.grad.any() for p in reconstructor.parameters())
 
@@ -251,16 +253,6 @@ def cli(config: Path, *extra: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
 
 
-def steps_logged(run: Path, tag: str) -> list[int]:
-    steps = []
-    for events in run.rglob("events.out.tfevents.*"):
-        accumulator = EventAccumulator(str(events))
-        accumulator.Reload()
-        if tag in accumulator.Tags()["scalars"]:
-            steps += [event.step for event in accumulator.Scalars(tag)]
-    return sorted(steps)
-
-
 def assert_distributed_checkpoint(run: Path, global_step: int) -> None:
     (last,) = run.rglob("last.ckpt")
     assert last.is_dir() and {"__0_0.distcp", "__1_0.distcp", "meta.pt"} <= {p.name for p in last.iterdir()}
@@ -269,7 +261,8 @@ def assert_distributed_checkpoint(run: Path, global_step: int) -> None:
 
 def assert_trained_export(export: Path, start_dir: Path, every: bool) -> None:
     """The export loads as a pair and differs from the starting weights (``every`` AV tensor, or some)."""
-    verbalizer, reconstructor, _ = load_pair(export / "av", export / "ar")
+    pair = load_pair(export / "av", export / "ar")
+    verbalizer, reconstructor = pair.verbalizer, pair.reconstructor
     start = load_file(str(start_dir / "model.safetensors"))
     av = verbalizer.model.state_dict()
     changed = [not torch.equal(av[k], v) for k, v in start.items()]

@@ -8,9 +8,9 @@ import io
 import pytest
 import torch
 
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 from nla.modules import optim
-from nla.modules.backbone import BackboneArgs, load_causal_lm
+from nla.models.loading import ModelArgs, load_causal_lm
 
 pytest.importorskip("bitsandbytes")
 
@@ -18,7 +18,7 @@ pytest.importorskip("bitsandbytes")
 @pytest.fixture
 def model(tiny_model_dir):
     torch.manual_seed(0)
-    return load_causal_lm(BackboneArgs(str(tiny_model_dir("llama")), dtype="float32")).train()
+    return load_causal_lm(ModelArgs(str(tiny_model_dir("llama")), dtype="float32")).train()
 
 
 def lm_loss(model, ids):

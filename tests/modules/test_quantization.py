@@ -8,17 +8,18 @@ import torch
 
 from nla.data.activation_cache import ActivationCache
 from nla.data.cache_writer import build_cache
-from nla.errors import ConfigError
-from nla.export import export_pair
-from nla.modules.backbone import BackboneArgs, check_trainable, load_causal_lm, load_tokenizer
-from nla.modules.reconstructor import Reconstructor
-from nla.modules.reference import FrozenModel, build_reference
-from nla.modules.rollout import RolloutArgs, collect
-from nla.modules.verbalizer import Verbalizer
-from nla.prompts import PromptArgs, Prompts
-from tests.data.cache_helpers import cache_args
+from nla.core.errors import ConfigError
+from nla.models.pair import Pair
+from nla.models.pair_export import export_pair
+from nla.models.loading import ModelArgs, check_trainable, load_causal_lm, load_tokenizer
+from nla.models.reconstructor import Reconstructor
+from nla.modules.grpo.reference import FrozenModel, build_reference
+from nla.modules.grpo.rollout import RolloutArgs, collect
+from nla.models.verbalizer import Verbalizer
+from nla.core.prompts import PromptArgs, Prompts
+from tests.fixtures.corpus import cache_args
 from tests.fixtures.tiny import TINY, build_tokenizer
-from tests.modules.test_rollout import LAYER, SCALE
+from tests.fixtures.pairs import WARM_LAYER as LAYER, WARM_SCALE as SCALE
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -52,8 +53,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("kind", ["8bit", "4bit"])
 def test_quantized_logits_stay_close_to_float32(wide_dir, kind):
     directory = str(wide_dir)
-    exact = load_causal_lm(BackboneArgs(directory, dtype="float32"))
-    quantized = load_causal_lm(BackboneArgs(directory, dtype="float32", quantization=kind))
+    exact = load_causal_lm(ModelArgs(directory, dtype="float32"))
+    quantized = load_causal_lm(ModelArgs(directory, dtype="float32", quantization=kind))
     assert type(quantized.model.layers[0].self_attn.q_proj).__name__ == LINEAR[kind]
     assert quantized.get_memory_footprint() < exact.get_memory_footprint()
     ids = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -73,8 +74,8 @@ def test_quantized_logits_stay_close_to_float32(wide_dir, kind):
 
 def test_quantization_is_refused_for_a_trained_model(tiny_model_dir):
     with pytest.raises(ConfigError, match="^quantization: is '8bit' but this model trains"):
-        check_trainable(BackboneArgs(str(tiny_model_dir("llama")), quantization="8bit"))
-    check_trainable(BackboneArgs(str(tiny_model_dir("llama"))))
+        check_trainable(ModelArgs(str(tiny_model_dir("llama")), quantization="8bit"))
+    check_trainable(ModelArgs(str(tiny_model_dir("llama"))))
 
 
 def test_sft_names_the_data_field(tiny_model_dir, tmp_path):
@@ -82,7 +83,7 @@ def test_sft_names_the_data_field(tiny_model_dir, tmp_path):
 
     class Data:
         train_splits = ("av_sft", "ar_sft")
-        model_args = BackboneArgs(str(tiny_model_dir("llama")), quantization="4bit")
+        model_args = ModelArgs(str(tiny_model_dir("llama")), quantization="4bit")
         cache = type("Cache", (), {"meta": {"model": {"name_or_path": model_args.name_or_path}},
                                    "directory": tmp_path, "split_indices": lambda self, split: []})()
         prompts, layer, teacher_args, heldout_variance = None, LAYER, type("T", (), {"provider": "x", "model": None}), None
@@ -94,7 +95,7 @@ def test_sft_names_the_data_field(tiny_model_dir, tmp_path):
 
 def test_unknown_quantization_names_the_field(tiny_model_dir):
     with pytest.raises(ConfigError, match="^quantization: must be one of none, 8bit, 4bit"):
-        load_causal_lm(BackboneArgs(str(tiny_model_dir("llama")), quantization="3bit"))
+        load_causal_lm(ModelArgs(str(tiny_model_dir("llama")), quantization="3bit"))
 
 
 @pytest.mark.parametrize("kind", ["8bit", "4bit"])
@@ -103,7 +104,7 @@ def test_caching_with_a_quantized_target_matches_float32(wide_dir, tmp_path, kin
     model, corpus, cache = cache_args(tmp_path, model_dir, directory=str(tmp_path / "exact"))
     exact = ActivationCache(build_cache(model, corpus, cache))
     _, _, other = cache_args(tmp_path, model_dir, directory=str(tmp_path / kind))
-    quantized = ActivationCache(build_cache(BackboneArgs(str(model_dir), quantization=kind), corpus, other))
+    quantized = ActivationCache(build_cache(ModelArgs(str(model_dir), quantization=kind), corpus, other))
     assert len(exact) == len(quantized) > 0
     indices = list(range(len(exact)))
     a, b = exact.vectors(indices), quantized.vectors(indices)
@@ -116,13 +117,13 @@ def test_caching_with_a_quantized_target_matches_float32(wide_dir, tmp_path, kin
 @pytest.mark.parametrize("kind", ["8bit", "4bit"])
 def test_quantized_reference_scores_like_the_policy(wide_dir, tmp_path, kind):
     model_dir = wide_dir
-    args = BackboneArgs(str(model_dir), dtype="float32")
+    args = ModelArgs(str(model_dir), dtype="float32")
     tokenizer = load_tokenizer(args)
     prompts = Prompts.build(tokenizer, PromptArgs())
     verbalizer = Verbalizer(load_causal_lm(args).eval(), tokenizer, prompts.marker, SCALE)
     reconstructor = Reconstructor.from_backbone(args, LAYER)
-    export_pair(tmp_path, verbalizer=verbalizer, reconstructor=reconstructor, prompts=prompts, layer=LAYER,
-                base_model=str(model_dir), stage="sft", training={})
+    pair = Pair(verbalizer, reconstructor, prompts, LAYER, base_model=str(model_dir))
+    export_pair(tmp_path, pair, stage="sft", training={})
     reference = build_reference(verbalizer, str(tmp_path), kind, "same", torch.float32)
     assert isinstance(reference, FrozenModel)
     assert type(reference.verbalizer.model.model.layers[0].mlp.up_proj).__name__ == LINEAR[kind]
@@ -130,9 +131,7 @@ def test_quantized_reference_scores_like_the_policy(wide_dir, tmp_path, kind):
     ids = torch.tensor([prompts.av_prompt_ids] * 3)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
              "vector": torch.randn(3, 64, generator=torch.Generator().manual_seed(0))}
-    rollout = collect(verbalizer, reconstructor, reference, prompts, batch,
-                      RolloutArgs(samples_per_prompt=2, micro_batch_size=6, max_new_tokens=8), 5,
-                      tokenizer.pad_token_id)
+    rollout = collect(pair, reference, batch, RolloutArgs(samples_per_prompt=2, micro_batch_size=6, max_new_tokens=8), 5)
     mask = rollout.mask
     gap = (rollout.ref_logprobs[mask] - rollout.old_logprobs[mask]).abs()
     # The random tiny model spreads its mass over ~250 tokens (log-probs near -5.5); the quantized
@@ -142,7 +141,7 @@ def test_quantized_reference_scores_like_the_policy(wide_dir, tmp_path, kind):
 
 
 def test_quantized_reference_needs_the_sft_export(tiny_model_dir):
-    args = BackboneArgs(str(tiny_model_dir("llama")), dtype="float32")
+    args = ModelArgs(str(tiny_model_dir("llama")), dtype="float32")
     tokenizer = load_tokenizer(args)
     prompts = Prompts.build(tokenizer, PromptArgs())
     verbalizer = Verbalizer(load_causal_lm(args), tokenizer, prompts.marker, SCALE)

@@ -8,23 +8,25 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM
 
-from nla.cli import main
+from nla.commands.cli import main
 from nla.data.cache_plan import CacheArgs
 from nla.data.corpus import CorpusArgs
 from nla.data.datamodule import NLADataModule
 from nla.data.splits import SplitArgs
-from nla.errors import ConfigError
-from nla.maths import normalized_mse
-from nla.meta import read_meta
+from nla.core.errors import ConfigError
+from nla.core.maths import normalized_mse
+from nla.models.sidecar import read_sidecar
 from nla.modules import optim
-from nla.modules.backbone import BackboneArgs
+from nla.models.loading import ModelArgs
 from nla.modules.sft import SFTModule
-from tests.data.cache_helpers import write_corpus
+from tests.fixtures.commands import sft_argv
+from tests.fixtures.corpus import write_corpus
+from tests.fixtures.tensorboard import scalars, texts
+from tests.fixtures.paths import ROOT
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "sft.yaml"
+CONFIG = ROOT / "configs" / "tiny" / "sft.yaml"
 STEPS = 20
 
 
@@ -41,27 +43,12 @@ def shared(tmp_path_factory, tiny_model_dir):
 
 def fit(shared, run: Path, *overrides: str) -> None:
     root, model_dir = shared
-    main([
-        "fit", "--config", str(CONFIG),
-        "--data.init_args.model.name_or_path", str(model_dir),
-        "--data.init_args.corpus.path", str(root / "docs.jsonl"),
-        "--data.init_args.cache.directory", str(root / "cache"),
-        "--trainer.default_root_dir", str(run),
-        "--trainer.logger.init_args.save_dir", str(run),
-        "--trainer.logger.init_args.version", "0",
-        "--model.init_args.export_dir", str(run / "export"),
-        *overrides,
-    ])
+    main(sft_argv(model_dir, root / "docs.jsonl", root / "cache", run, "--trainer.logger.init_args.version", "0",
+                  *overrides))
 
 
 def checkpoint(run: Path, name: str = "last.ckpt") -> dict:
     return torch.load(run / "sft" / "version_0" / "checkpoints" / name, map_location="cpu", weights_only=True)
-
-
-def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run / "sft" / "version_0"))
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +84,14 @@ def test_fit_trains_both_models_and_logs_the_curves(trained, shared):
     gap = logged["val/av_loss_gap"]
     shuffled, real = dict(logged["val/av_loss_shuffled"]), dict(logged["val/av_loss"])
     assert all(value == pytest.approx(shuffled[step] - real[step], abs=1e-5) for step, value in gap)
-    events = EventAccumulator(str(trained / "sft" / "version_0"))
-    events.Reload()
-    table = events.Tensors("samples/av/text_summary")
-    assert [event.step for event in table] == [10, 20]
-    assert b"| teacher summary |" in table[0].tensor_proto.string_val[0]
+    table = texts(trained / "sft" / "version_0", "samples/av")
+    assert [step for step, _ in table] == [10, 20]
+    assert "| teacher summary |" in table[0][1]
 
 
 def test_fit_exports_the_pair_at_the_end(trained):
     for role in ("av", "ar"):
-        meta = read_meta(trained / "export" / role)
+        meta = read_sidecar(trained / "export" / role)
         assert (meta.role, meta.stage, meta.extraction_layer_index) == (role, "sft", 3)
         assert meta.training["steps"] == STEPS
         assert meta.training["split_sizes"]["heldout"] > 0 and "heldout_fve" not in meta.training
@@ -164,7 +149,7 @@ def datamodule(shared, **kwargs) -> NLADataModule:
     """The DataModule the tiny config describes (same cache), built directly."""
     root, model_dir = shared
     dm = NLADataModule(
-        BackboneArgs(str(model_dir), dtype="float32"),
+        ModelArgs(str(model_dir), dtype="float32"),
         CorpusArgs(str(root / "docs.jsonl"), chunk_words=120, max_documents=40, max_length=128, min_position=8),
         CacheArgs(str(root / "cache"), positions_per_document=3, shard_documents=16),
         SplitArgs(av_sft=0.4, ar_sft=0.4, rl=0.0, heldout=0.2),

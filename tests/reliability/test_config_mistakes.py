@@ -9,8 +9,8 @@ import json
 import pytest
 import yaml
 
-from nla.cli import main
-from tests.reliability.conftest import copy_cache, run_main, sft_argv
+from nla.commands.cli import main
+from tests.fixtures.commands import copy_cache, run_main, sft_argv
 
 
 @pytest.mark.parametrize("extra, line", [

@@ -16,7 +16,7 @@ import yaml
 
 from nla.data import storage
 from nla.data.cache_format import shard_files
-from tests.reliability.conftest import copy_cache, run_main, sft_argv
+from tests.fixtures.commands import copy_cache, run_main, sft_argv
 
 BOUNDS, LOCATION, META = "bounds.npy", "location.json", "meta.json"
 

@@ -14,9 +14,10 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from nla.data.activation_cache import ActivationCache
-from nla.errors import NLAError
+from nla.core.errors import NLAError
 from tests.fixtures.boring import LinearRegression, RandomRegression
-from tests.reliability.conftest import copy_cache, run_main, sft_argv
+from tests.fixtures.pairs import build_pair, export
+from tests.fixtures.commands import copy_cache, run_main, sft_argv
 
 
 class Flaky(LinearRegression):
@@ -96,17 +97,13 @@ def test_a_checkpoint_of_nan_weights_is_refused(tmp_path):
 
 
 def test_an_export_of_nan_weights_is_refused_and_writes_nothing(tmp_path, tiny_model_dir):
-    from nla.export import export_pair
-    from tests.test_export import LAYER, build_pair
-
-    verbalizer, reconstructor, prompts = build_pair(tiny_model_dir("llama"))
-    common = dict(prompts=prompts, layer=LAYER, base_model="base", stage="sft", training={})
-    export_pair(tmp_path / "export", verbalizer=verbalizer, reconstructor=reconstructor, **common)
+    pair = build_pair(tiny_model_dir("llama"))
+    export(tmp_path / "export", pair, training={})
     before = {p: p.read_bytes() for p in (tmp_path / "export").rglob("*") if p.is_file()}
     with torch.no_grad():
-        reconstructor.head.weight[0, 0] = float("inf")
+        pair.reconstructor.head.weight[0, 0] = float("inf")
     with pytest.raises(NLAError) as refused:
-        export_pair(tmp_path / "export", verbalizer=verbalizer, reconstructor=reconstructor, **common)
+        export(tmp_path / "export", pair, training={})
     assert str(refused.value) == (f"export: the AR's weights hold NaN or inf (1 tensors, first head.weight); nothing "
                                   f"was written to {tmp_path / 'export'}; export a good checkpoint with `nla export`")
     assert {p: p.read_bytes() for p in (tmp_path / "export").rglob("*") if p.is_file()} == before

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from tests.reliability.conftest import GRPO, run_main, sft_argv
+from tests.fixtures.commands import GRPO, run_main, sft_argv
 
 
 def grpo_argv(model_dir, corpus, cache, run, *extra: str) -> list[str]:
@@ -63,7 +63,7 @@ def test_an_unreachable_teacher_fails_before_caching(tiny_sft, tmp_path, capsys)
 
 
 def test_a_reachable_teacher_passes_the_probe():
-    from nla import preflight
+    from nla.commands import preflight
 
     # A server that answers every request with an error status: any HTTP answer counts as reachable.
     server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
@@ -98,12 +98,12 @@ def test_sequences_beyond_the_position_limit_fail_before_caching(tiny_sft, tiny_
 
 
 def test_generation_refuses_to_run_past_the_position_limit(tiny_model_dir):
-    from nla.errors import ConfigError
-    from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
-    from nla.modules.verbalizer import Verbalizer
-    from nla.prompts import PromptArgs, Prompts
+    from nla.core.errors import ConfigError
+    from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
+    from nla.models.verbalizer import Verbalizer
+    from nla.core.prompts import PromptArgs, Prompts
 
-    args = BackboneArgs(str(tiny_model_dir("gpt2")))
+    args = ModelArgs(str(tiny_model_dir("gpt2")))
     tokenizer = load_tokenizer(args)
     prompts = Prompts.build(tokenizer, PromptArgs())
     verbalizer = Verbalizer(load_causal_lm(args), tokenizer, prompts.marker, 1.0)
@@ -115,7 +115,7 @@ def test_generation_refuses_to_run_past_the_position_limit(tiny_model_dir):
 
 
 def test_a_disk_too_small_fails_before_caching(tiny_sft, tmp_path, capsys, monkeypatch):
-    from nla import preflight
+    from nla.commands import preflight
 
     root, model_dir, _ = tiny_sft
     real = preflight.shutil.disk_usage

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.reliability.conftest import ROOT, run_main, sft_argv
+from tests.fixtures.commands import ROOT, run_main, sft_argv
 
 FIT_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "trainer" in yaml.safe_load(p.read_text()))
 

@@ -12,13 +12,12 @@ import stat
 
 import pytest
 
-from nla import export as export_module
-from nla.cli import main
-from nla.errors import NLAError
-from nla.export import export_pair
-from nla.meta import read_meta
-from tests.reliability.conftest import run_main
-from tests.test_export import LAYER, build_pair
+from nla.models import pair_export as export_module
+from nla.commands.cli import main
+from nla.core.errors import NLAError
+from nla.models.sidecar import read_sidecar
+from tests.fixtures.commands import run_main
+from tests.fixtures.pairs import build_pair, export
 
 TEXT = "The sailor counts the waves before the storm arrives at night."
 
@@ -29,9 +28,8 @@ def pair(tiny_model_dir):
 
 
 def write(directory, pair, base_model: str):
-    verbalizer, reconstructor, prompts = pair
-    return export_pair(directory, verbalizer=verbalizer, reconstructor=reconstructor, prompts=prompts, layer=LAYER,
-                       base_model=base_model, stage="sft", training={})
+    pair.base_model = base_model
+    return export(directory, pair, training={})
 
 
 def test_exports_honour_the_umask(pair, tmp_path):
@@ -71,7 +69,7 @@ def test_explain_finds_a_relative_base_model_from_elsewhere(pair, tiny_model_dir
     elsewhere.mkdir()
     monkeypatch.chdir(work)
     written = write(tmp_path / "export", pair, "model")  # as typed in a config, relative to where training ran
-    meta = read_meta(written["av"])
+    meta = read_sidecar(written["av"])
     assert meta.base_model == "model"
     assert meta.base_model_source["path"] == str(work / "model")
     assert len(meta.base_model_source["config_sha256"]) == 64

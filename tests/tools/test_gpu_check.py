@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from tests.fixtures.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_check_script_dry_run_on_cpu(tmp_path):

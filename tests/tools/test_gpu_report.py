@@ -2,9 +2,9 @@
 
 import json
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fixtures.paths import ROOT
+
 sys.path.insert(0, str(ROOT / "tools" / "gpu"))
 
 import report  # noqa: E402

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
+from tests.fixtures.paths import ROOT
 
-SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "bench" / "grpo_robustness.py"
+SCRIPT = ROOT / "tools" / "bench" / "grpo_robustness.py"
 
 
 def load_script():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
+from tests.fixtures.paths import ROOT
 
-SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "bench" / "plot_curves.py"
+SCRIPT = ROOT / "tools" / "bench" / "plot_curves.py"
 SVG = "{http://www.w3.org/2000/svg}"
 POINTS = {0: 0.125, 10: 0.25, 20: 0.5, 30: 0.625}
 

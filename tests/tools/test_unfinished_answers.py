@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
+from tests.fixtures.paths import ROOT
 
-BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench"
+BENCH = ROOT / "tools" / "bench"
 
 
 def test_a_loop_is_a_three_word_sequence_repeated(monkeypatch):

@@ -17,11 +17,11 @@ import torch
 
 from nla.data.activation_cache import ActivationCache
 from nla.data.teachers.extractive import describe_briefly
-from nla.maths import fve, fve_variance, normalized_mse
-from nla.modules.backbone import BackboneArgs, load_tokenizer
-from nla.modules.reconstructor import Reconstructor
-from nla.padding import pad, pad_token_id
-from nla.prompts import DEFAULT_AR_TEMPLATE, explanation_text
+from nla.core.maths import fve, fve_variance, normalized_mse
+from nla.models.loading import ModelArgs, load_tokenizer
+from nla.models.reconstructor import Reconstructor
+from nla.core.padding import pad, pad_token_id
+from nla.core.prompts import DEFAULT_AR_TEMPLATE, explanation_text
 
 ENDS_WITH_EXPLANATION = "Notes on what a language model was thinking:\n{explanation}"
 
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cache = ActivationCache(args.cache)
-    backbone = BackboneArgs(args.model, dtype="float32")
+    backbone = ModelArgs(args.model, dtype="float32")
     tokenizer = load_tokenizer(backbone)
     reconstructor = Reconstructor.from_backbone(backbone, cache.layer).eval()
     rows = cache.split_indices("heldout")[: args.rows]

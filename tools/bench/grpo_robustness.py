@@ -42,7 +42,7 @@ def corpus_overrides(corpus: str) -> list[str]:
 
 def child(args: argparse.Namespace) -> None:
     """One run in this process: the quickstart, its comparison written to ``args.json``."""
-    from nla.quickstart import quickstart
+    from nla.commands.quickstart import quickstart
 
     started = time.perf_counter()
     comparison = quickstart(overrides=corpus_overrides(args.corpus), grpo_overrides=args.grpo_overrides,

@@ -26,14 +26,15 @@ from pathlib import Path
 
 import torch
 
-from nla.padding import pad_token_id
-from nla.modules import adapters
-from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
-from nla.modules.reconstructor import Reconstructor
-from nla.modules.reference import FrozenCopy
-from nla.modules.rollout import RolloutArgs, ar_loss, av_loss, collect
-from nla.modules.verbalizer import Verbalizer
-from nla.prompts import PromptArgs, Prompts
+from nla.core.padding import pad_token_id
+from nla.models import adapters
+from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
+from nla.models.pair import Pair
+from nla.models.reconstructor import Reconstructor
+from nla.modules.grpo.reference import FrozenCopy
+from nla.modules.grpo.rollout import RolloutArgs, ar_loss, av_loss, collect
+from nla.models.verbalizer import Verbalizer
+from nla.core.prompts import PromptArgs, Prompts
 
 DEFAULT_SCALE = 250.0
 PHASES = ("generate", "score", "logprobs", "av_update", "ar_update", "total")
@@ -69,16 +70,17 @@ class ForwardTimer:
 def build_pair(args, device: torch.device) -> tuple[Verbalizer, Reconstructor, Prompts, str]:
     """The AV, AR and prompts to time, on ``device``, and a name for the header line."""
     if args.pair is not None:
-        from nla.export import load_pair
+        from nla.models.pair_loading import load_pair
 
         root = Path(args.pair)
-        verbalizer, reconstructor, prompts = load_pair(root / "av", root / "ar", dtype=args.dtype)
+        loaded = load_pair(root / "av", root / "ar", dtype=args.dtype)
+        verbalizer, reconstructor, prompts = loaded.verbalizer, loaded.reconstructor, loaded.prompts
         if args.injection_scale is not None:
             verbalizer.injector.scale = verbalizer.injection_scale = float(args.injection_scale)
         name = str(root)
     else:
         name = args.model or "packaged:smollm2"
-        backbone = BackboneArgs(name, dtype=args.dtype)
+        backbone = ModelArgs(name, dtype=args.dtype)
         model, tokenizer = load_causal_lm(backbone), load_tokenizer(backbone)
         # The model is passed so a tokenizer without a one-token marker character gets one added.
         prompts = Prompts.build(tokenizer, PromptArgs(), model)
@@ -98,9 +100,10 @@ def rl_batch(prompts: Prompts, rows: int, d: int, scale: float, device: torch.de
 
 
 def grpo_step(verbalizer, reconstructor, reference, prompts, optimizers, batch, args: RolloutArgs, seed: int,
-              pad: int, clip: float, device: torch.device) -> tuple[dict[str, float], int]:
+              clip: float, device: torch.device) -> tuple[dict[str, float], int]:
     """One GRPO step; the seconds of each phase and the number of generated tokens."""
     opt_av, opt_ar = optimizers
+    pair = Pair(verbalizer, reconstructor, prompts, reconstructor.layer)
     # Dropout stays off in every pass, as in GRPOModule, so the update's ratio starts at exactly 1.
     verbalizer.eval()
     reconstructor.eval()
@@ -108,7 +111,7 @@ def grpo_step(verbalizer, reconstructor, reference, prompts, optimizers, batch, 
     sync(device)
     began = time.perf_counter()
     try:
-        rollout = collect(verbalizer, reconstructor, reference, prompts, batch, args, seed, pad)
+        rollout = collect(pair, reference, batch, args, seed)
         sync(device)
     finally:
         ar_timer.remove()
@@ -123,7 +126,7 @@ def grpo_step(verbalizer, reconstructor, reference, prompts, optimizers, batch, 
     sync(device)
     updated = time.perf_counter()
     opt_ar.zero_grad()
-    if ar_loss(reconstructor, prompts, rollout, args.micro_batch_size, pad, lambda loss: loss.backward()) is not None:
+    if ar_loss(pair, rollout, args.micro_batch_size, lambda loss: loss.backward()) is not None:
         torch.nn.utils.clip_grad_norm_(reconstructor.parameters(), clip)
         opt_ar.step()
     sync(device)
@@ -146,7 +149,7 @@ def best_seconds(run, repeats: int, device: torch.device) -> float:
 
 def generation_seconds(verbalizer: Verbalizer, batch: dict, group: int, tokens: int, repeats: int,
                        pad: int, device: torch.device) -> tuple[dict[str, float], float]:
-    """Best seconds of ``Verbalizer.sample`` per engine (``nla.modules.sampling``) and of HF ``generate``
+    """Best seconds of ``Verbalizer.sample`` per engine (``nla.models.sampling``) and of HF ``generate``
     for B x G rows and exactly ``tokens`` new tokens each, plain temperature-1 sampling on all sides."""
     ids = batch["input_ids"].repeat_interleave(group, dim=0)
     mask = batch["attention_mask"].repeat_interleave(group, dim=0)
@@ -233,7 +236,7 @@ def main() -> None:
     rows = []
     for step in range(args.steps):
         seconds, tokens = grpo_step(verbalizer, reconstructor, reference, prompts, optimizers, batch, rollout_args,
-                                    args.seed + step, pad, 1.0, device)
+                                    args.seed + step, 1.0, device)
         rows.append((seconds, tokens))
         print(row_text(str(step + 1), seconds, tokens))
     # The first step pays one-off allocation and kernel-selection costs; the mean leaves it out when it can.

@@ -19,8 +19,8 @@ from jsonargparse import ArgumentParser
 
 from nla.data.datamodule import NLADataModule
 from nla.evaluation.bootstrap import document_resamples, fve_interval
-from nla.maths import normalized_mse
-from nla.modules.reconstructor import Reconstructor
+from nla.core.maths import normalized_mse
+from nla.models.reconstructor import Reconstructor
 
 
 def datamodule_from(fit_config: str) -> NLADataModule:

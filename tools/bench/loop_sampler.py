@@ -20,10 +20,10 @@ from unittest import mock
 import torch
 from heldout_fve import datamodule_from  # this script's directory is on the path when run
 
-from nla.export import load_verbalizer
-from nla.modules import adapters, sampling
-from nla.modules.verbalizer import Verbalizer
-from nla.quickstart_report import heldout_rows
+from nla.models.pair_loading import load_verbalizer
+from nla.models import adapters, sampling
+from nla.models.verbalizer import Verbalizer
+from nla.commands.quickstart_report import heldout_rows
 
 
 def decode(verbalizer: Verbalizer, batches: list[dict], max_new_tokens: int) -> tuple[list, float, int]:

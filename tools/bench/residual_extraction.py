@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from nla.modules import adapters
-from nla.modules.backbone import BackboneArgs, load_causal_lm
-from nla.modules.residual import read_residual
-from nla.packaged import smollm2_gguf
+from nla.models import adapters
+from nla.models.loading import ModelArgs, load_causal_lm
+from nla.models.residual import read_residual
+from nla.models.packaged import smollm2_gguf
 
 
 def best_seconds(run, repeats: int) -> float:
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    model = load_causal_lm(BackboneArgs(str(smollm2_gguf()))).eval()
+    model = load_causal_lm(ModelArgs(str(smollm2_gguf()))).eval()
     depth = adapters.num_layers(model.config)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(100, model.config.vocab_size, (args.batch, args.seq), generator=generator)

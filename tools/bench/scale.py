@@ -41,14 +41,17 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from nla.modules import adapters, lora, optim
-from nla.modules.backbone import BackboneArgs, load_causal_lm, load_tokenizer
-from nla.modules.reconstructor import Reconstructor
-from nla.modules.reference import AdapterReference, FrozenCopy, FrozenModel
-from nla.modules.rollout import RolloutArgs, ar_loss, av_loss, collect
-from nla.modules.verbalizer import Verbalizer
-from nla.padding import pad, pad_token_id
-from nla.prompts import PromptArgs, Prompts
+from nla.models import adapters, lora
+
+from nla.modules import optim
+from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
+from nla.models.pair import Pair
+from nla.models.reconstructor import Reconstructor
+from nla.modules.grpo.reference import AdapterReference, FrozenCopy, FrozenModel
+from nla.modules.grpo.rollout import RolloutArgs, ar_loss, av_loss, collect
+from nla.models.verbalizer import Verbalizer
+from nla.core.padding import pad, pad_token_id
+from nla.core.prompts import PromptArgs, Prompts
 
 DEFAULT_SCALE = 250.0
 EXPLANATION = "Mentions of a river crossing at night, in a story told by a ferryman."
@@ -144,7 +147,7 @@ def _release_free_heap() -> None:
 
 
 def build_pair(args, setting: Setting, device: torch.device, train: bool):
-    backbone = BackboneArgs(args.model, dtype=setting.dtype)
+    backbone = ModelArgs(args.model, dtype=setting.dtype)
     tokenizer, model = load_tokenizer(backbone), load_causal_lm(backbone)
     # The model is passed so a tokenizer without a one-token marker character gets one added.
     prompts = Prompts.build(tokenizer, PromptArgs(), model)
@@ -203,7 +206,7 @@ def sft(args, setting: Setting, device: torch.device) -> dict:
     return dict(result, trainable=trainable(verbalizer, reconstructor))
 
 
-def reference_for(setting: Setting, verbalizer: Verbalizer, backbone: BackboneArgs, prompts):
+def reference_for(setting: Setting, verbalizer: Verbalizer, backbone: ModelArgs, prompts):
     """The reference ``build_reference`` would pick; a quantized one is the target itself loaded again
     in those bits (a fresh pair has no SFT export to reload)."""
     if setting.reference != "none":
@@ -217,7 +220,7 @@ def reference_for(setting: Setting, verbalizer: Verbalizer, backbone: BackboneAr
 def grpo(args, setting: Setting, device: torch.device) -> dict:
     verbalizer, reconstructor, prompts, backbone = build_pair(args, setting, device, train=False)
     reference = reference_for(setting, verbalizer, backbone, prompts)
-    pad_id = pad_token_id(prompts.tokenizer)
+    pair = Pair(verbalizer, reconstructor, prompts, reconstructor.layer)
     ids = torch.tensor([prompts.av_prompt_ids] * args.prompts, device=device)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
              "vector": vectors(args.prompts, reconstructor.d_model, device, args.seed)}
@@ -227,7 +230,7 @@ def grpo(args, setting: Setting, device: torch.device) -> dict:
     opt_ar = optimizer(setting, [("reconstructor", reconstructor)])
 
     def step(index: int) -> None:
-        rollout = collect(verbalizer, reconstructor, reference, prompts, batch, rollout_args, args.seed + index, pad_id)
+        rollout = collect(pair, reference, batch, rollout_args, args.seed + index)
         opt_av.zero_grad()
         av_loss(verbalizer, rollout, rollout_args, lambda loss: loss.backward())
         torch.nn.utils.clip_grad_norm_(verbalizer.parameters(), 1.0)
@@ -235,7 +238,7 @@ def grpo(args, setting: Setting, device: torch.device) -> dict:
         rollout.explanations = [text if text is not None else EXPLANATION for text in rollout.explanations]
         rollout.valid = torch.ones_like(rollout.valid)
         opt_ar.zero_grad()
-        ar_loss(reconstructor, prompts, rollout, args.micro_batch, pad_id, lambda loss: loss.backward())
+        ar_loss(pair, rollout, args.micro_batch, lambda loss: loss.backward())
         torch.nn.utils.clip_grad_norm_(reconstructor.parameters(), 1.0)
         opt_ar.step()
 

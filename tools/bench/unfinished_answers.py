@@ -18,8 +18,8 @@ from collections import Counter
 import torch
 from heldout_fve import datamodule_from  # this script's directory is on the path when run
 
-from nla.export import load_verbalizer
-from nla.quickstart_report import heldout_rows
+from nla.models.pair_loading import load_verbalizer
+from nla.commands.quickstart_report import heldout_rows
 
 
 def loops(text: str, repeats: int) -> bool:

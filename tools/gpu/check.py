@@ -31,11 +31,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools" / "gpu")]
 
-from nla.modules import flops, sampling, varlen  # noqa: E402
-from nla.modules.packing import pack_layout  # noqa: E402
-from nla.modules.reconstructor import Reconstructor  # noqa: E402
-from nla.modules.verbalizer import Verbalizer  # noqa: E402
-from nla.prompts import PromptArgs, Prompts  # noqa: E402
+from nla.modules import flops  # noqa: E402
+
+from nla.models import sampling, varlen
+from nla.models.packing import pack_layout  # noqa: E402
+from nla.models.reconstructor import Reconstructor  # noqa: E402
+from nla.models.verbalizer import Verbalizer  # noqa: E402
+from nla.core.prompts import PromptArgs, Prompts  # noqa: E402
 import report  # noqa: E402
 from shapes import LAYERS, build_model, tokenizer_for  # noqa: E402
 
@@ -185,7 +187,7 @@ def train_steps(module, forward, params, args, device) -> float:
 
 
 def step_sft(args, out: Path) -> None:
-    from nla.padding import pad
+    from nla.core.padding import pad
 
     device, tokenizer, attn = setup(args)
     master = torch.float32 if args.masters else torch.bfloat16
@@ -195,7 +197,7 @@ def step_sft(args, out: Path) -> None:
                 synthetic_rows(prompts, args.micro, args.explanation_tokens, 0)]
     ids, mask = pad([e[0] for e in examples], prompts.tokenizer.pad_token_id, "right")
     labels, _ = pad([e[1] for e in examples], -100, "right")
-    from nla.marker import find_marker_slots
+    from nla.core.marker import find_marker_slots
 
     slots, layout = find_marker_slots(ids, prompts.marker), pack_layout(mask)
     ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
@@ -238,8 +240,8 @@ def step_grpo(args, out: Path) -> None:
     spec = importlib.util.spec_from_file_location("grpo_bench", ROOT / "tools" / "bench" / "grpo_step.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    from nla.modules.reference import FrozenCopy
-    from nla.modules.rollout import RolloutArgs
+    from nla.modules.grpo.reference import FrozenCopy
+    from nla.modules.grpo.rollout import RolloutArgs
 
     device, tokenizer, attn = setup(args)
     master = torch.float32 if args.masters else torch.bfloat16
@@ -261,13 +263,12 @@ def step_grpo(args, out: Path) -> None:
     batch = bench.rl_batch(prompts, args.prompts, reconstructor.d_model, verbalizer.injection_scale, device, 0)
     reference = FrozenCopy(verbalizer, "same")
     optimizers = [optimizer_for(module.parameters(), args) for module in (verbalizer, reconstructor)]
-    pad_id = prompts.tokenizer.pad_token_id
     for step in range(1 + args.repeats):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with autocast(device):
             seconds, generated = bench.grpo_step(verbalizer, reconstructor, reference, prompts, optimizers, batch,
-                                                 rollout_args, step, pad_id, 1.0, device)
+                                                 rollout_args, step, 1.0, device)
         record(out, step="grpo", shape=args.shape, warmup=step == 0, rows=args.prompts * args.group,
                new_tokens=args.tokens, micro_batch=args.micro, generated_tokens=generated,
                sampling_s=seconds["generate"], scoring_s=seconds["score"] + seconds["logprobs"],
@@ -280,7 +281,7 @@ def step_grpo(args, out: Path) -> None:
 
 
 def step_varlen(args, out: Path) -> None:
-    from nla.padding import pad
+    from nla.core.padding import pad
 
     device, tokenizer, _ = setup(args)
     layer = LAYERS[args.shape]

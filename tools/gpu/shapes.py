@@ -65,7 +65,7 @@ def build_model(shape: str, tokenizer, device: str, dtype: torch.dtype, attn_imp
     """A random-weight causal LM of ``shape`` made directly on ``device`` (``layers``: only the first
     blocks, as the AR loads them)."""
     if attn_implementation == "nla_varlen":
-        from nla.modules import varlen
+        from nla.models import varlen
 
         varlen.register()
     config = config_for(shape, tokenizer, attn_implementation)

@@ -19,7 +19,7 @@ import numpy as np
 from nla.data.corpora.chunks import chunk_paragraphs
 from nla.data.corpora.debian import DebianPackage, package_data
 from nla.data.document import Document
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 PACKAGE = DebianPackage(
     name="r-cran-janeaustenr",

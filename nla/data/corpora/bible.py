@@ -20,7 +20,7 @@ from pathlib import Path
 from nla.data.corpora.chunks import chunk_paragraphs
 from nla.data.corpora.debian import DebianPackage, package_data
 from nla.data.document import Document
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 PACKAGE = DebianPackage(
     name="sword-text-web",

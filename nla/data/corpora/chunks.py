@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from nla.data.document import Document
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 
 def chunk_paragraphs(prefix: str, paragraphs: Iterable[str], chunk_words: int) -> list[Document]:

@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 MIRROR_ENV = "NLA_DEBIAN_MIRROR"
 DEFAULT_MIRROR = "https://deb.debian.org/debian"
@@ -179,6 +179,6 @@ def _unreachable(package: DebianPackage, url: str, error: BaseException) -> Conf
 
 
 def _cache_root() -> Path:
-    from nla.modules.backbone import cache_root
+    from nla.models.loading import cache_root
 
     return cache_root() / "debian"

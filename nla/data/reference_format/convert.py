@@ -30,7 +30,7 @@ from nla.data.reference_format.dataset import ReferenceDataset
 from nla.data.splits import SPLITS
 from nla.data.storage import atomic_save_npy, atomic_write_json, file_sha256
 from nla.data.summaries import IMPORTED_SUMMARIES
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 STAGE_SPLIT = {"av_sft": "av_sft", "ar_sft": "ar_sft", "rl": "rl", "base": "rl"}
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from nla.errors import ConfigError
-from nla.marker import Marker, marker_problem
+from nla.core.errors import ConfigError
+from nla.core.marker import Marker, marker_problem
 
 STAGES = ("base", "av_sft", "ar_sft", "rl")
 INJECT = "<INJECT>"

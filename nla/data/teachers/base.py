@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 MIN_FEATURES = 2
 

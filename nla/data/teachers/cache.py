@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from nla.data.teachers.base import INSTRUCTION_VERSION, MIN_FEATURES, Summary, Teacher, TeacherRequest
-from nla.errors import NLAError
+from nla.core.errors import NLAError
 
 log = logging.getLogger(__name__)
 

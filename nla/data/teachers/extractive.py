@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from nla.data.teachers.base import Summary, Teacher, TeacherRequest
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 STOP_WORDS = frozenset(
     """

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nla.data.teachers.base import Summary, Teacher, TeacherArgs, TeacherRequest, parse_features, render_instruction
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 
 def _device(name: str) -> torch.device:

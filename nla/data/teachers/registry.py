@@ -7,7 +7,7 @@ provider module loads lazily here, so the offline default imports no torch.
 from __future__ import annotations
 
 from nla.data.teachers.base import Teacher, TeacherArgs
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 PROVIDERS = ("extractive", "hf", "openai", "anthropic")
 

@@ -33,7 +33,7 @@ from nla.data.teachers.base import (
     parse_features,
     render_instruction,
 )
-from nla.errors import ConfigError, NLAError
+from nla.core.errors import ConfigError, NLAError
 
 log = logging.getLogger(__name__)
 

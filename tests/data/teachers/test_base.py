@@ -18,7 +18,7 @@ from nla.data.teachers import (
     render_instruction,
 )
 from nla.data.teachers.extractive import ExtractiveTeacher
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(

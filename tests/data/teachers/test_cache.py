@@ -10,8 +10,8 @@ import pytest
 from nla.data.teachers import INSTRUCTION, TeacherArgs, TeacherRequest, build_teacher, cache_key, summarize_all
 from nla.data.teachers.cache import CACHE_FILE
 from nla.data.teachers.extractive import ExtractiveTeacher
-from nla.errors import NLAError
-from tests.data.teachers.conftest import GOOD_ANSWER, SHORT_ANSWER, answer_body
+from nla.core.errors import NLAError
+from tests.fixtures.loopback import GOOD_ANSWER, SHORT_ANSWER, answer_body
 
 KEY_ENV = "NLA_TEST_TEACHER_KEY"
 

@@ -112,7 +112,7 @@ def test_brief_style_keeps_the_features_and_ends_with_the_last_words_verbatim():
 
 def test_teacher_style_is_chosen_by_model_and_unknown_styles_are_refused():
     from nla.data.teachers import TeacherArgs, build_teacher
-    from nla.errors import ConfigError
+    from nla.core.errors import ConfigError
 
     brief = build_teacher(TeacherArgs(provider="extractive", model="brief"))
     request = TeacherRequest(context="One two three four five six seven", token=" seven")

@@ -7,7 +7,7 @@ import torch
 
 from nla.data.teachers import TeacherArgs, TeacherRequest, build_teacher, summarize_all
 from nla.data.teachers.hf import HFTeacher
-from nla.errors import ConfigError
+from nla.core.errors import ConfigError
 
 REQUESTS = [
     TeacherRequest("The sailor counts the waves", " waves"),

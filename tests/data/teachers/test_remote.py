@@ -10,8 +10,8 @@ import pytest
 
 from nla.data.teachers import TeacherArgs, TeacherRequest, build_teacher, summarize_all
 from nla.data.teachers.remote import AnthropicTeacher, OpenAITeacher, parse_retry_after
-from nla.errors import ConfigError, NLAError
-from tests.data.teachers.conftest import GOOD_ANSWER, SHORT_ANSWER, answer_body
+from nla.core.errors import ConfigError, NLAError
+from tests.fixtures.loopback import GOOD_ANSWER, SHORT_ANSWER, answer_body
 
 PROVIDERS = ["openai", "anthropic"]
 KEY_ENV = "NLA_TEST_TEACHER_KEY"

@@ -1,0 +1,306 @@
+"""One GRPO rollout over an AV (``Verbalizer``) and an AR (``Reconstructor``), as plain functions.
+
+``collect`` samples G answers per prompt, scores them with the AR as it is now (before this step's
+update), turns the scores into rewards and advantages, and records the sampling policy's and the
+reference's log-probs of every sampled token. ``av_loss`` and ``ar_loss`` then run the two updates'
+forward and backward passes in micro-batches; the caller owns the optimizers.
+
+Sequences are scored right-padded (each row: its real prompt tokens, then its completion), so the
+default position ids of a plain forward are the positions the tokens had while sampling.
+Gradient accumulation is exact: every micro-batch's loss is weighted by its share of the
+aggregation's denominator, so the summed gradients equal those of one pass over the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import time
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from nla.modules.grpo.loss import (KL_DEFAULT, aggregate, batch_advantages, clipped_surrogate, group_advantages,
+                           kl_penalty, overlong_penalty, penalized_rewards, trim_at_end_of_turn,
+                           uniform_group_advantages)
+from nla.core.marker import find_marker_slots
+from nla.core.maths import normalized_mse
+from nla.modules import fsdp
+from nla.models.pair import Pair
+from nla.models.reconstructor import Reconstructor
+from nla.models.verbalizer import Verbalizer
+from nla.core.padding import pad, pad_token_id
+from nla.core.prompts import partial_explanation
+
+
+@dataclass
+class RolloutArgs:
+    """How one rollout is sampled, scored and turned into a loss."""
+
+    samples_per_prompt: int = 8
+    """G: answers sampled per prompt; advantages compare the answers of one prompt."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass; memory grows with it, not with prompts x samples."""
+    max_new_tokens: int = 150
+    """Cap on generated tokens; an answer cut by it is truncated and scores as orthogonal."""
+    temperature: float = 1.0
+    """Sampling temperature. Below 1 the answers are drawn from the sharpened distribution while the
+    ratio, the loss and the KL use the model's own (untempered) log-probs: off the exact policy
+    gradient, but a small AV's temperature-1 answers are often unfinished and teach little."""
+    reward: str = "neg_mse"
+    """``neg_mse`` or ``neg_log_mse`` (see ``nla.modules.grpo.loss.penalized_rewards``)."""
+    advantage: str = "group"
+    """``group`` (normalised per prompt) or ``batch`` (centred per prompt, scaled by the batch std)."""
+    clip_epsilon: float = 0.2
+    """PPO clip range of the probability ratio."""
+    kl_coef: float = 0.01
+    """Weight of the KL penalty to the reference AV."""
+    kl_estimator: str = KL_DEFAULT
+    """``k2`` (pulls towards the reference: its expected gradient is that of KL(policy || reference)),
+    ``k1`` (zero expected gradient as a loss: noise only) or ``k3`` (the gradient of the reverse
+    KL(reference || policy)); see ``nla.modules.grpo.loss.kl_penalty``."""
+    loss_aggregation: str = "token_mean"
+    """``token_mean``, ``sequence_mean`` or ``sum_norm`` (see ``nla.modules.grpo.loss.aggregate``)."""
+    sampler: str = "auto"
+    """Sampling engine (``nla.models.sampling``): ``auto`` (``static`` on CUDA, else ``loop``),
+    ``loop`` or ``static``; each prompt's G answers share one prefill with ``static``."""
+    unfinished: str = "orthogonal"
+    """How an answer cut by the cap is rewarded: ``orthogonal`` (as every invalid answer, the reward
+    of MSE 2) or ``scored`` (closed at the cap: the AR reads what it wrote after its opening tag, and
+    ``unfinished_penalty`` is subtracted). Evaluation always counts it as orthogonal."""
+    unfinished_penalty: float = 0.5
+    """Subtracted from the reward of an unfinished answer under ``unfinished: scored``."""
+    overlong_buffer: int = 0
+    """Cap-aware length penalty (``nla.modules.grpo.loss.overlong_penalty``): the last this many tokens before
+    the cap cost up to ``overlong_penalty`` of reward, rising linearly; 0 turns it off."""
+    overlong_penalty: float = 1.0
+    """The reward an answer that reaches the cap loses under ``overlong_buffer``."""
+    uniform_groups: str = "zero"
+    """Advantage of a group whose rewards are all equal: ``zero`` (no signal, as GRPO's per-group
+    baseline gives) or ``batch`` (against the batch's mean and std, so a group that failed entirely
+    is pushed down; ``nla.modules.grpo.loss.uniform_group_advantages``)."""
+    greedy_answer: bool = False
+    """Decode answer 0 of each group greedily (the answer evaluation and ``nla explain`` write) and
+    sample the other G - 1. A greedy repetition loop, which sampled answers rarely show, is then
+    scored like any unfinished answer and pushed down by its advantage."""
+
+
+@dataclass
+class Rollout:
+    """N = B x G sampled answers, row ``b * G + g`` being sample g of prompt b."""
+
+    vectors: Tensor
+    """[N, d] the vector each answer describes."""
+    input_ids: Tensor
+    """[N, T] prompt then completion, right-padded."""
+    attention_mask: Tensor
+    """[N, T] real tokens of ``input_ids``."""
+    start: Tensor
+    """[N] position of each row's first completion token."""
+    completion_ids: Tensor
+    """[N, L] the sampled tokens, right-padded."""
+    mask: Tensor
+    """[N, L] bool: tokens up to and including the first end-of-turn token."""
+    truncated: Tensor
+    """[N] bool: no end-of-turn token before the cap."""
+    valid: Tensor
+    """[N] bool: an explanation was parsed (not truncated, tags present)."""
+    explanations: list[str | None]
+    """The parsed explanations (None when invalid)."""
+    texts: list[str]
+    """The decoded answers."""
+    mse: Tensor
+    """[N] normalised MSE of the AR's reconstruction (NaN where invalid)."""
+    rewards: Tensor
+    """[B, G] penalised rewards."""
+    advantages: Tensor
+    """[N] one advantage per answer."""
+    old_logprobs: Tensor
+    """[N, L] the sampling policy's log-probs of the sampled tokens."""
+    ref_logprobs: Tensor
+    """[N, L] the reference AV's log-probs of the same tokens."""
+    entropy: Tensor
+    """[N, L] the sampling policy's entropy at each sampled position."""
+    injected_fraction: float
+    """Fraction of rows that received their vector while sampling."""
+    seconds: dict[str, float]
+    """Wall time of ``generate`` (sampling) and ``score`` (AR, policy and reference passes)."""
+    slots: Tensor | None = None
+    """[N] marker position in each row of ``input_ids`` (found once on the host, so the scoring and
+    update passes do not search for it)."""
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def right_padded(rows: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    ids, mask = pad(rows, pad_id, "right")
+    return ids.to(device), mask.to(device)
+
+
+def token_logprobs(verbalizer: Verbalizer, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor,
+                   start: Tensor, width: int, entropy: bool = False,
+                   slots: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Log-probs ``[n, width]`` of the completion tokens (those at ``start + j``), injection active,
+    and optionally the entropy of the distribution each was drawn from. Logits exist only at those
+    positions, a chunk at a time (``Verbalizer.completion_logprobs``). Off-row positions are junk
+    that the rollout's mask removes."""
+    positions = (start[:, None] + torch.arange(width, device=start.device) - 1).clamp(0, input_ids.shape[1] - 1)
+    targets = input_ids.gather(1, (positions + 1).clamp_max(input_ids.shape[1] - 1))
+    return verbalizer.completion_logprobs(input_ids, attention_mask, vectors, positions, targets, entropy, slots)
+
+
+def _part(values: Tensor | None, part: slice) -> Tensor | None:
+    return None if values is None else values[part]
+
+
+@torch.no_grad()
+def policy_logprobs(verbalizer: Verbalizer, rollout: Rollout, micro: int, entropy: bool = False):
+    """``token_logprobs`` over the whole rollout in micro-batches, without gradients."""
+    width, parts, spreads = rollout.completion_ids.shape[1], [], []
+    with verbalizer.keeping_vectors():
+        for part in micro_batches(len(rollout.start), micro):
+            chosen, spread = token_logprobs(verbalizer, rollout.input_ids[part], rollout.attention_mask[part],
+                                            rollout.vectors[part], rollout.start[part], width, entropy,
+                                            _part(rollout.slots, part))
+            parts.append(chosen)
+            spreads.append(spread)
+    return torch.cat(parts), torch.cat(spreads) if entropy else None
+
+
+def collect(pair: Pair, reference, batch: dict, args: RolloutArgs, seed: int | None) -> Rollout:
+    """Sample, score and prepare one rollout from an ``rl`` batch (left-padded prompts and vectors).
+    ``reference`` has ``logprobs(rollout, micro)`` (see ``nla.modules.grpo.reference``)."""
+    verbalizer, reconstructor = pair.verbalizer, pair.reconstructor
+    pad_id = pad_token_id(pair.prompts.tokenizer)
+    group = args.samples_per_prompt
+    prompt_ids = batch["input_ids"].repeat_interleave(group, dim=0)
+    prompt_mask = batch["attention_mask"].repeat_interleave(group, dim=0)
+    vectors = batch["vector"].repeat_interleave(group, dim=0)
+    began = time.perf_counter()
+    # Sharded: gathered once for the whole loop, since processes stop decoding at different steps.
+    with fsdp.gathered(verbalizer):
+        samples = verbalizer.sample(batch["vector"], batch["input_ids"], batch["attention_mask"],
+                                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=seed,
+                                    group=group, sampler=args.sampler, greedy_answers=int(args.greedy_answer))
+    sampled = time.perf_counter()
+    device = prompt_ids.device
+    host_ids, host_mask = prompt_ids.cpu(), prompt_mask.cpu()
+    prompts_real = [row[mask.bool()].tolist() for row, mask in zip(host_ids, host_mask)]
+    # Right-padded scoring rows start with the real prompt: the slot moves left by the padding.
+    slots = (find_marker_slots(host_ids, verbalizer.marker) - (host_mask == 0).sum(dim=1)).to(device)
+    input_ids, attention_mask = right_padded([p + t for p, t in zip(prompts_real, samples.tokens)], pad_id, device)
+    completion_ids, completion_mask = right_padded(samples.tokens, pad_id, device)
+    mask, _ = trim_at_end_of_turn(completion_ids, completion_mask, verbalizer.stop_ids)
+    truncated = torch.tensor(samples.truncated, device=device)
+    valid = torch.tensor([text is not None for text in samples.parsed], device=device) & ~truncated
+    explanations = [text if ok else None for text, ok in zip(samples.parsed, valid.tolist())]
+    # What the AR scores: the valid explanations and, with unfinished answers scored, what those wrote.
+    read = [(parsed or partial_explanation(answer)) if cut and args.unfinished == "scored" else text
+            for text, parsed, answer, cut in zip(explanations, samples.parsed, samples.texts, samples.truncated)]
+    scored = torch.tensor([text is not None for text in read], device=device)
+    # float32 whatever the default dtype: under bf16-true Lightning makes it bfloat16 inside a step,
+    # which would round the MSEs GRPO ranks (steps of ~0.002 near 0.3).
+    mse = torch.full((len(explanations),), float("nan"), dtype=torch.float32, device=device)
+    kept = scored.nonzero().squeeze(1)
+    # Sharded, gathering is collective: every process gathers, also one without a valid answer (each
+    # samples with its own seed, so their counts differ).
+    with fsdp.gathered(reconstructor):
+        if len(kept):
+            predicted = pair.reconstruct([read[i] for i in kept.tolist()], batch_size=args.micro_batch_size)
+            mse[kept] = normalized_mse(predicted, vectors[kept].float())
+    rewards = penalized_rewards(torch.nan_to_num(mse, nan=2.0), scored, args.reward)
+    rewards = rewards - args.unfinished_penalty * (scored & truncated).float()
+    rewards = rewards - overlong_penalty(mask.sum(dim=1), args.max_new_tokens, args.overlong_buffer,
+                                         args.overlong_penalty)
+    rewards = rewards.view(-1, group)
+    advantages = (group_advantages if args.advantage == "group" else batch_advantages)(rewards)
+    if args.uniform_groups == "batch":
+        advantages = uniform_group_advantages(rewards, advantages)
+    advantages = advantages.reshape(-1)
+    start = torch.tensor([len(p) for p in prompts_real], device=device)
+    rollout = Rollout(vectors, input_ids, attention_mask, start, completion_ids, mask, truncated, valid,
+                      explanations, samples.texts, mse, rewards, advantages, None, None, None,
+                      samples.injection.injected_fraction, {"generate": sampled - began}, slots)
+    rollout.old_logprobs, rollout.entropy = policy_logprobs(verbalizer, rollout, args.micro_batch_size, entropy=True)
+    rollout.ref_logprobs = reference.logprobs(rollout, args.micro_batch_size)
+    rollout.seconds["score"] = time.perf_counter() - sampled
+    return rollout
+
+
+def _share(mode: str, mask: Tensor, part: slice) -> float:
+    """The micro-batch's weight in the full batch's aggregate: its tokens' share for token_mean, its
+    rows' share for the per-row normalised modes."""
+    if mode == "token_mean":
+        return float(mask[part].sum()) / max(1, int(mask.sum()))
+    return mask[part].shape[0] / mask.shape[0]
+
+
+def av_loss(verbalizer: Verbalizer, rollout: Rollout, args: RolloutArgs,
+            backward: Callable[[Tensor], None]) -> dict[str, float]:
+    """Clipped surrogate plus ``kl_coef`` x the KL penalty (``args.kl_estimator``) to the reference,
+    aggregated over the trimmed tokens; ``backward`` is called once per micro-batch on its weighted
+    loss. Returns the batch's loss, clip fraction and ``kl``: the token mean of the k3 estimate of
+    KL(policy || reference), unbiased and never negative, whichever estimator the loss uses."""
+    mode, width = args.loss_aggregation, rollout.completion_ids.shape[1]
+    totals = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
+    tokens = max(1, int(rollout.mask.sum()))
+    with verbalizer.keeping_vectors():
+        for part in micro_batches(len(rollout.start), args.micro_batch_size):
+            mask = rollout.mask[part]
+            logprobs, _ = token_logprobs(verbalizer, rollout.input_ids[part], rollout.attention_mask[part],
+                                         rollout.vectors[part], rollout.start[part], width,
+                                         slots=_part(rollout.slots, part))
+            surrogate, clipped = clipped_surrogate(logprobs, rollout.old_logprobs[part], rollout.advantages[part],
+                                                   mask, args.clip_epsilon)
+            kl = kl_penalty(logprobs, rollout.ref_logprobs[part], args.kl_estimator, mask)
+            share = _share(mode, rollout.mask, part)
+            loss = aggregate(surrogate + args.kl_coef * kl, mask, mode, args.max_new_tokens) * share
+            backward(loss)
+            totals["loss"] += float(loss.detach())
+            measured = kl_penalty(logprobs.detach(), rollout.ref_logprobs[part], "k3", mask)
+            totals["kl"] += float(torch.where(mask, measured, 0.0).sum()) / tokens
+            totals["clip_ratio"] += float(clipped.sum()) / tokens
+    return totals
+
+
+def ar_loss(pair: Pair, rollout: Rollout, micro: int, backward: Callable[[Tensor], None]) -> float | None:
+    """Normalised MSE of the AR on the rollout's valid answers (explanation -> vector), one
+    ``backward`` per micro-batch; None when no answer was valid (nothing to train on). Across
+    processes: the mean over every process's valid answers, each process running as many passes as
+    the busiest one, and None everywhere only when no process has a valid answer."""
+    kept = rollout.valid.nonzero().squeeze(1).tolist()
+    rows_everywhere, passes, processes = _across_processes(len(kept), -(-len(kept) // micro), rollout.vectors.device)
+    if not rows_everywhere:
+        return None
+    reconstructor, prompts = pair.reconstructor, pair.prompts
+    device, total, pad_id = reconstructor.head.weight.device, 0.0, pad_token_id(prompts.tokenizer)
+    for index in range(passes):
+        rows = kept[index * micro:(index + 1) * micro]
+        # A process out of rows still runs the pass (sharded models communicate in each), weightless.
+        texts = [rollout.explanations[i] for i in rows] or [""]
+        ids, mask = right_padded([prompts.ar_ids(text) for text in texts], pad_id, device)
+        predicted = reconstructor(ids, mask, mask.sum(dim=1) - 1)
+        if rows:
+            # Gradients are averaged over processes: x processes / all rows makes that the mean over all rows.
+            weight = len(rows) * processes / rows_everywhere
+            loss = Reconstructor.loss(predicted, rollout.vectors[rows].float()) * weight
+        else:
+            loss = predicted.sum() * 0.0
+        backward(loss)
+        total += float(loss.detach())
+    return total
+
+
+def _across_processes(rows: int, passes: int, device) -> tuple[int, int, int]:
+    """``rows`` summed and ``passes`` maxed over the processes, and their number (this process's own
+    values without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows, passes, 1
+    total, most = torch.tensor([rows], device=device), torch.tensor([passes], device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(total), int(most), dist.get_world_size()
