@@ -19,6 +19,7 @@ import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from nla.commands.cli import main
+from nla.commands.config_files import read_config
 from nla.commands.plan.architectures import ARCHITECTURES
 from tests.fixtures.corpus import write_corpus
 from tests.fixtures.tiny import build_tokenizer
@@ -69,13 +70,14 @@ def tiny_family_model(hub_id: str, directory: Path) -> int:
 
 
 def shipped(family: str, stage: str) -> dict:
-    return yaml.safe_load((CONFIGS / family / f"{stage}.yaml").read_text())
+    """The shipped config with its data block read in (``source: data.yaml``)."""
+    return read_config(CONFIGS / family / f"{stage}.yaml")
 
 
-def shrink_data(data: dict, root: Path, model_dir: Path, layer: int) -> None:
-    data["model"]["name_or_path"] = str(model_dir)
-    data["corpus"].update(path=str(root / "docs.jsonl"), max_length=64, min_position=8)
-    data["cache"].update(directory=str(root / "cache"), layer=layer, positions_per_document=1, shard_documents=64)
+def shrink_data(source: dict, root: Path, model_dir: Path, layer: int) -> None:
+    source["target"]["name_or_path"] = str(model_dir)
+    source["corpus"].update(path=str(root / "docs.jsonl"), max_length=64, min_position=8)
+    source["cache"].update(directory=str(root / "cache"), layer=layer, positions_per_document=1, shard_documents=64)
 
 
 def shrink_fit(config: dict, root: Path, stage: str, model_dir: Path, layer: int, teacher_url: str) -> Path:
@@ -87,18 +89,18 @@ def shrink_fit(config: dict, root: Path, stage: str, model_dir: Path, layer: int
     if "precision" in trainer and trainer["precision"] == "32-true":
         trainer.pop("precision")  # the FSDP configs' value; the strategy it went with is gone
     data = config["data"]["init_args"]
-    shrink_data(data, root, model_dir, layer)
-    data["teacher"].update(base_url=teacher_url, cache_dir=str(root / "teacher"))
+    shrink_data(data["source"], root, model_dir, layer)
+    data["source"]["teacher"].update(base_url=teacher_url, cache_dir=str(root / "teacher"))
     data.update(batch_size=2 if stage == "sft" else 1, eval_batch_size=2, num_workers=0, pin_memory=False,
                 progress=False)
     model = config["model"]["init_args"]
-    model.update(max_new_tokens=8)
     if stage == "sft":
         trainer.update(val_check_interval=1, limit_val_batches=1)
-        model.update(export_dir=str(root / "sft-export"))
+        model.update(max_new_tokens=8, export_dir=str(root / "sft-export"))
     else:
-        model.update(sft_export=str(root / "sft-export"), export_dir=None, final_export_dir=str(root / "grpo-export"),
-                     micro_batch_size=8, eval_max_batches=1)
+        model.update(sft_export=str(root / "sft-export"), best_export_dir=None, export_dir=str(root / "grpo-export"),
+                     eval_max_batches=1)
+        model["rollout"].update(max_new_tokens=8, micro_batch_size=8)
     path = root / f"{stage}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -107,20 +109,20 @@ def shrink_fit(config: dict, root: Path, stage: str, model_dir: Path, layer: int
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_stage_of_the_family_runs_one_step_on_a_tiny_model_of_that_family(family, tmp_path, fake_api):
     cache_config = shipped(family, "cache")
-    hub_id = cache_config["model"]["name_or_path"]
+    hub_id = cache_config["source"]["target"]["name_or_path"]
     model_dir = tmp_path / "model"
     blocks = tiny_family_model(hub_id, model_dir)
     # K keeps its place in the depth: the released layer at two thirds stays at two thirds.
-    layer = min(LAYERS - 1, round(cache_config["cache"]["layer"] * LAYERS / blocks))
+    layer = min(LAYERS - 1, round(cache_config["source"]["cache"]["layer"] * LAYERS / blocks))
     write_corpus(tmp_path, documents=48)
 
-    shrink_data(cache_config, tmp_path, model_dir, layer)
+    shrink_data(cache_config["source"], tmp_path, model_dir, layer)
     (tmp_path / "cache.yaml").write_text(yaml.safe_dump(cache_config))
     main(["cache", "--config", str(tmp_path / "cache.yaml")])
     assert (tmp_path / "cache" / "meta.json").is_file()
 
     sft, grpo = shipped(family, "sft"), shipped(family, "grpo")
-    assert sft["data"]["init_args"]["teacher"]["provider"] in ("openai", "anthropic")
+    assert sft["data"]["init_args"]["source"]["teacher"]["provider"] in ("openai", "anthropic")
     for stage, config in (("sft", sft), ("grpo", grpo)):
         main(["fit", "--config", str(shrink_fit(config, tmp_path, stage, model_dir, layer, fake_api.base_url))])
     assert fake_api.calls, "the SFT stage asked the configured teacher for its summaries"

@@ -15,8 +15,8 @@ import types
 import typing
 from typing import Callable
 
-from nla.commands.config_errors import describe_parse_error, function_root, lift_config_error, trainer_root
-from nla.core.errors import NLAError
+from nla.commands.config_errors import describe_parse_error, function_root, lift_config_error, located, trainer_root
+from nla.core.errors import ConfigError, NLAError
 
 TRAINER_SUBCOMMANDS = {
     "fit": "train a model (SFT warm start or GRPO), as named by the config's model.class_path",
@@ -103,6 +103,10 @@ def run_function(name: str, argv: list[str]) -> None:
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     function = resolve(SUBCOMMANDS[name][0])
+    if name not in CONFIG_IS_INPUT:
+        from nla.commands.legacy import migrated_args
+
+        argv = migrated_args(argv, name)
     argv = repeatable_lists(argv, list_options(function))
     parser = ArgumentParser(
         # The docstring's first paragraph describes the command; its Args block already documents each option.
@@ -119,6 +123,8 @@ def run_function(name: str, argv: list[str]) -> None:
         config.pop("config", None)
     try:
         instantiated = parser.instantiate_classes(config)
+    except ConfigError as error:
+        raise located(error, config) from None
     except ValueError as error:
         lifted = lift_config_error(error, config)
         if lifted is None:

@@ -102,8 +102,6 @@ def describe_parse_error(message: str, root: Mapping[str, Any]) -> str | None:
     """One line for a jsonargparse error about an unknown key or a mistyped value, or None when the
     message is of another kind. ``root`` maps top-level keys to the classes they configure; classes
     below come from the ``class_path`` the message names."""
-    if group := _GROUP.search(message):
-        return _unknown([*_strip(group.group(1)), *_strip(group.group(2))], root, 0)
     path: list[str] = []
     anchor: Mapping[str, Any] | Any = root
     depth, position = 0, 0
@@ -111,6 +109,7 @@ def describe_parse_error(message: str, root: Mapping[str, Any]) -> str | None:
         found = [(m.start(), "key", m) for m in [_KEY.search(message, position)] if m]
         found += [(m.start(), "class", m) for m in [_CLASS.search(message, position)] if m]
         found += [(m.start(), kind, m) for kind, pattern in _LEAVES for m in [pattern.search(message, position)] if m]
+        found += [(m.start(), "group", m) for m in [_GROUP.search(message, position)] if m]
         if not found:
             return None
         _, kind, match = min(found, key=lambda item: item[0])
@@ -124,6 +123,9 @@ def describe_parse_error(message: str, root: Mapping[str, Any]) -> str | None:
                 anchor, depth = target, len(path)
         elif kind == "unknown":
             return _unknown([*path, *_strip(match.group(1))], anchor, depth)
+        elif kind == "group":
+            # A nested group (a dataclass argument) that lacks a key, below the class at ``path``.
+            return _unknown([*path, *_strip(match.group(1)), *_strip(match.group(2))], anchor, depth)
         else:
             expected, got = match.group(1), match.group(2).strip()
             return f"{'.'.join(path) or 'value'}: expected {expected}, got {got!r}"
@@ -152,7 +154,7 @@ def lift_config_error(error: BaseException, config: Any) -> NLAError | None:
         path += _strip(relative)
     field = _strip(inner.field)
     overlap = max((k for k in range(min(len(path), len(field)) + 1) if k == 0 or path[-k:] == field[:k]), default=0)
-    return ConfigError(".".join(path + field[overlap:]), inner.detail)
+    return located(ConfigError(".".join(path + field[overlap:]), inner.detail, inner.value), config)
 
 
 def _given_value(message: str) -> str | None:
@@ -190,3 +192,34 @@ def trainer_root() -> dict[str, Any]:
 def function_root(function: Callable) -> dict[str, Any]:
     """Top-level keys of an ``nla`` subcommand that is a function: its parameters."""
     return parameters(function)
+
+
+def located(error: ConfigError, config: Any) -> ConfigError:
+    """``error`` with its field extended to the key path of ``config`` (the parsed namespace) that
+    ends with it: a settings dataclass nested in another (``data.source.splits``) raises its own key
+    (``splits``) without its place. Of several such paths, the one holding the error's ``value``. A
+    field that already starts at the top, or that no single path ends with, is left as it is."""
+    field = _strip(error.field)
+    if not field or field[0] in _keys(config):
+        return error
+    paths = [(path, value) for path, value in _paths(config) if path[-len(field):] == field]
+    if len(paths) > 1 and error.value is not None:
+        paths = [(path, value) for path, value in paths if value == error.value]
+    return ConfigError(".".join(paths[0][0]), error.detail, error.value) if len(paths) == 1 else error
+
+
+def _keys(node: Any) -> list[str]:
+    return list(vars(node)) if _is_namespace(node) else list(node) if isinstance(node, Mapping) else []
+
+
+def _paths(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[list[str], Any]]:
+    """Every (key path, value) below ``node``, ``init_args`` left out of the paths."""
+    found = []
+    for key in _keys(node):
+        value = vars(node)[key] if _is_namespace(node) else node[key]
+        path = prefix if key == "init_args" else (*prefix, key)
+        if path:
+            found.append((list(path), value))
+        if _is_namespace(value) or isinstance(value, Mapping):
+            found += _paths(value, path)
+    return found

@@ -1,7 +1,7 @@
 """``nla export``: write the AV/AR pair of a Lightning checkpoint as two HF directories.
 
 The module and DataModule are rebuilt from the run's config (the ``config.yaml`` LightningCLI saved
-beside the logs, or the YAML the run was started with) without training; the DataModule supplies the
+beside the logs, or the YAML the run was started with, its data block read from the file it names) without training; the DataModule supplies the
 tokenizer, marker, prompts and K, so the export matches what was trained. The checkpoint is read with
 ``weights_only=True``: only tensors and plain containers are unpickled.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from lightning.fabric.utilities.cloud_io import _load as load_checkpoint
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from nla.commands.cli import one_line
+from nla.commands.config_files import read_config
 from nla.core.errors import ConfigError, NLAError
 from nla.commands.fit import RAISE_ON_ERROR
 
@@ -28,8 +28,8 @@ def build_from_config(fit_config: str | Path) -> tuple[LightningModule, Lightnin
     path = Path(fit_config)
     if not path.is_file():
         raise ConfigError("fit_config", f"'{path}' is not a file; give the run's config.yaml or the fit YAML")
-    settings = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(settings, dict) or "model" not in settings or "data" not in settings:
+    settings = read_config(path, "fit_config")
+    if "model" not in settings or "data" not in settings:
         raise ConfigError("fit_config", f"'{path}' is not a fit config: it needs model and data sections")
     for key in RUN_ONLY_KEYS:
         settings.pop(key, None)

@@ -1,12 +1,20 @@
-"""The LightningCLI behind ``nla fit|validate|test|predict``."""
+"""The LightningCLI behind ``nla fit|validate|test|predict``.
+
+Configs, overrides and checkpoints saved with the names from before 0.1.0 are renamed on the way in
+(``nla.commands.legacy``), with a line saying so.
+"""
 
 from __future__ import annotations
+
+import sys
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from nla.commands.config_errors import lift_config_error
+from nla.commands import legacy
+from nla.commands.config_errors import lift_config_error, located
+from nla.core.errors import ConfigError
 from nla.commands.preflight import preflight_fit
 from nla.commands.progress_bar import StepProgressBar
 from nla.commands.resume import resolve_ckpt_path
@@ -21,6 +29,11 @@ class NLALightningCLI(LightningCLI):
     callers such as the quickstart that drive the stages themselves."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        if args is None:
+            # Renamed in sys.argv itself: data-parallel launchers start each process with this command line.
+            sys.argv[1:] = legacy.migrated_args(sys.argv[1:])
+        else:
+            args = legacy.migrated_args(list(args))
         super().__init__(
             model_class=LightningModule,
             subclass_mode_model=True,
@@ -35,10 +48,19 @@ class NLALightningCLI(LightningCLI):
             run=run,
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would merge the hyperparameters saved in a ``--ckpt_path`` file over the config
+        (only for a path, not for ``last``): the config given is what runs, whichever way the checkpoint
+        is named, so nothing is merged."""
+        return
+
     def instantiate_classes(self) -> None:
         # A ConfigError raised while jsonargparse builds a nested argument reaches us wrapped in a ValueError.
         try:
             super().instantiate_classes()
+        except ConfigError as error:
+            # Raised by a settings dataclass nested in another: it names its own key, not its place.
+            raise located(error, self.config.get(str(self.subcommand), self.config)) from None
         except ValueError as error:
             lifted = lift_config_error(error, self.config.get(str(self.subcommand), self.config))
             if lifted is None:
@@ -60,3 +82,4 @@ class NLALightningCLI(LightningCLI):
         if config.get("enable_progress_bar", True) is not False and not named:
             callbacks = [*callbacks, StepProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
+

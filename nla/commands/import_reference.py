@@ -11,7 +11,7 @@ from nla.models import adapters
 from nla.models.loading import ModelArgs, load_config, load_tokenizer
 
 
-def import_datasets(datasets: list[str], model: ModelArgs, output: str, layer: int | None = None,
+def import_datasets(datasets: list[str], target: ModelArgs, output: str, layer: int | None = None,
                     heldout_fraction: float = 0.05, seed: int = 0, shard_documents: int = 1000) -> None:
     """Convert reference-format datasets (parquet files with ``.nla_meta.yaml`` sidecars) into an
     activation cache; their teacher explanations become its summaries, so SFT needs no teacher.
@@ -19,7 +19,7 @@ def import_datasets(datasets: list[str], model: ModelArgs, output: str, layer: i
     Args:
         datasets: The parquet files, one per stage (``av_sft``, ``ar_sft``, ``rl``; ``base`` files
             become rl rows); each needs its ``<file>.nla_meta.yaml`` beside it.
-        model: The target model the vectors came from: its tokenizer and width are checked against
+        target: The target model the vectors came from: its tokenizer and width are checked against
             the sidecars (only config and tokenizer files are read, no weights).
         output: The cache directory to write (replaced if it exists); point
             ``data.init_args.cache.directory`` at it.
@@ -39,13 +39,13 @@ def import_datasets(datasets: list[str], model: ModelArgs, output: str, layer: i
     if len(layers) > 1:
         raise ConfigError("datasets", f"mix layers {sorted(layers)}; import one layer at a time")
     wanted = layers.pop() if layer is None else layer
-    with field_scope("model"):
-        config, tokenizer = load_config(model), load_tokenizer(model)
+    with field_scope("target"):
+        config, tokenizer = load_config(target), load_tokenizer(target)
         adapters.check_layer(config, wanted, "layer")
     for dataset in read:
         check_against(dataset, tokenizer, adapters.hidden_size(config), wanted)
-    identity = {"name_or_path": model.name_or_path, "gguf_file": model.gguf_file, "revision": model.revision,
-                "quantization": model.quantization}
+    identity = {"name_or_path": target.name_or_path, "gguf_file": target.gguf_file, "revision": target.revision,
+                "quantization": target.quantization}
     meta = write_imported_cache(
         read, Path(output), identity, config.model_type, adapters.num_layers(config), heldout_fraction, seed,
         shard_documents, lambda text: tokenizer.encode(text, add_special_tokens=True))

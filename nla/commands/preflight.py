@@ -3,9 +3,10 @@
 ``nla cache`` and ``nla fit`` (and each stage of ``nla quickstart``) call these first, so a mistake that
 would otherwise surface hours later, after the cache is built, stops the run within seconds:
 
-- config consistency the modules can judge from their arguments alone (``check_data`` of the module);
+- config consistency the modules can judge from their arguments alone (``check_data`` of the module),
+  and what each module says it trains, loads, writes and generates (its ``fit_plan``);
 - paths that must exist: the target model (its config is read, never its weights), a local corpus,
-  GRPO's ``sft_export``;
+  the export a module starts from (GRPO's ``sft_export``);
 - the teacher, when summaries still have to be written: its API key variable and a reachability
   probe of its endpoint (``PROBE_TIMEOUT_S``; any HTTP answer counts as reachable);
 - sequence lengths against the model's position limit (``max_position_embeddings`` from its config):
@@ -14,7 +15,8 @@ would otherwise surface hours later, after the cache is built, stops the run wit
   exports, estimated from parameter counts of the model built on the meta device (no memory).
 
 Every failure is a one-line ``ConfigError``/``NLAError`` naming the key; success prints one line.
-``check_val_check_interval`` runs later, once the data is open, for the one check that needs it.
+``nla.data.datamodule.check_val_check_interval`` runs later, once the data is open, for the one check
+that needs it.
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ from nla.data.cache_format import META
 from nla.data.cache_plan import CacheArgs
 from nla.data.cache_writer import vector_bytes
 from nla.data.corpora import NAMED_CORPORA
-from nla.data.corpus import CorpusArgs, _looks_local
+from nla.data.corpus import CorpusArgs, looks_local
 from nla.data.summaries import summaries_directory, summary_file
 from nla.data.teachers.base import DEFAULT_BASE_URLS, TeacherArgs, api_key_env_name
 from nla.core.errors import ConfigError, NLAError, field_scope
+from nla.core.prompts import Prompts
+from nla.data.datamodule import SOURCE
 from nla.models import adapters
 from nla.models.loading import ModelArgs, load_config, load_tokenizer
-from nla.core.prompts import PromptArgs, Prompts
+from nla.models.sidecar import SIDECAR_FILENAME
+from nla.modules.fit_plan import FitPlan
 
 PROBE_TIMEOUT_S = 5.0
 """Seconds the teacher endpoint has to answer the reachability probe."""
@@ -64,7 +69,7 @@ def _model_config(model: ModelArgs, key: str):
 
 
 def check_corpus(corpus: CorpusArgs, key: str) -> None:
-    if corpus.path not in NAMED_CORPORA and _looks_local(corpus.path) and not Path(corpus.path).expanduser().exists():
+    if corpus.path not in NAMED_CORPORA and looks_local(corpus.path) and not Path(corpus.path).expanduser().exists():
         raise ConfigError(f"{key}.path", f"{corpus.path!r} does not exist; check the path")
 
 
@@ -156,16 +161,16 @@ def check_teacher(teacher: TeacherArgs, key: str, timeout_s: float = PROBE_TIMEO
             raise NLAError(f"{key}.base_url: cannot reach {root} ({problem}) within {timeout_s:g} s; start the "
                            "server, fix the URL or check the network")
         return f"teacher {root} reachable"
-    if teacher.provider == "hf" and teacher.model and _looks_local(teacher.model):
+    if teacher.provider == "hf" and teacher.model and looks_local(teacher.model):
         if not Path(teacher.model).expanduser().exists():
             raise ConfigError(f"{key}.model", f"'{teacher.model}' does not exist; check the path")
     return f"teacher {teacher.provider}"
 
 
-def preflight_cache(model: ModelArgs, corpus: CorpusArgs, cache: CacheArgs, key: str = "") -> tuple[object, int]:
+def preflight_cache(target: ModelArgs, corpus: CorpusArgs, cache: CacheArgs, key: str = "") -> tuple[object, int]:
     """The checks ``nla cache`` needs before reading the corpus or loading the model; returns the
     model's config and K. ``key`` prefixes the keys in messages (``data.`` inside ``nla fit``)."""
-    config = _model_config(model, f"{key}model")
+    config = _model_config(target, f"{key}target")
     layer = check_layer(config, cache, f"{key}cache")
     check_corpus(corpus, f"{key}corpus")
     check_document_length(config, corpus, f"{key}corpus")
@@ -180,11 +185,11 @@ def _cache_disk(corpus: CorpusArgs, cache: CacheArgs, config) -> int:
                         cache.store_dtype)
 
 
-def run_cache_preflight(model: ModelArgs, corpus: CorpusArgs, cache: CacheArgs) -> None:
+def run_cache_preflight(target: ModelArgs, corpus: CorpusArgs, cache: CacheArgs) -> None:
     """``nla cache``: the checks above and the disk bound, then one summary line."""
-    config, _ = preflight_cache(model, corpus, cache)
-    disk = check_disk({"cache.directory": (Path(cache.directory), _cache_disk(corpus, cache, config))})
-    _say(f"ok: {model.name_or_path}, {_positions(config)}, corpus.max_length {corpus.max_length}; disk {disk}")
+    config, _ = preflight_cache(target, corpus, cache, "source.")
+    disk = check_disk({"source.cache.directory": (Path(cache.directory), _cache_disk(corpus, cache, config))})
+    _say(f"ok: {target.name_or_path}, {_positions(config)}, corpus.max_length {corpus.max_length}; disk {disk}")
 
 
 def _summaries_needed(datamodule) -> bool:
@@ -196,87 +201,72 @@ def _summaries_needed(datamodule) -> bool:
     return not all(summary_file(directory, split).is_file() for split in datamodule.text_splits)
 
 
-def _check_prompt_lengths(config, datamodule, hp, name: str, teacher_writes: bool) -> None:
+def _check_prompt_lengths(config, datamodule, plan: FitPlan, name: str, teacher_writes: bool) -> None:
     """AV prompt + generated answer, and AR prompt + explanation, within the position limit (the
     teacher's cap only when it is about to write the summaries: imported or written ones are what they are)."""
     if adapters.position_limit(config) is None:
         return
-    with field_scope("data.model"):
-        tokenizer = load_tokenizer(datamodule.model_args)
-    with field_scope("data"):
-        prompts = Prompts.build(tokenizer, datamodule.prompt_args or PromptArgs())
+    with field_scope(f"{SOURCE}.target"):
+        tokenizer = load_tokenizer(datamodule.target_args)
+    with field_scope(SOURCE):
+        prompts = Prompts.build(tokenizer, datamodule.prompt_args)
     av, ar = len(prompts.av_prompt_ids), len(prompts.ar_ids(""))
-    generated, teacher = hp.get("max_new_tokens"), datamodule.teacher_args
+    teacher = datamodule.teacher_args
     checks = []
-    if generated is not None:
-        checks.append(("model.max_new_tokens", av, generated, "the AV prompt", "max_new_tokens"))
-    if generated is not None and "samples_per_prompt" in hp:
-        # GRPO: the AR reads the AV's own answers.
-        checks.append(("model.max_new_tokens", ar, generated, "the AR prompt", "answers of max_new_tokens"))
-    elif teacher_writes and teacher.provider != "extractive":
-        # SFT: both read the teacher's summaries (the extractive teacher's are short and uncapped).
+    if plan.generated is not None:
+        key, generated = plan.generated
+        checks.append((key, av, generated, "the AV prompt", key.rpartition(".")[2]))
+        if plan.reconstructor_reads_answers:
+            checks.append((key, ar, generated, "the AR prompt", f"answers of {key.rpartition('.')[2]}"))
+    if not plan.reconstructor_reads_answers and teacher_writes and teacher.provider != "extractive":
+        # Both read the teacher's summaries (the extractive teacher's are short and uncapped).
         for prompt, length in (("the AV prompt", av), ("the AR prompt", ar)):
-            checks.append(("data.teacher.max_tokens", length, teacher.max_tokens, prompt, "summaries of max_tokens"))
+            checks.append((f"{SOURCE}.teacher.max_tokens", length, teacher.max_tokens, prompt,
+                           "summaries of max_tokens"))
     for field, prompt_tokens, extra, prompt, what in checks:
         adapters.check_length(config, prompt_tokens + extra, field,
                               f"{prompt} of {name} ({prompt_tokens} tokens) plus {what} ({extra})")
 
 
-def _fit_disk(trainer, module, datamodule, config, layer: int) -> dict[str, tuple[Path, int]]:
+def _fit_disk(trainer, plan: FitPlan, datamodule, config, layer: int) -> dict[str, tuple[Path, int]]:
     from nla.commands.resume import checkpoint_directory
 
-    hp = module.hparams
-    sides = [("train_verbalizer", None), ("train_reconstructor", layer + 1)]
-    counts = [parameter_count(config, keep) for flag, keep in sides if hp.get(flag, True)]
+    depth = {"verbalizer": None, "reconstructor": layer + 1}
+    counts = [parameter_count(config, depth[model]) for model in plan.trains]
     needs: dict[str, tuple[Path, int]] = {}
     cache_bytes = _cache_disk(datamodule.corpus_args, datamodule.cache_args, config)
     if cache_bytes:
-        needs["data.cache.directory"] = (Path(datamodule.cache_args.directory), cache_bytes)
+        needs[f"{SOURCE}.cache.directory"] = (Path(datamodule.cache_args.directory), cache_bytes)
     if None in counts or not counts:
         return needs
     parameters = sum(counts)
     if trainer.checkpoint_callbacks:
         # With LoRA almost nothing trains: the checkpoint is about the frozen weights alone.
-        lora = hp.get("verbalizer_lora") is not None or hp.get("reconstructor_lora") is not None
-        per_weight = 4 if lora else SAVED_BYTES_PER_TRAINED_PARAMETER
+        per_weight = 4 if plan.adapters_only else SAVED_BYTES_PER_TRAINED_PARAMETER
         needs["checkpoints"] = (checkpoint_directory(trainer, trainer.checkpoint_callbacks[0]), parameters * per_weight)
-    for export in ("export_dir", "final_export_dir"):
-        if hp.get(export):
-            needs[f"model.{export}"] = (Path(hp[export]), parameters * 4)
+    for key, directory in plan.exports.items():
+        needs[key] = (Path(directory), parameters * 4)
     return needs
 
 
 def preflight_fit(trainer, module, datamodule, will_exist: tuple[str, ...] = ()) -> None:
     """``nla fit``'s checks for an NLA module on an ``NLADataModule`` (other modules pass untouched).
     ``will_exist`` names paths an earlier stage produces (the quickstart's SFT export for its GRPO)."""
-    if datamodule is None or not hasattr(datamodule, "cache_args"):
+    if datamodule is None or not hasattr(datamodule, "cache_args") or not hasattr(module, "fit_plan"):
         return
-    hp = module.hparams
-    config, layer = preflight_cache(datamodule.model_args, datamodule.corpus_args, datamodule.cache_args, "data.")
-    if hasattr(module, "check_data"):
-        module.check_data(datamodule)
-    export = hp.get("sft_export")
-    if export is not None and str(export) not in will_exist:
+    plan = module.fit_plan()
+    config, layer = preflight_cache(datamodule.target_args, datamodule.corpus_args, datamodule.cache_args,
+                                    f"{SOURCE}.")
+    module.check_data(datamodule)
+    if plan.starts_from is not None and str(plan.starts_from[1]) not in will_exist:
+        key, export = plan.starts_from
         for side in ("av", "ar"):
-            if not (Path(export) / side / "nla_meta.yaml").is_file():
-                raise ConfigError("model.sft_export", f"{export} holds no {side}/nla_meta.yaml; run the SFT stage "
-                                  "first (its model.export_dir) or fix the path")
-    name = datamodule.model_args.name_or_path
+            if not (Path(export) / side / SIDECAR_FILENAME).is_file():
+                raise ConfigError(key, f"{export} holds no {side}/{SIDECAR_FILENAME}; run the SFT stage first (its "
+                                  "model.export_dir) or fix the path")
+    name = datamodule.target_args.name_or_path
     needed = _summaries_needed(datamodule)
-    _check_prompt_lengths(config, datamodule, hp, name, needed)
-    teacher = check_teacher(datamodule.teacher_args, "data.teacher") if needed else "summaries written"
-    disk = check_disk(_fit_disk(trainer, module, datamodule, config, layer))
+    _check_prompt_lengths(config, datamodule, plan, name, needed)
+    teacher = check_teacher(datamodule.teacher_args, f"{SOURCE}.teacher") if needed else "summaries written"
+    disk = check_disk(_fit_disk(trainer, plan, datamodule, config, layer))
     _say(f"ok: {name} layer {layer}, {_positions(config)}; {teacher}; disk {disk or 'not estimated'}")
-
-
-def check_val_check_interval(trainer, batches: int, batch_size: int) -> None:
-    """An integer ``trainer.val_check_interval`` longer than the epoch, which Lightning refuses with a
-    traceback once the loaders exist."""
-    interval, every_epoch = trainer.val_check_interval, trainer.check_val_every_n_epoch
-    limit = trainer.limit_train_batches
-    batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-    # As Lightning: no validation (limit_val_batches 0) means no interval to check.
-    if isinstance(interval, int) and every_epoch is not None and trainer.limit_val_batches and interval > batches:
-        raise ConfigError("trainer.val_check_interval", f"is {interval} training batches but an epoch has {batches} "
-                          f"(data.batch_size {batch_size}); lower it, or set trainer.check_val_every_n_epoch: null "
-                          "to count batches across epochs")

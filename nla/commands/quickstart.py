@@ -26,7 +26,7 @@ from nla.core.errors import ConfigError
 from nla.commands.preflight import preflight_fit
 from nla.commands.quickstart_report import Comparison, comparison_rows, print_report
 
-GRPO_PAIRS = {"final": "final_export_dir", "best": "export_dir"}
+GRPO_PAIRS = {"final": "export_dir", "best": "best_export_dir"}
 """``grpo_pair`` values: the GRPO config key of the export each one names."""
 
 EXAMPLES = (
@@ -101,8 +101,8 @@ def quickstart(
         eval_split: The held-out half the table reads: ``test`` (what a run reports) or ``validation``
             (what settings are chosen on, e.g. between ablations).
         grpo_pair: The GRPO pair the table compares: ``final`` (the pair at the last step,
-            ``final_export_dir``) or ``best`` (the pair of the step with the best ``val/fve`` on the
-            validation half, ``export_dir``; the test half stays unseen by that choice).
+            ``export_dir``) or ``best`` (the pair of the step with the best ``val/fve`` on the
+            validation half, ``best_export_dir``; the test half stays unseen by that choice).
     """
     if eval_split not in HELDOUT_PARTS:
         raise ConfigError("eval_split", f"must be one of {', '.join(HELDOUT_PARTS)}, got {eval_split!r}")
@@ -158,8 +158,9 @@ def quickstart(
 
     _stage("held-out comparison")
     clock = time.perf_counter()
-    rows = comparison_rows(grpo.datamodule, sft_export, compared, hp["max_new_tokens"],
-                           hp["micro_batch_size"], eval_rows, resamples, seed, eval_split)
+    rollout = grpo.model.rollout
+    rows = comparison_rows(grpo.datamodule, sft_export, compared, rollout.max_new_tokens,
+                           rollout.micro_batch_size, eval_rows, resamples, seed, eval_split)
     seconds["held-out evaluation"] = time.perf_counter() - clock
 
     examples = list(EXAMPLES) if examples is None else examples
@@ -168,7 +169,7 @@ def quickstart(
     if examples:
         clock = time.perf_counter()
         _stage("example explanations")
-        explained = _explain_examples(compared, examples, hp["max_new_tokens"], page)
+        explained = _explain_examples(compared, examples, rollout.max_new_tokens, page)
         seconds["examples"] = time.perf_counter() - clock
     seconds["total"] = time.perf_counter() - started
     logs = sorted({str(Path(cli.trainer.logger.save_dir)) for cli in (sft, grpo) if cli.trainer.logger is not None})

@@ -58,7 +58,7 @@ def _pair_round_trip(name: str, directory: str, datamodule, vectors, max_new_tok
 
     from nla.models.pair_loading import load_pair
 
-    pair = load_pair(Path(directory) / "av", Path(directory) / "ar", dtype=datamodule.model_args.dtype)
+    pair = load_pair(Path(directory) / "av", Path(directory) / "ar", dtype=datamodule.target_args.dtype)
     progress = partial(track, description=f"{name}: greedy AV -> AR on {len(vectors)} held-out rows")
     result = pair.round_trip(vectors, max_new_tokens=max_new_tokens, batch_size=datamodule.eval_batch_size,
                              reconstruct_batch_size=micro, progress=progress)

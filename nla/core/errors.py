@@ -13,11 +13,13 @@ class NLAError(Exception):
 
 
 class ConfigError(NLAError):
-    """A configuration value is wrong. ``field`` is the dotted key as the user wrote it."""
+    """A configuration value is wrong. ``field`` is the dotted key as the user wrote it; ``value``,
+    when given, the value at fault (it tells apart two keys of the same name)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, value=None) -> None:
         self.field = field
         self.detail = message
+        self.value = value
         super().__init__(f"{field}: {message}")
 
 

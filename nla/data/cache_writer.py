@@ -155,7 +155,7 @@ def build_cache(
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     console = console or Console(stderr=True)
     directory = Path(cache.directory)
-    with field_scope("model"):
+    with field_scope("target"):
         config, tokenizer = load_config(model), load_tokenizer(model)
     layer = adapters.default_layer(config) if cache.layer == -1 else adapters.check_layer(config, cache.layer, "cache.layer")
     plan = make_plan(model, corpus, cache, splits, tokenizer, layer)
@@ -225,7 +225,7 @@ def _flush(network, layer, shard, docs, planned, wanted, cache, pad_id, director
         return 0
     vectors = extract_shard(network, layer, docs, planned, cache.batch_tokens, pad_id)
     if not bool(torch.isfinite(vectors).all()):
-        raise ConfigError("model.dtype", f"the forward produced non-finite activations at layer {layer} in shard "
+        raise ConfigError("target.dtype", f"the forward produced non-finite activations at layer {layer} in shard "
                           f"{shard}; nothing of that shard was written; use float32 (or check the model's weights)")
     records, texts = shard_records(docs, planned)
     write_shard(directory, shard, encode_vectors(vectors, cache.store_dtype), records, texts)

@@ -168,7 +168,7 @@ def _open_dataset(args: CorpusArgs):
         return _from_disk(datasets, path, args), None
     if path.exists():
         return _from_files(datasets, path, args)
-    if _looks_local(args.path):
+    if looks_local(args.path):
         raise ConfigError("corpus.path", f"{args.path!r} does not exist")
     try:
         return datasets.load_dataset(args.path, args.name, split=args.split, streaming=args.streaming), None
@@ -247,7 +247,8 @@ def _check_columns(columns: list[str], args: CorpusArgs) -> None:
             raise ConfigError(field, f"no column {column!r} in {args.path!r}; its columns are: {', '.join(columns)}")
 
 
-def _looks_local(path: str) -> bool:
+def looks_local(path: str) -> bool:
+    """Whether ``path`` names a local file or directory rather than a hub dataset."""
     # Hub ids are "name" or "owner/name" without a file extension; anything else is meant as a path.
     return (
         path.startswith(("/", ".", "~"))

@@ -26,21 +26,21 @@ from torch.utils.data import DataLoader
 from nla.data.activation_cache import ActivationCache
 from nla.data.cache_check import validate_cache
 from nla.data.cache_format import META
-from nla.data.cache_plan import CacheArgs
 from nla.data.cache_writer import build_cache
-from nla.data.corpus import CorpusArgs
 from nla.data.datasets import CacheRows, Collator, EpochSampler, ResumableLoader
+from nla.data.source import DataSource
 from nla.core.padding import pad_token_id
-from nla.data.splits import HELDOUT_PARTS, SplitArgs, evaluation_order
+from nla.data.splits import HELDOUT_PARTS, evaluation_order
 from nla.data.summaries import read_summaries, summaries_directory, summary_file, write_summaries
-from nla.data.teachers import TeacherArgs
 from nla.core.errors import ConfigError, field_scope
 from nla.models import adapters
-from nla.models.loading import ModelArgs, load_config, load_tokenizer
-from nla.commands.preflight import check_val_check_interval
-from nla.core.prompts import PromptArgs, Prompts, explanation_text
+from nla.models.loading import load_config, load_tokenizer
+from nla.core.prompts import Prompts, explanation_text
 
 log = logging.getLogger(__name__)
+
+SOURCE = "data.source"
+"""Where the ``DataSource`` sits in a fit config: the prefix of its keys in error messages."""
 
 KINDS = {"av_sft": "av", "ar_sft": "ar", "rl": "rl", "heldout": "heldout", "validation": "heldout", "test": "heldout"}
 """The dataset kind (and training batch key) each split is served as."""
@@ -58,12 +58,7 @@ class NLADataModule(LightningDataModule):
 
     def __init__(
         self,
-        model: ModelArgs,
-        corpus: CorpusArgs,
-        cache: CacheArgs | None = None,
-        splits: SplitArgs | None = None,
-        teacher: TeacherArgs | None = None,
-        prompts: PromptArgs | None = None,
+        source: DataSource,
         train_splits: tuple[str, ...] = ("av_sft", "ar_sft"),
         batch_size: int = 8,
         eval_batch_size: int | None = None,
@@ -77,12 +72,8 @@ class NLADataModule(LightningDataModule):
     ) -> None:
         """
         Args:
-            model: The target model: its tokenizer, chat template and activations.
-            corpus: Documents the activations are taken from.
-            cache: The activation cache; built by ``prepare_data`` when missing.
-            splits: Document-level split fractions.
-            teacher: Who writes the warm-start summaries of the av_sft, ar_sft and heldout rows.
-            prompts: Wording of the AV and AR prompts and the marker.
+            source: Where the rows come from: target, corpus, cache, splits, teacher and prompts
+                (``nla.data.source.DataSource``), usually the family's ``data.yaml``.
             train_splits: Splits served by ``train_dataloader``: ``av_sft`` (batch key ``av``), ``ar_sft``
                 (``ar``) and/or ``rl`` (``rl``). SFT uses the first two, GRPO ``rl``.
             batch_size: Rows per training batch of each key (per process under data parallelism).
@@ -107,9 +98,9 @@ class NLADataModule(LightningDataModule):
                                    ("num_workers", num_workers, 0)):
             if value < least:
                 raise ConfigError(f"data.{name}", f"must be at least {least}, got {value}")
-        self.model_args, self.corpus_args = model, corpus
-        self.cache_args, self.split_args = cache or CacheArgs(), splits or SplitArgs()
-        self.teacher_args, self.prompt_args = teacher or TeacherArgs(), prompts or PromptArgs()
+        self.source = source
+        self.target_args, self.corpus_args, self.cache_args = source.target, source.corpus, source.cache
+        self.split_args, self.teacher_args, self.prompt_args = source.splits, source.teacher, source.prompts
         self.train_splits, self.batch_size, self.eval_batch_size = served, batch_size, eval_batch_size
         self.num_workers, self.pin_memory, self.seed, self.shuffled = num_workers, pin_memory, seed, shuffled
         self.summaries_root = Path(summaries_dir) if summaries_dir else Path(self.cache_args.directory) / "summaries"
@@ -128,16 +119,17 @@ class NLADataModule(LightningDataModule):
 
     def _layer(self, config) -> int:
         layer = self.cache_args.layer
-        return adapters.default_layer(config) if layer == -1 else adapters.check_layer(config, layer, "cache.layer")
+        return adapters.default_layer(config) if layer == -1 else adapters.check_layer(config, layer,
+                                                                                       f"{SOURCE}.cache.layer")
 
     def _cache_is_current(self, meta: dict) -> bool:
         """Whether the finished cache was built from this configuration, judged from what its
         ``meta.json`` records, without reading the corpus. On any doubt ``build_cache`` decides, with the
         full fingerprint (which also notices edited document text)."""
-        cache, corpus, model = self.cache_args, self.corpus_args, self.model_args
+        cache, corpus, model = self.cache_args, self.corpus_args, self.target_args
         wanted_corpus = {key: value for key, value in asdict(corpus).items() if key != "streaming"}
         recorded = meta.get("model", {})
-        with field_scope("model"):
+        with field_scope(f"{SOURCE}.target"):
             layer = self._layer(load_config(model))
         return (
             [recorded.get(key) for key in ("name_or_path", "gguf_file", "revision")]
@@ -159,13 +151,13 @@ class NLADataModule(LightningDataModule):
             return False
         meta = json.loads(meta_path.read_text())
         if "imported" in meta:
-            with field_scope("model"):
-                layer = self._layer(load_config(self.model_args))
+            with field_scope(f"{SOURCE}.target"):
+                layer = self._layer(load_config(self.target_args))
             recorded = meta["model"].get("name_or_path")
-            if recorded != self.model_args.name_or_path or meta["layer"] != layer:
-                raise ConfigError("data.cache.directory", f"{meta_path.parent} was imported for {recorded!r} at "
-                                  f"layer {meta['layer']}, not {self.model_args.name_or_path!r} at layer {layer}; "
-                                  "point data.model and data.cache.layer at those, or import again")
+            if recorded != self.target_args.name_or_path or meta["layer"] != layer:
+                raise ConfigError(f"{SOURCE}.cache.directory", f"{meta_path.parent} was imported for {recorded!r} at "
+                                  f"layer {meta['layer']}, not {self.target_args.name_or_path!r} at layer {layer}; "
+                                  f"point {SOURCE}.target and {SOURCE}.cache.layer at those, or import again")
             return True
         return self._cache_is_current(meta)
 
@@ -175,23 +167,23 @@ class NLADataModule(LightningDataModule):
         process alone; run ``nla cache`` under torchrun first to spread caching over several GPUs."""
         directory = Path(self.cache_args.directory)
         if self.cache_args.repair or not self.cache_ready():
-            with field_scope("data"):
-                build_cache(self.model_args, self.corpus_args, self.cache_args, self.split_args, rank=0, world_size=1)
-        cache = self._validated(ActivationCache(directory, field="data.cache.directory"))
+            with field_scope(SOURCE):
+                build_cache(self.target_args, self.corpus_args, self.cache_args, self.split_args, rank=0, world_size=1)
+        cache = self._validated(ActivationCache(directory, field=f"{SOURCE}.cache.directory"))
         if "imported" in cache.meta:
             return  # its summaries came with the datasets (nla import)
-        with field_scope("model"):
-            tokenizer = load_tokenizer(self.model_args)
+        with field_scope(f"{SOURCE}.target"):
+            tokenizer = load_tokenizer(self.target_args)
         write_summaries(cache, tokenizer, self.teacher_args, self.summaries_root, self.text_splits, self.progress)
 
     def setup(self, stage: str | None = None) -> None:
         """Open the cache and summaries, load the tokenizer and choose the marker (once)."""
         if self.cache is not None:
             return
-        with field_scope("model"):
-            config, self.tokenizer = load_config(self.model_args), load_tokenizer(self.model_args)
+        with field_scope(f"{SOURCE}.target"):
+            config, self.tokenizer = load_config(self.target_args), load_tokenizer(self.target_args)
         self.cache = self._validated(ActivationCache(self.cache_args.directory, expect_d=adapters.hidden_size(config),
-                                                     expect_layer=self._layer(config), field="data.cache.directory"))
+                                                     expect_layer=self._layer(config), field=f"{SOURCE}.cache.directory"))
         self.prompts = Prompts.build(self.tokenizer, self.prompt_args)
         directory = summaries_directory(self.summaries_root, self.teacher_args, self.cache)
         for split in self.text_splits:
@@ -217,7 +209,7 @@ class NLADataModule(LightningDataModule):
         """``cache`` after the checks of ``nla.data.cache_check`` (once per process: prepare_data and
         setup open the same files)."""
         if self._validated_directory != cache.directory:
-            validate_cache(cache.directory, cache.meta, self.cache_args.checksums, key="data.cache")
+            validate_cache(cache.directory, cache.meta, self.cache_args.checksums, key=f"{SOURCE}.cache")
             self._validated_directory = cache.directory
         return cache
 
@@ -256,7 +248,7 @@ class NLADataModule(LightningDataModule):
             raise ConfigError("data.train_splits", f"split '{split}' is not served; served: {', '.join(self._rows)}")
         indices, explanations = self._rows[split]
         if not len(indices):
-            raise ConfigError(f"splits.{split}", "has no usable rows; give it a larger fraction or more documents")
+            raise ConfigError(f"{SOURCE}.splits.{split}", "has no usable rows; give it a larger fraction or more documents")
         return CacheRows(KINDS[split], self.cache, self.prompts, indices, explanations, self.seed if shuffled else None)
 
     def dataloader(self, split: str, shuffled: bool = False, train: bool = False) -> DataLoader:
@@ -306,3 +298,16 @@ class NLADataModule(LightningDataModule):
         """The ``test`` half of the held-out rows, in the same spread order: what ``nla test`` and the
         quickstart's comparison report."""
         return self.dataloader("test")
+
+
+def check_val_check_interval(trainer, batches: int, batch_size: int) -> None:
+    """An integer ``trainer.val_check_interval`` longer than the epoch, which Lightning refuses with a
+    traceback once the loaders exist."""
+    interval, every_epoch = trainer.val_check_interval, trainer.check_val_every_n_epoch
+    limit = trainer.limit_train_batches
+    batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    # As Lightning: no validation (limit_val_batches 0) means no interval to check.
+    if isinstance(interval, int) and every_epoch is not None and trainer.limit_val_batches and interval > batches:
+        raise ConfigError("trainer.val_check_interval", f"is {interval} training batches but an epoch has {batches} "
+                          f"(data.batch_size {batch_size}); lower it, or set trainer.check_val_every_n_epoch: null "
+                          "to count batches across epochs")

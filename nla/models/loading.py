@@ -61,7 +61,7 @@ class ModelArgs:
     def __post_init__(self) -> None:
         if self.dtype not in MODEL_DTYPES:
             why = "; residual norms of Gemma-like models (6e4-8e4) overflow it" if self.dtype == "float16" else ""
-            raise ConfigError("model.dtype", f"is {self.dtype!r}{why}; use {', '.join(MODEL_DTYPES)}")
+            raise ConfigError("dtype", f"is {self.dtype!r}{why}; use {', '.join(MODEL_DTYPES)}", self.dtype)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -200,7 +200,7 @@ def _resolved(args: ModelArgs) -> tuple[str, dict]:
 
 
 def _hub_error(args: ModelArgs, error: Exception) -> ConfigError:
-    # A ConfigError, so field_scope names the full key (model.name_or_path, data.model.name_or_path).
+    # A ConfigError, so field_scope names the full key (target.name_or_path, data.target.name_or_path).
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return ConfigError("name_or_path", f"cannot load '{args.name_or_path}' ({first_line})")
 

@@ -37,7 +37,7 @@ def last_real_token(attention_mask: Tensor) -> Tensor:
 class Reconstructor(nn.Module):
     """Truncated target model plus an fp32 ``Linear(d, d, bias=False)`` head initialised to the identity.
 
-    ``model`` must be a causal LM holding exactly ``layer + 1`` blocks (``from_backbone`` loads one).
+    ``model`` must be a causal LM holding exactly ``layer + 1`` blocks (``from_target`` loads one).
     Its final norm is replaced by ``nn.Identity`` and its LM head dropped: the AR predicts a residual,
     which the target never normalises, and never needs logits.
     """
@@ -68,7 +68,7 @@ class Reconstructor(nn.Module):
                 self.head.weight.copy_(head_weight.float())
 
     @classmethod
-    def from_backbone(cls, args: ModelArgs, layer: int) -> Reconstructor:
+    def from_target(cls, args: ModelArgs, layer: int) -> Reconstructor:
         """The AR for ``layer`` of the target ``args`` names, loading only its first ``layer + 1`` blocks."""
         config = load_config(args)
         adapters.check_layer(config, layer)

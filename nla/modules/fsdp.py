@@ -92,7 +92,7 @@ class NLAFSDPStrategy(ModelParallelStrategy):
         Args:
             param_dtype: Dtype the gathered parameters compute in (``bfloat16`` on GPUs); the shards,
                 gradients and optimizer state stay in the dtype the models loaded in: float32 masters
-                (``model.dtype``; ``data.model.dtype`` is not read for trained models). The frozen GRPO
+                (``model.training.dtype``; ``data.source.target.dtype`` is not read for trained models). The frozen GRPO
                 reference is stored in this dtype. null: no cast.
             reduce_dtype: Dtype gradients are reduce-scattered in; null: ``param_dtype``.
             activation_checkpointing: Recompute each decoder block's activations in backward instead of
@@ -123,7 +123,7 @@ class NLAFSDPStrategy(ModelParallelStrategy):
             # Lightning casts the whole module after this hook; a cast after fully_shard desynchronises
             # FSDP2's parameter storage and would turn the AR's fp32 head to bf16.
             raise ConfigError("trainer.precision", "must be 32-true or bf16-mixed with NLAFSDPStrategy: load "
-                              "the weights in bf16 with data.model.dtype and compute in bf16 with its param_dtype")
+                              "the weights in bf16 with data.source.target.dtype and compute in bf16 with its param_dtype")
         shard(self.lightning_module, self.device_mesh["data_parallel"], self.mixed_precision,
               self.activation_checkpointing, self.cpu_offload)
         super().setup(trainer)

@@ -33,7 +33,7 @@ class NonFiniteGuard(Callback):
     """Skip optimizer steps with a non-finite loss or gradient; stop after ``max_consecutive`` training
     steps in a row had one (0: never stop). ``field`` is the config key named in the stop message."""
 
-    def __init__(self, max_consecutive: int = 10, field: str = "model.max_nonfinite_steps") -> None:
+    def __init__(self, max_consecutive: int = 10, field: str = "model.training.max_nonfinite_steps") -> None:
         if max_consecutive < 0:
             raise ValueError(f"max_consecutive must be >= 0, got {max_consecutive}")
         self.max_consecutive, self.field = max_consecutive, field

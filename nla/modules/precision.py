@@ -1,14 +1,14 @@
 """The precision policy: float32 trained weights, bf16 compute, frozen models stored in the compute dtype.
 
 - Trained weights (the AV, the AR with its head, LoRA adapters) are float32 "masters", whatever
-  ``data.model.dtype`` says: AdamW updates at LR 1e-5 are below half a bf16 step for most weights
+  ``data.source.target.dtype`` says: AdamW updates at LR 1e-5 are below half a bf16 step for most weights
   and round away on bf16 weights. bf16 compute comes from ``trainer.precision: bf16-mixed``
   (autocast) on one device, or from ``NLAFSDPStrategy``'s ``param_dtype``.
 - bf16 trained weights (the modules' ``dtype: bfloat16``, or ``trainer.precision: bf16-true``) are
   refused unless the optimizer compensates for bf16 rounding (``nla.modules.optim.COMPENSATED``).
 - Frozen models (the GRPO reference) are stored in the dtype the policy computes in, so the
   reference costs half the memory under bf16 and matches the policy exactly at the first step.
-- ``data.model.dtype`` is the dtype of frozen uses only: the target while caching, ``nla explain``.
+- ``data.source.target.dtype`` is the dtype of frozen uses only: the target while caching, ``nla explain``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ CAST_PRECISIONS = {"bf16-true": torch.bfloat16, "16-true": torch.float16}
 AUTOCAST_PRECISIONS = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 FIX = ("keep float32 weights and compute in bf16 with trainer.precision: bf16-mixed (or NLAFSDPStrategy's "
-       f"param_dtype: bfloat16), or set model.optimizer: {COMPENSATED[0]}")
+       f"param_dtype: bfloat16), or set model.training.optimizer: {COMPENSATED[0]}")
 
 
-def trained_dtype(dtype: str | None, optimizer: str, field: str = "model.dtype") -> str:
+def trained_dtype(dtype: str | None, optimizer: str, field: str = "model.training.dtype") -> str:
     """The dtype the trained models load in: ``float32`` (also for None), or ``bfloat16`` when
     ``optimizer`` compensates for bf16 rounding."""
     if dtype is None or dtype == "float32":

@@ -29,9 +29,11 @@ from nla.core.metrics import FractionOfVarianceExplained, WeightedMean
 from nla.modules import flops, fsdp, optim, precision
 from nla.models import lora
 from nla.models.loading import check_trainable, load_causal_lm
+from nla.modules.fit_plan import FitPlan
 from nla.modules.nonfinite import NonFiniteGuard
 from nla.models.reconstructor import Reconstructor
 from nla.modules.sample_table import heldout_sample_table, sample_rows
+from nla.modules.settings import TrainingArgs, check_injection_scale, saved
 from nla.models.verbalizer import Verbalizer
 
 
@@ -42,39 +44,26 @@ class SFTModule(LightningModule):
         self,
         train_verbalizer: bool = True,
         train_reconstructor: bool = True,
-        verbalizer_lr: float = 1e-5,
-        reconstructor_lr: float = 5e-5,
+        training: TrainingArgs = TrainingArgs(),
         warmup_steps: int = 50,
         schedule_steps: int | None = None,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.0,
         injection_scale: float | str = "auto",
         sample_every_n_steps: int = 0,
         num_samples: int = 4,
         max_new_tokens: int = 150,
         export_dir: str | None = None,
-        dtype: str = "float32",
         peak_tflops: float | None = None,
-        optimizer: str = "adamw",
-        verbalizer_lora: lora.LoraArgs | None = None,
-        reconstructor_lora: lora.LoraArgs | None = None,
-        max_nonfinite_steps: int = 10,
     ) -> None:
         """
         Args:
             train_verbalizer: Build and train the AV (the data must serve ``av_sft``).
             train_reconstructor: Build and train the AR (the data must serve ``ar_sft``).
-            verbalizer_lr: Peak AV learning rate. 1e-5 is the paper's SFT value at batch 256 (the
-                reference notes also used 2e-5); scale it by sqrt(batch / 256) for other batch sizes.
-            reconstructor_lr: Peak AR learning rate. 5e-5 is the best AR rate of the reference's scan;
-                the AR starts as an identity map of the target's own residual, so it tolerates a
-                larger step than the AV, whose language ability must survive.
+            training: The optimizer, precision and adapters of both models, shared with GRPO
+                (``nla.modules.settings.TrainingArgs``); its learning rates are the peaks of the schedule.
             warmup_steps: Optimizer steps of linear warmup before the cosine decay to 0 at the last step.
             schedule_steps: Optimizer step at which the cosine reaches 0; unset: ``trainer.max_steps`` (or
                 Lightning's estimate from epochs). Set it to stop a run early and resume it later, with
                 a larger ``max_steps``, on the same schedule.
-            betas: AdamW betas; (0.9, 0.95) as in the reference.
-            weight_decay: AdamW weight decay; 0 as in the reference.
             injection_scale: Norm the activation is rescaled to before it replaces the marker's
                 embedding, or ``auto``: the 75th percentile of the cached activation norms.
             sample_every_n_steps: Every this many optimizer steps, sample ``num_samples`` held-out
@@ -82,39 +71,24 @@ class SFTModule(LightningModule):
             num_samples: Held-out rows sampled for the table (always the same rows).
             max_new_tokens: Cap on generated tokens per sample; 150 as in the reference.
             export_dir: Where the trained pair is exported (``av/`` and ``ar/``) when fit ends; unset: no export.
-            dtype: Dtype of the trained weights: ``float32`` masters (bf16 compute comes from
-                ``trainer.precision: bf16-mixed`` or the FSDP strategy's ``param_dtype``); ``bfloat16``
-                only with ``optimizer: adamw_bf16_stochastic``. ``data.model.dtype`` is not read for them.
             peak_tflops: Dense bf16 peak of one accelerator in TFLOP/s, for ``train/mfu`` (CUDA only);
                 unset: the device's nominal peak from ``nla.modules.flops.PEAK_BF16_TFLOPS`` (H100 SXM
                 and H200: 989). The step's model FLOPs count the dense matmuls (6 x parameters x tokens
                 for full fine-tuning, the input embedding excluded) and causal attention.
-            optimizer: ``adamw``, ``adamw8bit`` or ``paged_adamw8bit`` (CUDA only); the 8-bit ones need
-                bitsandbytes (``nla[quant]``). ``adamw_bf16_stochastic`` (stochastic
-                rounding) is the one optimizer that accepts bf16 trained weights.
-            verbalizer_lora: Train a LoRA adapter on the AV instead of all its weights (``nla[lora]``);
-                its ``merge_on_export`` decides the exported AV layout.
-            reconstructor_lora: Train a LoRA adapter on the AR's blocks; its head stays fully trainable
-                and the export is always merged.
-            max_nonfinite_steps: A step whose loss or gradients hold NaN or inf is skipped (logged as
-                ``train/skipped_steps``); this many such steps in a row stop the run (exit 2) with the
-                last checkpoint and export untouched. 0 never stops (``nla.modules.nonfinite``).
         """
         super().__init__()
-        precision.trained_dtype(dtype, optimizer)  # before any work: float16 and unaided bf16 are refused
         if not (train_verbalizer or train_reconstructor):
             raise ConfigError("model.train_verbalizer", "and train_reconstructor are both false: nothing to train")
-        if isinstance(injection_scale, str) and injection_scale != "auto":
-            raise ConfigError("model.injection_scale", f"must be a positive number or 'auto', got {injection_scale!r}")
-        if not isinstance(injection_scale, str) and not injection_scale > 0:
-            raise ConfigError("model.injection_scale", f"must be positive, got {injection_scale}")
+        check_injection_scale(injection_scale)
         for name, value, least in (("sample_every_n_steps", sample_every_n_steps, 0), ("num_samples", num_samples, 1),
                                    ("max_new_tokens", max_new_tokens, 1), ("warmup_steps", warmup_steps, 0),
-                                   ("schedule_steps", schedule_steps or 1, 1),
-                                   ("max_nonfinite_steps", max_nonfinite_steps, 0)):
+                                   ("schedule_steps", schedule_steps or 1, 1)):
             if value < least:
                 raise ConfigError(f"model.{name}", f"must be at least {least}, got {value}")
         self.save_hyperparameters()
+        # Checkpoints keep plain mappings: they load with weights_only=True, which unpickles no class of ours.
+        self.hparams.update(training=saved(training))
+        self.training_args = training
         self.verbalizer: Verbalizer | None = None
         self.reconstructor: Reconstructor | None = None
         self.prompts = None
@@ -135,9 +109,9 @@ class SFTModule(LightningModule):
 
     def configure_model(self) -> None:
         datamodule = self.trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "model_args"):
+        if datamodule is None or not hasattr(datamodule, "target_args"):
             raise ConfigError("data", "SFTModule needs an NLADataModule (data.class_path)")
-        precision.check_trainer(self.trainer, self.hparams.optimizer)
+        precision.check_trainer(self.trainer, self.training_args.optimizer)
         self.build(datamodule)
 
     def build(self, datamodule) -> None:
@@ -146,35 +120,44 @@ class SFTModule(LightningModule):
             return
         hp = self.hparams
         self.check_data(datamodule)
-        # Trained weights are float32 masters whatever data.model.dtype (the frozen uses') says.
-        args = replace(datamodule.model_args, dtype=precision.trained_dtype(hp.dtype, hp.optimizer))
+        # Trained weights are float32 masters whatever data.source.target.dtype (the frozen uses') says.
+        args = replace(datamodule.target_args, dtype=self.training_args.trained_dtype)
         cached = datamodule.cache.meta.get("model", {}).get("name_or_path")
         if cached != args.name_or_path:
-            raise ConfigError("data.model.name_or_path", f"is {args.name_or_path!r} but the cache in "
+            raise ConfigError("data.source.target.name_or_path", f"is {args.name_or_path!r} but the cache in "
                               f"{datamodule.cache.directory} was built from {cached!r}; rebuild it or fix the path")
         self.prompts, self.layer, self.base_model = datamodule.prompts, datamodule.layer, args.name_or_path
         self.data_provenance = provenance(datamodule)
-        with field_scope("data.model"):
+        with field_scope("data.source.target"):
             check_trainable(args)
         if hp.train_verbalizer:
             scale = self._injection_scale(datamodule)
-            with field_scope("data.model"):
+            with field_scope("data.source.target"):
                 model = load_causal_lm(args)
-            if hp.verbalizer_lora is not None:
-                lora.wrap(model, hp.verbalizer_lora, "model.verbalizer_lora")
+            if self.training_args.verbalizer_lora is not None:
+                lora.wrap(model, self.training_args.verbalizer_lora, "model.training.verbalizer_lora")
             # from_pretrained returns eval mode, and Lightning no longer switches modules to train mode.
             self.verbalizer = Verbalizer(model.train(), datamodule.tokenizer, datamodule.marker, scale)
         if hp.train_reconstructor:
-            with field_scope("data.model"):
-                self.reconstructor = Reconstructor.from_backbone(args, datamodule.layer).train()
-            if hp.reconstructor_lora is not None:
-                lora.wrap(self.reconstructor.model, hp.reconstructor_lora, "model.reconstructor_lora")
+            with field_scope("data.source.target"):
+                self.reconstructor = Reconstructor.from_target(args, datamodule.layer).train()
+            if self.training_args.reconstructor_lora is not None:
+                lora.wrap(self.reconstructor.model, self.training_args.reconstructor_lora, "model.training.reconstructor_lora")
             self.fve = FractionOfVarianceExplained(datamodule.d, variance=datamodule.heldout_variance)
 
     @property
     def pair(self) -> Pair:
         """The trained models as a ``Pair`` (a view: the same modules; a disabled side is None)."""
         return Pair(self.verbalizer, self.reconstructor, self.prompts, self.layer, base_model=self.base_model)
+
+    def fit_plan(self) -> FitPlan:
+        """What this run trains, writes and generates, for the pre-flight."""
+        hp = self.hparams
+        trains = tuple(name for name, on in (("verbalizer", hp.train_verbalizer),
+                                             ("reconstructor", hp.train_reconstructor)) if on)
+        return FitPlan(trains=trains, adapters_only=self.training_args.uses_lora,
+                       exports={"model.export_dir": hp.export_dir} if hp.export_dir else {},
+                       generated=("model.max_new_tokens", hp.max_new_tokens) if hp.train_verbalizer else None)
 
     def check_data(self, datamodule) -> None:
         """The data serves exactly the splits of the enabled models (also run by the pre-flight)."""
@@ -199,16 +182,16 @@ class SFTModule(LightningModule):
         return float(scale)
 
     def configure_callbacks(self) -> list:
-        return [NonFiniteGuard(self.hparams.max_nonfinite_steps)]
+        return [NonFiniteGuard(self.training_args.max_nonfinite_steps)]
 
     def configure_optimizers(self):
-        hp = self.hparams
+        hp, t = self.hparams, self.training_args
         groups = []
         if self.verbalizer is not None:
-            groups.append(optim.param_group("verbalizer", self.verbalizer, hp.verbalizer_lr))
+            groups.append(optim.param_group("verbalizer", self.verbalizer, t.verbalizer_lr))
         if self.reconstructor is not None:
-            groups.append(optim.param_group("reconstructor", self.reconstructor, hp.reconstructor_lr))
-        optimizer = optim.adamw(groups, hp.betas, hp.weight_decay, hp.optimizer)
+            groups.append(optim.param_group("reconstructor", self.reconstructor, t.reconstructor_lr))
+        optimizer = optim.adamw(groups, t.betas, t.weight_decay, t.optimizer)
         steps = hp.schedule_steps or optim.total_steps(self.trainer)
         schedule = optim.warmup_cosine_schedule(optimizer, hp.warmup_steps, steps)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
@@ -384,7 +367,7 @@ class SFTModule(LightningModule):
         verbalizer, reconstructor = models or (self.verbalizer, self.reconstructor)
         pair = Pair(verbalizer, reconstructor, self.prompts, self.layer, base_model=self.base_model)
         return export_pair(directory, pair, stage="sft", training=training,
-                           merge_adapters=lora.merge_on_export(self.hparams.verbalizer_lora))
+                           merge_adapters=lora.merge_on_export(self.training_args.verbalizer_lora))
 
 
 def provenance(datamodule) -> dict:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from nla.commands.cli import main
+from nla.commands.config_files import read_config
 from tests.fixtures.corpus import write_corpus
 from tests.fixtures.paths import ROOT
 
@@ -21,27 +22,26 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_config(stage: str, root: Path, model_dir: Path) -> Path:
-    config = yaml.safe_load((CONFIGS / f"{stage}.yaml").read_text())
-    data = config["data"]["init_args"]
-    data["model"]["name_or_path"] = str(model_dir)
-    data["corpus"].update(path=str(root / "docs.jsonl"), chunk_words=120, max_length=64, min_position=8,
-                          max_documents=40)
-    data["cache"].update(directory=str(root / "cache"), layer=1, positions_per_document=3, shard_documents=8)
-    data["splits"] = {"av_sft": 0.3, "ar_sft": 0.3, "rl": 0.2, "heldout": 0.2}
-    data["progress"] = False
+    config = read_config(CONFIGS / f"{stage}.yaml")
+    source = config["data"]["init_args"]["source"]
+    source["target"]["name_or_path"] = str(model_dir)
+    source["corpus"].update(path=str(root / "docs.jsonl"), chunk_words=120, max_length=64, min_position=8,
+                            max_documents=40)
+    source["cache"].update(directory=str(root / "cache"), layer=1, positions_per_document=3, shard_documents=8)
+    source["splits"] = {"av_sft": 0.3, "ar_sft": 0.3, "rl": 0.2, "heldout": 0.2}
+    config["data"]["init_args"]["progress"] = False
     trainer = config["trainer"]
     trainer.update(max_steps=4, default_root_dir=str(root / stage), enable_progress_bar=False)
     trainer["logger"]["init_args"]["save_dir"] = str(root / "logs")
     model = config["model"]["init_args"]
-    model.update(max_new_tokens=12)
+    model.setdefault("training", {}).update(verbalizer_lr=1e-3, reconstructor_lr=1e-3)
     if stage == "sft":
         trainer.update(val_check_interval=4, limit_val_batches=1)
-        model.update(verbalizer_lr=1e-3, reconstructor_lr=1e-3, export_dir=str(root / "sft-export"),
-                     sample_every_n_steps=2)
+        model.update(max_new_tokens=12, export_dir=str(root / "sft-export"), sample_every_n_steps=2)
     else:
-        model.update(sft_export=str(root / "sft-export"), export_dir=str(root / "grpo-best"),
-                     final_export_dir=str(root / "grpo-export"), eval_every_n_steps=2, eval_max_batches=1,
-                     av_lr=1e-3, ar_lr=1e-3, overlong_buffer=4)  # the shipped buffer, scaled to the cap
+        model.update(sft_export=str(root / "sft-export"), best_export_dir=str(root / "grpo-best"),
+                     export_dir=str(root / "grpo-export"), eval_every_n_steps=2, eval_max_batches=1)
+        model["rollout"].update(max_new_tokens=12, overlong_buffer=4)  # the shipped buffer, scaled to the cap
     path = root / f"{stage}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -119,9 +119,9 @@ def test_grpo_pair_must_name_an_export(tmp_path, tiny_model_dir, capsys):
     sft, grpo = toy_config("sft", tmp_path, model_dir), toy_config("grpo", tmp_path, model_dir)
     assert "grpo_pair: must be one of final, best" in refused(capsys, sft, grpo, "--grpo_pair", "last")
     config = yaml.safe_load(grpo.read_text())
-    del config["model"]["init_args"]["export_dir"]
+    del config["model"]["init_args"]["best_export_dir"]
     grpo.write_text(yaml.safe_dump(config))
-    assert "model.init_args.export_dir" in refused(capsys, sft, grpo, "--grpo_pair", "best")
+    assert "model.init_args.best_export_dir" in refused(capsys, sft, grpo, "--grpo_pair", "best")
     assert not (tmp_path / "cache").exists()
 
 

@@ -176,11 +176,11 @@ def test_disk_full_leaves_no_partial_shard_and_resumes(tmp_path, tiny_model_dir,
 
 def test_killed_run_resumes_byte_identical(tmp_path, tiny_model_dir):
     model, corpus, cache = cache_args(tmp_path, tiny_model_dir("llama"), shard_documents=1, directory=str(tmp_path / "killed"))
-    config = {
-        "model": {"name_or_path": model.name_or_path},
+    config = {"source": {
+        "target": {"name_or_path": model.name_or_path},
         "corpus": {"path": corpus.path, "min_position": 8, "max_length": 64},
         "cache": {"directory": cache.directory, "layer": 1, "positions_per_document": 3, "shard_documents": 1},
-    }
+    }}
     config_path = tmp_path / "cache.yaml"
     config_path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "nla", "cache", "--config", str(config_path)]
@@ -204,17 +204,17 @@ def test_killed_run_resumes_byte_identical(tmp_path, tiny_model_dir):
 
 def test_cache_subcommand_reads_yaml_and_reports_bad_layer(tmp_path, tiny_model_dir, capsys):
     model, corpus, cache = cache_args(tmp_path, tiny_model_dir("llama"))
-    config = {
-        "model": {"name_or_path": model.name_or_path},
+    config = {"source": {
+        "target": {"name_or_path": model.name_or_path},
         "corpus": {"path": corpus.path, "min_position": 8, "max_length": 64},
         "cache": {"directory": cache.directory, "layer": 9},
-    }
+    }}
     path = tmp_path / "cache.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(SystemExit) as done:
         main(["cache", "--config", str(path)])
     assert done.value.code == 2
-    assert capsys.readouterr().err.strip() == "nla: error: cache.layer: layer 9 is out of range for a 4-layer model; use 0 to 3"
+    assert capsys.readouterr().err.strip() == "nla: error: source.cache.layer: layer 9 is out of range for a 4-layer model; use 0 to 3"
 
 
 def test_length_sorted_batches_respect_the_token_budget():

@@ -17,6 +17,7 @@ from nla.data import summaries as summaries_module
 from nla.data.cache_plan import CacheArgs
 from nla.data.corpus import CorpusArgs
 from nla.data.datamodule import NLADataModule
+from nla.data.source import DataSource
 from nla.data.datasets import IGNORE
 from nla.data.teachers import Summary, Teacher
 from nla.core.errors import ConfigError
@@ -40,12 +41,10 @@ def write_corpus(path: Path, documents: int = 40) -> Path:
 
 def make_datamodule(root: Path, model_dir: Path, **kwargs) -> NLADataModule:
     options = {"train_splits": ("av_sft", "ar_sft", "rl"), "batch_size": 4, "progress": False, **kwargs}
-    return NLADataModule(
-        ModelArgs(str(model_dir)),
-        CorpusArgs(str(root / "corpus.jsonl"), max_length=64, min_position=8),
-        CacheArgs(str(root / "cache"), positions_per_document=3),
-        **options,
-    )
+    source = DataSource(target=ModelArgs(str(model_dir)),
+                        corpus=CorpusArgs(str(root / "corpus.jsonl"), max_length=64, min_position=8),
+                        cache=CacheArgs(str(root / "cache"), positions_per_document=3))
+    return NLADataModule(source, **options)
 
 
 @pytest.fixture(scope="module")
@@ -282,11 +281,12 @@ def test_jsonargparse_builds_it_from_dotted_keys(tmp_path):
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(NLADataModule, "data")
     config = parser.parse_args([
-        "--data.model.name_or_path", "some/model", "--data.corpus.path", "austen",
-        "--data.cache.directory", str(tmp_path), "--data.train_splits", "[rl]", "--data.prompts.marker", "^",
+        "--data.source.target.name_or_path", "some/model", "--data.source.corpus.path", "austen",
+        "--data.source.cache.directory", str(tmp_path), "--data.train_splits", "[rl]",
+        "--data.source.prompts.marker", "^",
     ])
     dm = parser.instantiate_classes(config).data
     assert dm.cache_args.directory == str(tmp_path) and dm.train_splits == ("rl",)
     assert dm.prompt_args.marker == "^" and dm.text_splits == ["heldout"]
     with pytest.raises(ConfigError, match="data.train_splits"):
-        NLADataModule(ModelArgs("m"), CorpusArgs("austen"), train_splits=("heldout",))
+        NLADataModule(DataSource(target=ModelArgs("m"), corpus=CorpusArgs("austen")), train_splits=("heldout",))

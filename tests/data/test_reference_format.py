@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from nla.commands.cli import main
+from nla.commands.config_files import read_config
 from nla.data.activation_cache import ActivationCache
 from nla.core.marker import choose_marker
 from tests.fixtures.paths import ROOT
@@ -91,7 +92,7 @@ def datasets(tmp_path, tiny_model_dir, tiny_tokenizer):
 
 def run_import(paths, model_dir, output, *extra):
     main(["import", "--datasets", yaml.safe_dump([str(p) for p in paths], default_flow_style=True).strip(),
-          "--model.name_or_path", str(model_dir), "--output", str(output), "--heldout_fraction", "0.25", *extra])
+          "--target.name_or_path", str(model_dir), "--output", str(output), "--heldout_fraction", "0.25", *extra])
 
 
 def test_import_writes_a_cache_with_splits_contexts_and_the_teachers_text(tmp_path, tiny_model_dir, datasets, capsys):
@@ -115,11 +116,11 @@ def test_import_writes_a_cache_with_splits_contexts_and_the_teachers_text(tmp_pa
 def test_a_reference_dataset_trains_through_sft_with_nla_fit(tmp_path, tiny_model_dir, datasets):
     model_dir = tiny_model_dir("llama")
     run_import(datasets, model_dir, tmp_path / "cache")
-    config = yaml.safe_load((ROOT / "configs" / "tiny" / "sft.yaml").read_text())
-    data = config["data"]["init_args"]
-    data["model"]["name_or_path"] = str(model_dir)
-    data["cache"].update(directory=str(tmp_path / "cache"), layer=LAYER)
-    data["teacher"] = {"provider": "openai", "model": "never-asked", "base_url": "http://127.0.0.1:9"}
+    config = read_config(ROOT / "configs" / "tiny" / "sft.yaml")
+    source = config["data"]["init_args"]["source"]
+    source["target"]["name_or_path"] = str(model_dir)
+    source["cache"].update(directory=str(tmp_path / "cache"), layer=LAYER)
+    source["teacher"] = {"provider": "openai", "model": "never-asked", "base_url": "http://127.0.0.1:9"}
     config["trainer"].update(max_steps=2, default_root_dir=str(tmp_path / "run"), val_check_interval=2,
                              limit_val_batches=1)
     config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
@@ -179,6 +180,7 @@ def test_an_imported_cache_serves_only_the_model_and_layer_it_was_imported_for(t
     from nla.data.cache_plan import CacheArgs
     from nla.data.corpus import CorpusArgs
     from nla.data.datamodule import NLADataModule
+    from nla.data.source import DataSource
     from nla.core.errors import ConfigError
     from nla.models.loading import ModelArgs
 
@@ -187,9 +189,9 @@ def test_an_imported_cache_serves_only_the_model_and_layer_it_was_imported_for(t
 
     def datamodule(layer: int) -> NLADataModule:
         # The corpus is never read for an imported cache: it is not the one the vectors came from.
-        return NLADataModule(ModelArgs(str(model_dir)), CorpusArgs("austen"),
-                             CacheArgs(directory=str(tmp_path / "cache"), layer=layer))
+        return NLADataModule(DataSource(target=ModelArgs(str(model_dir)), corpus=CorpusArgs("austen"),
+                                        cache=CacheArgs(directory=str(tmp_path / "cache"), layer=layer)))
 
     assert datamodule(LAYER).cache_ready()
-    with pytest.raises(ConfigError, match="data.cache.directory: .* was imported for .* at layer 1"):
+    with pytest.raises(ConfigError, match="data.source.cache.directory: .* was imported for .* at layer 1"):
         datamodule(2).cache_ready()

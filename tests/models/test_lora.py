@@ -44,10 +44,10 @@ def pair(tiny_model_dir):
     args = ModelArgs(str(model_dir), dtype="float32")
     tokenizer = load_tokenizer(args)
     prompts = Prompts.build(tokenizer, PromptArgs())
-    verbalizer = Verbalizer(lora.wrap(load_causal_lm(args), ARGS, "model.verbalizer_lora").eval(), tokenizer,
+    verbalizer = Verbalizer(lora.wrap(load_causal_lm(args), ARGS, "model.training.verbalizer_lora").eval(), tokenizer,
                             prompts.marker, SCALE)
-    reconstructor = Reconstructor.from_backbone(args, LAYER).eval()
-    lora.wrap(reconstructor.model, ARGS, "model.reconstructor_lora")
+    reconstructor = Reconstructor.from_target(args, LAYER).eval()
+    lora.wrap(reconstructor.model, ARGS, "model.training.reconstructor_lora")
     trained_adapter(verbalizer.model, 1)
     trained_adapter(reconstructor.model, 2)
     return Pair(verbalizer, reconstructor, prompts, LAYER, base_model=str(model_dir))
@@ -156,24 +156,25 @@ CONFIGS = ROOT / "configs"
 def sft_run(tiny_model_dir, tmp_path_factory):
     """Three SFT steps with LoRA on both models and 8-bit AdamW; the AV exported as an adapter."""
     from nla.commands.cli import main
+    from tests.fixtures.commands import SFT_SOURCE, source_overrides
     from tests.fixtures.corpus import write_corpus
 
     root = tmp_path_factory.mktemp("lora-sft")
     write_corpus(root)
     model_dir = tiny_model_dir("llama")
-    main(["fit", "--config", str(CONFIGS / "tiny" / "sft.yaml"),
-          "--data.init_args.model.name_or_path", str(model_dir),
-          "--data.init_args.corpus.path", str(root / "docs.jsonl"),
-          "--data.init_args.corpus.max_length", "64",
-          "--data.init_args.cache.directory", str(root / "cache"),
-          "--data.init_args.cache.layer", str(LAYER),
+    main(["fit", "--config", str(CONFIGS / "tiny" / "sft.yaml"), *source_overrides(SFT_SOURCE),
+          "--data.init_args.source.target.name_or_path", str(model_dir),
+          "--data.init_args.source.corpus.path", str(root / "docs.jsonl"),
+          "--data.init_args.source.corpus.max_length", "64",
+          "--data.init_args.source.cache.directory", str(root / "cache"),
+          "--data.init_args.source.cache.layer", str(LAYER),
           "--trainer.default_root_dir", str(root / "run"),
           "--trainer.logger.init_args.save_dir", str(root / "run"),
           "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
           "--model.init_args.sample_every_n_steps", "0",
-          "--model.init_args.optimizer", "adamw8bit",
-          "--model.init_args.verbalizer_lora", '{"r": 4, "alpha": 8, "merge_on_export": false}',
-          "--model.init_args.reconstructor_lora", '{"r": 4, "alpha": 8}',
+          "--model.init_args.training.optimizer", "adamw8bit",
+          "--model.init_args.training.verbalizer_lora", '{"r": 4, "alpha": 8, "merge_on_export": false}',
+          "--model.init_args.training.reconstructor_lora", '{"r": 4, "alpha": 8}',
           "--model.init_args.export_dir", str(root / "export")])
     return root, model_dir
 
@@ -203,6 +204,7 @@ def test_sft_with_lora_trains_only_adapters_and_exports_the_adapter(sft_run):
 
 def test_grpo_continues_the_sft_adapter_against_a_frozen_copy_of_it(sft_run):
     from nla.commands.cli import main
+    from tests.fixtures.commands import source_overrides
     from tests.fixtures.corpus import write_corpus
 
     root, model_dir = sft_run
@@ -210,16 +212,16 @@ def test_grpo_continues_the_sft_adapter_against_a_frozen_copy_of_it(sft_run):
     run.mkdir()
     write_corpus(run)
     main(["fit", "--config", str(CONFIGS / "tiny" / "grpo.yaml"),
-          "--data.init_args.model.name_or_path", str(model_dir),
-          "--data.init_args.corpus.path", str(run / "docs.jsonl"),
-          "--data.init_args.cache.directory", str(run / "cache"),
+          "--data.init_args.source.target.name_or_path", str(model_dir),
+          "--data.init_args.source.corpus.path", str(run / "docs.jsonl"),
+          "--data.init_args.source.cache.directory", str(run / "cache"), *source_overrides(),
           "--model.init_args.sft_export", str(root / "export"),
-          "--model.init_args.export_dir", str(run / "export"),
+          "--model.init_args.best_export_dir", str(run / "export"),
           "--model.init_args.memory_probe", "false",
-          "--model.init_args.verbalizer_lora", '{"merge_on_export": false}',
+          "--model.init_args.training.verbalizer_lora", '{"merge_on_export": false}',
           # The random tiny AV writes no explanation, so every advantage is 0 and the default k2 penalty
           # has no gradient at the reference; k1's gradient noise still moves the adapter that trains.
-          "--model.init_args.kl_estimator", "k1",
+          "--model.init_args.rollout.kl_estimator", "k1",
           "--trainer.max_steps", "2", "--trainer.default_root_dir", str(run),
           "--trainer.logger.init_args.save_dir", str(run)])
     (path,) = run.rglob("last.ckpt")

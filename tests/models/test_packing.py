@@ -174,7 +174,7 @@ def test_find_packed_marker_slots_one_per_sequence():
 def test_packed_ar_predictions_equal_the_padded_path(family, side, tiny_model_dir):
     args = ModelArgs(str(tiny_model_dir(family)), dtype="float32")
     tokenizer = load_tokenizer(args)
-    ar = Reconstructor.from_backbone(args, LAYER).eval()
+    ar = Reconstructor.from_target(args, LAYER).eval()
     ids, mask = ar_batch(tokenizer, side)
     assert ar.packed == "auto" and not use_packing(ar.packed, ar.model)
     with torch.no_grad():
@@ -220,7 +220,7 @@ def test_packed_av_loss_and_gradients_equal_the_padded_path(family, tiny_model_d
 def test_packing_a_sliding_window_model_off_flash_is_refused(tiny_model_dir):
     args = ModelArgs(str(tiny_model_dir("gemma3_text")), dtype="float32")
     tokenizer = load_tokenizer(args)
-    ar = Reconstructor.from_backbone(args, LAYER).eval()
+    ar = Reconstructor.from_target(args, LAYER).eval()
     ar.packed = True
     with pytest.raises(ConfigError, match="sliding window"):
         ar(*ar_batch(tokenizer, "right"))
@@ -242,7 +242,7 @@ def test_packed_flash_attention_matches_padded_sdpa_in_bf16(tiny_model_dir):
     results = {}
     for attn in ("sdpa", "flash_attention_2"):
         args = ModelArgs(path, dtype="bfloat16", attn_implementation=attn)
-        ar = Reconstructor.from_backbone(args, LAYER).cuda().eval()
+        ar = Reconstructor.from_target(args, LAYER).cuda().eval()
         verbalizer = Verbalizer(load_causal_lm(args).cuda().eval(), tokenizer, prompts.marker, 7.0)
         assert use_packing("auto", ar.model) == use_packing("auto", verbalizer.model) == (attn != "sdpa")
         ids, mask, labels = (t.cuda() for t in av_batch(prompts))
@@ -268,12 +268,11 @@ def load_bench():
 
 def test_bench_counts_the_real_and_padded_tokens_of_the_training_batches(tmp_path, tiny_model_dir):
     corpus = write_corpus(tmp_path)
-    data = {"class_path": "nla.data.datamodule.NLADataModule", "init_args": {
-        "model": {"name_or_path": str(tiny_model_dir("llama"))},
+    data = {"class_path": "nla.data.datamodule.NLADataModule", "init_args": {"source": {
+        "target": {"name_or_path": str(tiny_model_dir("llama"))},
         "corpus": {"path": str(corpus), "min_position": 8, "max_length": 64},
         "cache": {"directory": str(tmp_path / "missing"), "positions_per_document": 3},
-        "batch_size": 4,
-    }}
+    }, "batch_size": 4}}
     config = tmp_path / "sft.yaml"
     config.write_text(yaml.safe_dump({"data": data}))
     bench = load_bench()

@@ -141,7 +141,7 @@ def test_pairs_that_disagree_or_drift_are_config_errors(tmp_path, tiny_model_dir
     source = tiny_model_dir("llama")
     pair = build_pair(source)
     good = export(tmp_path / "a", pair)
-    shallow = Reconstructor.from_backbone(ModelArgs(str(source), dtype="float32"), 1)
+    shallow = Reconstructor.from_target(ModelArgs(str(source), dtype="float32"), 1)
     other = export(tmp_path / "b", Pair(None, shallow, pair.prompts, 1, base_model=str(source)), training={})
     with pytest.raises(ConfigError) as caught:
         load_pair(good["av"], other["ar"])

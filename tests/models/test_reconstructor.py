@@ -44,7 +44,7 @@ def ar_meta(layer: int, d: int) -> Sidecar:
 def test_identity_head_returns_the_layer_k_residual(family, tiny_model_dir):
     args = ModelArgs(str(tiny_model_dir(family)))
     tokenizer = load_tokenizer(args)
-    ar = Reconstructor.from_backbone(args, LAYER).eval()
+    ar = Reconstructor.from_target(args, LAYER).eval()
     assert len(adapters.decoder_layers(ar.model)) == LAYER + 1
     torch.testing.assert_close(ar.head.weight, torch.eye(32), rtol=0, atol=0)
     with torch.no_grad():
@@ -57,7 +57,7 @@ def test_identity_head_returns_the_layer_k_residual(family, tiny_model_dir):
 def test_smollm2_layer_6_matches_its_residual(smollm2_dir):
     args = ModelArgs(str(smollm2_dir), dtype="float32")
     tokenizer = load_tokenizer(args)
-    ar = Reconstructor.from_backbone(args, 6).eval()
+    ar = Reconstructor.from_target(args, 6).eval()
     assert len(adapters.decoder_layers(ar.model)) == 7 and ar.d_model == 576
     text = ["Summary of the following text: <text>a lighthouse keeper at night</text> <summary>"]
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_smollm2_layer_6_matches_its_residual(smollm2_dir):
 def test_left_and_right_padding_agree_with_single_rows(family, tiny_model_dir):
     args = ModelArgs(str(tiny_model_dir(family)))
     tokenizer = load_tokenizer(args)
-    ar = Reconstructor.from_backbone(args, LAYER).eval()
+    ar = Reconstructor.from_target(args, LAYER).eval()
     with torch.no_grad():
         single = torch.cat([ar(*pad_texts(tokenizer, [text])) for text in TEXTS])
         right = ar(*pad_texts(tokenizer, TEXTS, "right"))
@@ -91,7 +91,7 @@ def test_last_real_token_for_both_padding_sides():
 def test_bf16_backbone_keeps_an_fp32_head_that_moves_at_small_lr(tiny_model_dir):
     args = ModelArgs(str(tiny_model_dir("llama")), dtype="bfloat16")
     tokenizer = load_tokenizer(args)
-    ar = Reconstructor.from_backbone(args, LAYER)
+    ar = Reconstructor.from_target(args, LAYER)
     assert adapters.decoder_layers(ar.model)[0].mlp.down_proj.weight.dtype == torch.bfloat16
     assert ar.head.weight.dtype == torch.float32
     ar.to(torch.bfloat16)
@@ -119,7 +119,7 @@ def test_bf16_backbone_keeps_an_fp32_head_that_moves_at_small_lr(tiny_model_dir)
 
 def test_the_head_computes_in_fp32_under_bf16_autocast(tiny_model_dir):
     args = ModelArgs(str(tiny_model_dir("llama")))
-    ar = Reconstructor.from_backbone(args, LAYER).eval()
+    ar = Reconstructor.from_target(args, LAYER).eval()
     with torch.no_grad():
         ar.head.weight.add_(torch.randn(32, 32, generator=torch.Generator().manual_seed(0)) * 1e-3)
     seen = []
@@ -135,7 +135,7 @@ def test_training_on_a_fixed_batch_lowers_the_loss(tiny_model_dir):
     args = ModelArgs(str(tiny_model_dir("llama")))
     tokenizer = load_tokenizer(args)
     torch.manual_seed(0)
-    ar = Reconstructor.from_backbone(args, LAYER)
+    ar = Reconstructor.from_target(args, LAYER)
     ids, mask = pad_texts(tokenizer, TEXTS)
     targets = torch.randn(len(TEXTS), 32, generator=torch.Generator().manual_seed(1))
     optimizer = torch.optim.AdamW(ar.parameters(), lr=1e-2)
@@ -152,7 +152,7 @@ def test_training_on_a_fixed_batch_lowers_the_loss(tiny_model_dir):
 def test_save_then_load_gives_identical_predictions(tmp_path, tiny_model_dir):
     args = ModelArgs(str(tiny_model_dir("llama")))
     tokenizer = load_tokenizer(args)
-    ar = Reconstructor.from_backbone(args, LAYER).eval()
+    ar = Reconstructor.from_target(args, LAYER).eval()
     with torch.no_grad():
         ar.head.weight.add_(0.01 * torch.randn(32, 32, generator=torch.Generator().manual_seed(2)))
     with pytest.raises(ConfigError, match=r"^meta: .*layer 1; this is the AR for layer 2"):

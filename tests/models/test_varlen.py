@@ -69,7 +69,7 @@ def test_nla_varlen_under_bf16_autocast_over_float32_weights(family, tiny_model_
     results = {}
     for attn in ("sdpa", varlen.NAME):
         args, tokenizer = load(family, tiny_model_dir, attn)
-        ar = Reconstructor.from_backbone(args, LAYER).train()
+        ar = Reconstructor.from_target(args, LAYER).train()
         ids, mask = ar_batch(tokenizer, "right")
         calls = count_calls(monkeypatch)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -130,9 +130,9 @@ def count_calls(monkeypatch):
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_nla_varlen_ar_equals_padded_sdpa(family, side, tiny_model_dir, monkeypatch, one_thread):
     args, tokenizer = load(family, tiny_model_dir, "sdpa")
-    padded_ar = Reconstructor.from_backbone(args, LAYER).eval()
+    padded_ar = Reconstructor.from_target(args, LAYER).eval()
     args, _ = load(family, tiny_model_dir, varlen.NAME)
-    ar = Reconstructor.from_backbone(args, LAYER).eval()
+    ar = Reconstructor.from_target(args, LAYER).eval()
     assert use_packing(ar.packed, ar.model) and not use_packing(padded_ar.packed, padded_ar.model)
     ids, mask = ar_batch(tokenizer, side)
     layout = pack_layout(mask)
@@ -200,7 +200,7 @@ def test_torch_varlen_kernel_matches_padded_sdpa_in_bf16(family, tiny_model_dir)
     results = {}
     for attn in ("sdpa", varlen.NAME):
         args = ModelArgs(path, dtype="bfloat16", attn_implementation=attn)
-        ar = Reconstructor.from_backbone(args, LAYER).cuda().eval()
+        ar = Reconstructor.from_target(args, LAYER).cuda().eval()
         verbalizer = Verbalizer(load_causal_lm(args).cuda().eval(), tokenizer, prompts.marker, 7.0)
         ids, mask, labels = (t.cuda() for t in av_batch(prompts))
         vectors = torch.randn(len(EXPLANATIONS), 32, generator=torch.Generator().manual_seed(0)).cuda()

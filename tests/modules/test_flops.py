@@ -43,7 +43,7 @@ def test_model_counts_leave_the_embedding_lookups_out(family, tiny_model_dir):
 
 
 def test_model_counts_of_the_reconstructor(tiny_model_dir):
-    ar = Reconstructor.from_backbone(ModelArgs(str(tiny_model_dir("llama")), dtype="float32"), 1)
+    ar = Reconstructor.from_target(ModelArgs(str(tiny_model_dir("llama")), dtype="float32"), 1)
     counts = model_counts(ar.model, ar.head)
     blocks = sum(p.numel() for p in adapters.decoder_layers(ar.model).parameters())
     assert counts.dense == blocks + 32 * 32 and counts.layers == 2

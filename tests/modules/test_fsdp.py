@@ -34,6 +34,8 @@ from nla.modules.grpo.reference import FrozenCopy
 from nla.modules.grpo.rollout import ar_loss
 from nla.models.verbalizer import Verbalizer
 from nla.core.prompts import PromptArgs, Prompts
+from nla.commands.config_files import read_config
+from tests.fixtures.commands import GRPO_SOURCE, SFT_SOURCE, with_source
 from tests.fixtures.corpus import write_corpus
 from tests.fixtures.pairs import WARM_LAYER as LAYER, WARM_SCALE as SCALE, warm_tiny_llama, write_sft_export
 from tests.fixtures.tensorboard import steps as steps_logged
@@ -62,7 +64,7 @@ def parts(tiny_model_dir):
     def make(reference: bool = False) -> Holder:
         verbalizer = Verbalizer(load_causal_lm(args), tokenizer, prompts.marker, SCALE)
         frozen = FrozenCopy(verbalizer) if reference else None
-        return Holder(verbalizer, Reconstructor.from_backbone(args, LAYER), frozen)
+        return Holder(verbalizer, Reconstructor.from_target(args, LAYER), frozen)
 
     return make, prompts
 
@@ -229,16 +231,19 @@ def setting(tiny_model_dir, tmp_path_factory):
 
 def sharded_config(kind: str, run: Path, model_dir: Path, root: Path, **model) -> Path:
     """configs/tiny/<kind>.yaml on 2 CPU processes under NLAFSDPStrategy, paths pointed at ``run``."""
-    config = yaml.safe_load((ROOT / "configs" / "tiny" / f"{kind}.yaml").read_text())
-    trainer, init = config["trainer"], config["data"]["init_args"]
+    config = read_config(ROOT / "configs" / "tiny" / f"{kind}.yaml")
+    with_source(config, GRPO_SOURCE if kind == "grpo" else SFT_SOURCE)
+    trainer, source = config["trainer"], config["data"]["init_args"]["source"]
     trainer.update(devices=2, default_root_dir=str(run), strategy={"class_path": "nla.modules.fsdp.NLAFSDPStrategy"},
                    logger={"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                            "init_args": {"save_dir": str(run), "name": kind, "version": 0}})
     trainer["callbacks"][0]["init_args"].update(every_n_train_steps=2, save_top_k=-1)
-    config["model"]["init_args"].update(export_dir=str(run / "export"), **model)
-    init["model"]["name_or_path"] = str(model_dir)
-    init["corpus"]["path"] = str(root / "docs.jsonl")
-    init["cache"]["directory"] = str(root / f"cache-{kind}")
+    # The SFT pair, or GRPO's best one, in run/export.
+    config["model"]["init_args"].update({"export_dir" if kind == "sft" else "best_export_dir": str(run / "export")},
+                                        **model)
+    source["target"]["name_or_path"] = str(model_dir)
+    source["corpus"]["path"] = str(root / "docs.jsonl")
+    source["cache"]["directory"] = str(root / f"cache-{kind}")
     path = run / f"{kind}.yaml"
     run.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config))
@@ -286,7 +291,7 @@ def test_sharded_sft_resumes_from_last_and_exports(setting, tmp_path):
 def test_sharded_grpo_resumes_from_last_and_exports(setting, tmp_path):
     root, _, warm = setting
     config = sharded_config("grpo", tmp_path, warm, root, sft_export=str(root / "sft"),
-                            final_export_dir=str(tmp_path / "final"))
+                            export_dir=str(tmp_path / "final"))
     cli(config, "--trainer.max_steps", "2")
     assert_distributed_checkpoint(tmp_path, 2)
     cli(config, "--trainer.max_steps", "3", "--ckpt_path", "last")
@@ -299,11 +304,11 @@ def test_sharded_grpo_resumes_from_last_and_exports(setting, tmp_path):
 
 
 def bf16_config(kind: str, run: Path, model_dir: Path, root: Path, **model) -> Path:
-    """``sharded_config`` computing in bf16 (param_dtype) with data.model.dtype bfloat16, AV LR 1e-5."""
+    """``sharded_config`` computing in bf16 (param_dtype) with data.source.target.dtype bfloat16, AV LR 1e-5."""
     path = sharded_config(kind, run, model_dir, root, **model)
     config = yaml.safe_load(path.read_text())
     config["trainer"]["strategy"]["init_args"] = {"param_dtype": "bfloat16"}
-    config["data"]["init_args"]["model"]["dtype"] = "bfloat16"
+    config["data"]["init_args"]["source"]["target"]["dtype"] = "bfloat16"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -321,7 +326,7 @@ def changed_fraction(av_dir: Path, start_dir: Path) -> dict[str, float]:
 
 def test_sharded_bf16_sft_step_in_warmup_moves_every_verbalizer_weight(setting, tmp_path):
     root, model_dir, _ = setting
-    config = bf16_config("sft", tmp_path, model_dir, root, verbalizer_lr=1e-5, reconstructor_lr=1e-5,
+    config = bf16_config("sft", tmp_path, model_dir, root, training={"verbalizer_lr": 1e-5, "reconstructor_lr": 1e-5},
                          warmup_steps=50, sample_every_n_steps=0)
     cli(config, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0")
     fractions = changed_fraction(tmp_path / "export" / "av", model_dir)
@@ -331,7 +336,7 @@ def test_sharded_bf16_sft_step_in_warmup_moves_every_verbalizer_weight(setting, 
 def test_sharded_bf16_grpo_step_moves_every_verbalizer_weight(setting, tmp_path):
     root, _, warm = setting
     config = bf16_config("grpo", tmp_path, warm, root, sft_export=str(root / "sft"),
-                         final_export_dir=str(tmp_path / "final"), memory_probe=False)
+                         export_dir=str(tmp_path / "final"), memory_probe=False)
     cli(config, "--trainer.max_steps", "1")
     fractions = changed_fraction(tmp_path / "final" / "av", warm)
     assert fractions["linear"] > 0.99 and fractions["norm"] > 0.99, fractions

@@ -14,6 +14,8 @@ import torch
 import yaml
 
 from nla.commands.cli import main
+from nla.commands.config_files import read_config
+from tests.fixtures.commands import GRPO_SOURCE, SFT_SOURCE, with_source
 from tests.fixtures.corpus import write_corpus
 from tests.fixtures.tensorboard import scalars
 from tests.fixtures.paths import ROOT
@@ -24,18 +26,19 @@ DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu), "cpu"]
 
 def config(kind: str, run: Path, model_dir: Path, corpus: Path, device: str = "cuda", **trainer) -> Path:
     """configs/tiny/<kind>.yaml on one GPU (or the CPU), bf16-mixed, 2 steps, everything written under ``run``."""
-    values = yaml.safe_load((ROOT / "configs" / "tiny" / f"{kind}.yaml").read_text())
+    values = read_config(ROOT / "configs" / "tiny" / f"{kind}.yaml")
+    with_source(values, GRPO_SOURCE if kind == "grpo" else SFT_SOURCE)
     accelerator = "gpu" if device == "cuda" else "cpu"
     values["trainer"].update(accelerator=accelerator, devices=1, precision="bf16-mixed", max_steps=2,
                              default_root_dir=str(run),
                              logger={"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                      "init_args": {"save_dir": str(run), "name": kind, "version": 0}}, **trainer)
     values["trainer"].pop("val_check_interval", None)
-    init = values["data"]["init_args"]
-    init["model"]["name_or_path"] = str(model_dir)
-    init["model"]["attn_implementation"] = "nla_varlen"  # what auto picks on CUDA
-    init["corpus"]["path"] = str(corpus)
-    init["cache"]["directory"] = str(run / "cache")
+    source = values["data"]["init_args"]["source"]
+    source["target"]["name_or_path"] = str(model_dir)
+    source["target"]["attn_implementation"] = "nla_varlen"  # what auto picks on CUDA
+    source["corpus"]["path"] = str(corpus)
+    source["cache"]["directory"] = str(run / "cache")
     values["model"]["init_args"]["export_dir"] = str(run / "export")
     path = run / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(values))

@@ -10,6 +10,7 @@ import torch
 
 from nla.core.errors import ConfigError
 from nla.modules import optim
+from nla.modules.settings import TrainingArgs
 from nla.models.loading import ModelArgs, load_causal_lm
 
 pytest.importorskip("bitsandbytes")
@@ -82,10 +83,10 @@ def test_group_learning_rates_are_kept(model):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
 def test_paged_adamw8bit_needs_cuda(model):
-    with pytest.raises(ConfigError, match="model.optimizer: paged_adamw8bit .* needs a CUDA device"):
+    with pytest.raises(ConfigError, match="model.training.optimizer: paged_adamw8bit .* needs a CUDA device"):
         optim.adamw([optim.param_group("verbalizer", model, 1e-3)], (0.9, 0.95), 0.0, "paged_adamw8bit")
 
 
-def test_unknown_optimizer_names_the_field(model):
-    with pytest.raises(ConfigError, match="model.optimizer: must be one of adamw, adamw8bit, paged_adamw8bit"):
-        optim.adamw([optim.param_group("verbalizer", model, 1e-3)], (0.9, 0.95), 0.0, "sgd")
+def test_unknown_optimizer_names_the_field():
+    with pytest.raises(ConfigError, match="^model.training.optimizer: must be one of adamw, adamw8bit, paged_adamw8bit"):
+        TrainingArgs(optimizer="sgd")

@@ -83,13 +83,13 @@ def test_sft_names_the_data_field(tiny_model_dir, tmp_path):
 
     class Data:
         train_splits = ("av_sft", "ar_sft")
-        model_args = ModelArgs(str(tiny_model_dir("llama")), quantization="4bit")
-        cache = type("Cache", (), {"meta": {"model": {"name_or_path": model_args.name_or_path}},
+        target_args = ModelArgs(str(tiny_model_dir("llama")), quantization="4bit")
+        cache = type("Cache", (), {"meta": {"model": {"name_or_path": target_args.name_or_path}},
                                    "directory": tmp_path, "split_indices": lambda self, split: []})()
         prompts, layer, teacher_args, heldout_variance = None, LAYER, type("T", (), {"provider": "x", "model": None}), None
         corpus_args = type("C", (), {"path": "docs.jsonl"})
 
-    with pytest.raises(ConfigError, match="^data.model.quantization: is '4bit' but this model trains"):
+    with pytest.raises(ConfigError, match="^data.source.target.quantization: is '4bit' but this model trains"):
         SFTModule().build(Data())
 
 
@@ -121,7 +121,7 @@ def test_quantized_reference_scores_like_the_policy(wide_dir, tmp_path, kind):
     tokenizer = load_tokenizer(args)
     prompts = Prompts.build(tokenizer, PromptArgs())
     verbalizer = Verbalizer(load_causal_lm(args).eval(), tokenizer, prompts.marker, SCALE)
-    reconstructor = Reconstructor.from_backbone(args, LAYER)
+    reconstructor = Reconstructor.from_target(args, LAYER)
     pair = Pair(verbalizer, reconstructor, prompts, LAYER, base_model=str(model_dir))
     export_pair(tmp_path, pair, stage="sft", training={})
     reference = build_reference(verbalizer, str(tmp_path), kind, "same", torch.float32)

@@ -11,17 +11,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from nla.commands.cli import main
-from nla.data.cache_plan import CacheArgs
-from nla.data.corpus import CorpusArgs
 from nla.data.datamodule import NLADataModule
-from nla.data.splits import SplitArgs
 from nla.core.errors import ConfigError
 from nla.core.maths import normalized_mse
 from nla.models.sidecar import read_sidecar
 from nla.modules import optim
-from nla.models.loading import ModelArgs
 from nla.modules.sft import SFTModule
-from tests.fixtures.commands import sft_argv
+from tests.fixtures.commands import sft_argv, tiny_source
 from tests.fixtures.corpus import write_corpus
 from tests.fixtures.tensorboard import scalars, texts
 from tests.fixtures.paths import ROOT
@@ -148,14 +144,7 @@ def test_train_splits_must_match_the_enabled_models(shared, tmp_path, capsys):
 def datamodule(shared, **kwargs) -> NLADataModule:
     """The DataModule the tiny config describes (same cache), built directly."""
     root, model_dir = shared
-    dm = NLADataModule(
-        ModelArgs(str(model_dir), dtype="float32"),
-        CorpusArgs(str(root / "docs.jsonl"), chunk_words=120, max_documents=40, max_length=128, min_position=8),
-        CacheArgs(str(root / "cache"), positions_per_document=3, shard_documents=16),
-        SplitArgs(av_sft=0.4, ar_sft=0.4, rl=0.0, heldout=0.2),
-        progress=False,
-        **kwargs,
-    )
+    dm = NLADataModule(tiny_source(model_dir, root / "docs.jsonl", root / "cache"), progress=False, **kwargs)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -183,7 +172,7 @@ def test_fixed_injection_scale_and_model_mismatch(shared):
     dm.cache.meta["model"]["name_or_path"] = "someone/other-model"
     with pytest.raises(ConfigError) as error:
         SFTModule(train_reconstructor=False).build(dm)
-    assert error.value.field == "data.model.name_or_path"
+    assert error.value.field == "data.source.target.name_or_path"
 
 
 @pytest.mark.parametrize("kwargs, field", [
@@ -214,10 +203,10 @@ def changed_fraction(export: Path, start_dir: Path) -> dict[str, float]:
 
 
 def test_one_bf16_mixed_step_in_warmup_moves_every_verbalizer_weight(shared, tmp_path):
-    # data.model.dtype bfloat16 (the frozen uses' dtype) must not make the trained weights bf16.
+    # data.source.target.dtype bfloat16 (the frozen uses' dtype) must not make the trained weights bf16.
     fit(shared, tmp_path, "--trainer.max_steps", "1", "--trainer.precision", "bf16-mixed",
-        "--trainer.limit_val_batches", "0", "--data.init_args.model.dtype", "bfloat16",
-        "--model.init_args.verbalizer_lr", "1e-5", "--model.init_args.reconstructor_lr", "1e-5",
+        "--trainer.limit_val_batches", "0", "--data.init_args.source.target.dtype", "bfloat16",
+        "--model.init_args.training.verbalizer_lr", "1e-5", "--model.init_args.training.reconstructor_lr", "1e-5",
         "--model.init_args.warmup_steps", "50", "--model.init_args.sample_every_n_steps", "0")
     fractions = changed_fraction(tmp_path / "export", shared[1])
     assert fractions["linear"] > 0.99 and fractions["norm"] > 0.99, fractions
@@ -225,7 +214,7 @@ def test_one_bf16_mixed_step_in_warmup_moves_every_verbalizer_weight(shared, tmp
 
 @pytest.mark.parametrize("overrides, message", [
     (("--trainer.precision", "bf16-true"), "trainer.precision: is bf16-true: it casts the trained weights"),
-    (("--model.init_args.dtype", "bfloat16"), "model.dtype: is bfloat16: AdamW updates at small learning rates"),
+    (("--model.init_args.training.dtype", "bfloat16"), "model.training.dtype: is bfloat16: AdamW updates at small learning rates"),
 ])
 def test_bf16_trained_weights_are_refused_without_a_compensating_optimizer(shared, tmp_path, capsys, overrides,
                                                                           message):
@@ -238,7 +227,7 @@ def test_bf16_trained_weights_are_refused_without_a_compensating_optimizer(share
 
 def test_bf16_trained_weights_train_with_the_stochastic_rounding_optimizer(shared, tmp_path):
     fit(shared, tmp_path, "--trainer.max_steps", "1", "--trainer.precision", "bf16-true",
-        "--trainer.limit_val_batches", "0", "--model.init_args.optimizer", "adamw_bf16_stochastic",
+        "--trainer.limit_val_batches", "0", "--model.init_args.training.optimizer", "adamw_bf16_stochastic",
         "--model.init_args.sample_every_n_steps", "0")
     state = checkpoint(tmp_path)["state_dict"]
     assert state["verbalizer.model.model.layers.0.mlp.up_proj.weight"].dtype == torch.bfloat16

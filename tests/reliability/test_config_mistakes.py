@@ -14,23 +14,24 @@ from tests.fixtures.commands import copy_cache, run_main, sft_argv
 
 
 @pytest.mark.parametrize("extra, line", [
-    (["--data.init_args.splits.heldout", "0.5"],
-     "data.splits: fractions must sum to 1, got 1.3 (av_sft=0.4, ar_sft=0.4, rl=0.0, heldout=0.5)"),
-    (["--data.init_args.cache.store_dtype", "float16"],
-     "data.cache.store_dtype: 'float16' is not one of float32, bfloat16"),
-    (["--data.init_args.corpus.max_length", "4"],
-     "data.corpus.max_length: must exceed min_position (8) to leave room for a position, got 4"),
-    (["--data.init_args.model.dtype", "float16"],
-     "data.model.dtype: is 'float16'; residual norms of Gemma-like models (6e4-8e4) overflow it; use auto, "
+    (["--data.init_args.source.splits.heldout", "0.5"],
+     "data.source.splits: fractions must sum to 1, got 1.3 (av_sft=0.4, ar_sft=0.4, rl=0.0, heldout=0.5)"),
+    (["--data.init_args.source.cache.store_dtype", "float16"],
+     "data.source.cache.store_dtype: 'float16' is not one of float32, bfloat16"),
+    (["--data.init_args.source.corpus.max_length", "4"],
+     "data.source.corpus.max_length: must exceed min_position (8) to leave room for a position, got 4"),
+    (["--data.init_args.source.target.dtype", "float16"],
+     "data.source.target.dtype: is 'float16'; residual norms of Gemma-like models (6e4-8e4) overflow it; use auto, "
      "float32, bfloat16"),
     (["--data.init_args.batch_size", "0"], "data.batch_size: must be at least 1, got 0"),
     (["--model.init_args.num_samples", "0"], "model.num_samples: must be at least 1, got 0"),
-    (["--data.init_args.cache.layr", "2"], "data.cache.layr: unknown key; did you mean `layer`?"),
-    (["--data.cache.layr", "2"], "data.cache.layr: unknown key; did you mean `layer`?"),
-    (["--data.init_args.corpus.max_lenght", "3"], "data.corpus.max_lenght: unknown key; did you mean `max_length`?"),
-    (["--model.init_args.verbalizr_lr", "3"], "model.verbalizr_lr: unknown key; did you mean `verbalizer_lr`?"),
+    (["--data.init_args.source.cache.layr", "2"], "data.source.cache.layr: unknown key; did you mean `layer`?"),
+    (["--data.source.cache.layr", "2"], "data.source.cache.layr: unknown key; did you mean `layer`?"),
+    (["--data.init_args.source.corpus.max_lenght", "3"], "data.source.corpus.max_lenght: unknown key; did you mean `max_length`?"),
+    (["--model.init_args.training.verbalizr_lr", "3"],
+     "model.training.verbalizr_lr: unknown key; did you mean `verbalizer_lr`?"),
     (["--trainer.max_stepz", "3"], "trainer.max_stepz: unknown key; did you mean `max_steps`?"),
-    (["--data.init_args.cache.layer", "abc"], "data.cache.layer: expected int, got 'abc'"),
+    (["--data.init_args.source.cache.layer", "abc"], "data.source.cache.layer: expected int, got 'abc'"),
 ])
 def test_fit_config_mistakes_are_one_line(tiny_sft, tmp_path, capsys, extra, line):
     root, model_dir, _ = tiny_sft
@@ -42,30 +43,32 @@ def test_fit_config_mistakes_are_one_line(tiny_sft, tmp_path, capsys, extra, lin
 def test_a_nested_typo_in_yaml_names_the_closest_key(tiny_sft, tmp_path, capsys):
     root, model_dir, _ = tiny_sft
     config = tmp_path / "typo.yaml"
-    config.write_text(yaml.safe_dump({"data": {"init_args": {"cache": {"layr": 2}}}}))
+    config.write_text(yaml.safe_dump({"data": {"init_args": {"source": {"cache": {"layr": 2}}}}}))
     code, err = run_main(capsys, [*sft_argv(model_dir, root / "docs.jsonl", tmp_path / "cache", tmp_path / "run"),
                                   "--config", str(config)])
-    assert (code, err) == (2, "nla: error: data.cache.layr: unknown key; did you mean `layer`?")
+    assert (code, err) == (2, "nla: error: data.source.cache.layr: unknown key; did you mean `layer`?")
 
 
 @pytest.mark.parametrize("extra, line", [
-    (["--splits.heldout", "0.5"], "splits: fractions must sum to 1, got 1.45 (av_sft=0.25, ar_sft=0.25, rl=0.45, heldout=0.5)"),
-    (["--splits.heldot", "0.5"], "splits.heldot: unknown key; did you mean `heldout`?"),
-    (["--cache.layr", "2"], "cache.layr: unknown key; did you mean `layer`?"),
-    (["--modle.dtype", "float32"], "modle: unknown key; did you mean `model`?"),
-    (["--model.dtype", "float16"],
-     "model.dtype: is 'float16'; residual norms of Gemma-like models (6e4-8e4) overflow it; use auto, float32, bfloat16"),
-    (["--cache.layer", "x"], "cache.layer: expected int, got 'x'"),
-    (["--model.name_or_path", "nobody/no-such-model"], None),
+    (["--source.splits.heldout", "0.5"],
+     "source.splits: fractions must sum to 1, got 1.45 (av_sft=0.25, ar_sft=0.25, rl=0.45, heldout=0.5)"),
+    (["--source.splits.heldot", "0.5"], "source.splits.heldot: unknown key; did you mean `heldout`?"),
+    (["--source.cache.layr", "2"], "source.cache.layr: unknown key; did you mean `layer`?"),
+    (["--source.targt.dtype", "float32"], "source.targt: unknown key; did you mean `target`?"),
+    (["--source.target.dtype", "float16"],
+     "source.target.dtype: is 'float16'; residual norms of Gemma-like models (6e4-8e4) overflow it; use auto, float32, "
+     "bfloat16"),
+    (["--source.cache.layer", "x"], "source.cache.layer: expected int, got 'x'"),
+    (["--source.target.name_or_path", "nobody/no-such-model"], None),
 ])
 def test_cache_config_mistakes_are_one_line(tiny_sft, tmp_path, capsys, extra, line):
     root, model_dir, _ = tiny_sft
-    argv = ["cache", "--model.name_or_path", str(model_dir), "--corpus.path", str(root / "docs.jsonl"),
-            "--cache.directory", str(tmp_path / "cache"), *extra]
+    argv = ["cache", "--source.target.name_or_path", str(model_dir), "--source.corpus.path", str(root / "docs.jsonl"),
+            "--source.cache.directory", str(tmp_path / "cache"), *extra]
     code, err = run_main(capsys, argv)
     assert code == 2
     if line is None:  # the hub's own words vary; the key must be the full one
-        assert err.startswith("nla: error: model.name_or_path: cannot load 'nobody/no-such-model' (")
+        assert err.startswith("nla: error: source.target.name_or_path: cannot load 'nobody/no-such-model' (")
     else:
         assert err == f"nla: error: {line}"
     assert not (tmp_path / "cache").exists()
@@ -86,18 +89,18 @@ def test_val_check_interval_longer_than_the_epoch(tiny_sft, tmp_path, capsys):
 def test_an_empty_text_corpus_names_the_text_column(tiny_model_dir, tmp_path, capsys):
     corpus = tmp_path / "empty.jsonl"
     corpus.write_text("".join(json.dumps({"text": "", "body": "real words here"}) + "\n" for _ in range(5)))
-    code, err = run_main(capsys, ["cache", "--model.name_or_path", str(tiny_model_dir("llama")),
-                                  "--corpus.path", str(corpus), "--corpus.min_position", "2",
-                                  "--corpus.max_length", "64", "--cache.directory", str(tmp_path / "cache")])
-    assert (code, err) == (2, f"nla: error: corpus.text_column: the text of every document (5) in column 'text' of "
+    code, err = run_main(capsys, ["cache", "--source.target.name_or_path", str(tiny_model_dir("llama")),
+                                  "--source.corpus.path", str(corpus), "--source.corpus.min_position", "2",
+                                  "--source.corpus.max_length", "64", "--source.cache.directory", str(tmp_path / "cache")])
+    assert (code, err) == (2, f"nla: error: source.corpus.text_column: the text of every document (5) in column 'text' of "
                               f"'{corpus}' is empty; name the column that holds the text")
 
 
 def test_layer_minus_one_says_which_block_it_picks(tiny_sft, tmp_path, capsys):
     root, model_dir, _ = tiny_sft
-    main(["cache", "--model.name_or_path", str(model_dir), "--corpus.path", str(root / "docs.jsonl"),
-          "--corpus.min_position", "8", "--corpus.max_length", "64", "--corpus.max_documents", "4",
-          "--cache.directory", str(tmp_path / "cache")])
+    main(["cache", "--source.target.name_or_path", str(model_dir), "--source.corpus.path", str(root / "docs.jsonl"),
+          "--source.corpus.min_position", "8", "--source.corpus.max_length", "64", "--source.corpus.max_documents", "4",
+          "--source.cache.directory", str(tmp_path / "cache")])
     meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
     assert meta["layer"] == 3
     # printed with the cache summary (rich may wrap it): the default, not "the last block" by convention

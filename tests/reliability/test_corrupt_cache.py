@@ -33,7 +33,7 @@ def flip_bytes(cache, shard: int = SHARD, row: int = ROW, dim: int = DIM) -> flo
     return float(np.frombuffer(bytes(data[offset : offset + 4]), dtype="<f4")[0])
 
 
-def damaged(cache, problem: str, key: str = "data.cache") -> str:
+def damaged(cache, problem: str, key: str = "data.source.cache") -> str:
     return (f"nla: error: {key}.directory: shard {SHARD} of {cache} is damaged: {problem}; re-extract the damaged "
             f"shards with {key}.repair: true, or delete {cache / 'shards' / f'shard-{SHARD:05d}'}.* and rerun")
 
@@ -46,7 +46,7 @@ def test_flipped_bytes_stop_fit_before_training(tiny_sft, tmp_path, capsys):
     assert abs(value) > 10 * max(abs(low), abs(high)), "the flip must produce an absurd but finite value"
     # checksums off: the range recorded at write time catches it alone, at the cost of one read.
     code, err = run_main(capsys, sft_argv(model_dir, root / "docs.jsonl", cache, tmp_path / "run",
-                                          "--data.init_args.cache.checksums", "never"))
+                                          "--data.init_args.source.cache.checksums", "never"))
     assert code == 2
     assert err == damaged(cache, f"shard-{SHARD:05d}.vectors.npy row {ROW} holds {value:.6g} in dimension {DIM}, "
                                  f"outside the range [{low:.6g}, {high:.6g}] recorded when the cache was written")
@@ -62,7 +62,7 @@ def test_a_nan_row_is_refused(tiny_sft, tmp_path, capsys):
     # Same size, new bytes: only the values (or checksums) can tell.
     np.save(path, vectors)
     code, err = run_main(capsys, sft_argv(model_dir, root / "docs.jsonl", cache, tmp_path / "run",
-                                          "--data.init_args.cache.checksums", "never"))
+                                          "--data.init_args.source.cache.checksums", "never"))
     assert code == 2
     assert err == damaged(cache, f"shard-{SHARD:05d}.vectors.npy row {ROW} holds a non-finite value (nan in dimension 0)")
 
@@ -108,10 +108,10 @@ def test_checksums_follow_the_setting_and_the_location(tiny_sft, tmp_path):
 
 
 def cache_config(tmp_path, model_dir, corpus) -> str:
-    config = {"model": {"name_or_path": str(model_dir)},
-              "corpus": {"path": str(corpus), "min_position": 8, "max_length": 64},
-              "cache": {"directory": str(tmp_path / "cache"), "layer": 1, "positions_per_document": 3,
-                        "shard_documents": 8}}
+    config = {"source": {"target": {"name_or_path": str(model_dir)},
+                         "corpus": {"path": str(corpus), "min_position": 8, "max_length": 64},
+                         "cache": {"directory": str(tmp_path / "cache"), "layer": 1, "positions_per_document": 3,
+                                   "shard_documents": 8}}}
     path = tmp_path / "cache.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -134,7 +134,7 @@ def test_repair_re_extracts_only_the_damaged_shard(tiny_sft, tmp_path, capsys):
     assert code == 2 and err.startswith(f"nla: error: cache.directory: shard {SHARD} of {cache} is damaged: ")
     assert err.endswith("re-extract the damaged shards with cache.repair: true, or delete "
                         f"{cache / 'shards' / f'shard-{SHARD:05d}'}.* and rerun")
-    assert run_main(capsys, ["cache", "--config", config, "--cache.repair", "true"])[0] is None
+    assert run_main(capsys, ["cache", "--config", config, "--source.cache.repair", "true"])[0] is None
     after = snapshot(cache)
     assert {name: data for name, (data, _) in after.items()} == {name: data for name, (data, _) in before.items()}
     rewritten = {name for name in before if after[name][1] != before[name][1]}
@@ -169,7 +169,7 @@ def test_a_forward_producing_nan_writes_no_shard(tiny_sft, tmp_path, capsys, mon
     extract = cache_writer.extract_shard
     monkeypatch.setattr(cache_writer, "extract_shard", lambda *args: extract(*args) * float("nan"))
     code, err = run_main(capsys, ["cache", "--config", config])
-    assert (code, err) == (2, "nla: error: model.dtype: the forward produced non-finite activations at layer 1 in "
+    assert (code, err) == (2, "nla: error: source.target.dtype: the forward produced non-finite activations at layer 1 in "
                               "shard 0; nothing of that shard was written; use float32 (or check the model's weights)")
     shards = tmp_path / "cache" / "shards"
     assert not shards.exists() or not list(shards.iterdir())

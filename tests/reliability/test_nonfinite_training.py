@@ -76,7 +76,7 @@ def test_consecutive_nan_steps_stop_the_run_keeping_the_last_good_checkpoint(tmp
         trainer(tmp_path, seen, checkpoints, steps=10).fit(Flaky(bad=tuple(range(2, 10)), limit=2),
                                                            datamodule=RandomRegression())
     assert str(stopped.value) == (
-        "model.max_nonfinite_steps: 2 training steps in a row had a non-finite loss or gradient and were skipped "
+        "model.training.max_nonfinite_steps: 2 training steps in a row had a non-finite loss or gradient and were skipped "
         "(step 4); stopped with the last checkpoint and export untouched: check the data (its cache.checksums), "
         "lower the learning rate, or raise this limit")
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -113,7 +113,7 @@ def test_nan_vectors_stop_sft_and_keep_the_checkpoint_and_export(tiny_sft, tmp_p
     root, model_dir, clean = tiny_sft
     cache, run = copy_cache(clean, tmp_path / "cache"), tmp_path / "run"
     argv = sft_argv(model_dir, root / "docs.jsonl", cache, run, "--trainer.val_check_interval", "2",
-                    "--model.init_args.sample_every_n_steps", "0", "--model.init_args.max_nonfinite_steps", "2",
+                    "--model.init_args.sample_every_n_steps", "0", "--model.init_args.training.max_nonfinite_steps", "2",
                     "--trainer.callbacks.init_args.every_n_train_steps", "1")
     # The first run has no checkpoint to resume: last_or_fresh starts fresh, `last` would refuse.
     assert run_main(capsys, [*argv, "--trainer.max_steps", "2", "--ckpt_path", "last_or_fresh"])[0] is None
@@ -124,7 +124,7 @@ def test_nan_vectors_stop_sft_and_keep_the_checkpoint_and_export(tiny_sft, tmp_p
     vectors = ActivationCache.vectors
     monkeypatch.setattr(ActivationCache, "vectors", lambda self, indices: vectors(self, indices) * float("nan"))
     code, err = run_main(capsys, [*argv, "--trainer.max_steps", "8", "--ckpt_path", "last"])
-    assert (code, err) == (2, "nla: error: model.max_nonfinite_steps: 2 training steps in a row had a non-finite loss "
+    assert (code, err) == (2, "nla: error: model.training.max_nonfinite_steps: 2 training steps in a row had a non-finite loss "
                               "or gradient and were skipped (step 4); stopped with the last checkpoint and export "
                               "untouched: check the data (its cache.checksums), lower the learning rate, or raise "
                               "this limit")

@@ -16,8 +16,8 @@ from tests.fixtures.commands import GRPO, run_main, sft_argv
 
 
 def grpo_argv(model_dir, corpus, cache, run, *extra: str) -> list[str]:
-    return ["fit", "--config", str(GRPO), "--data.init_args.model.name_or_path", str(model_dir),
-            "--data.init_args.corpus.path", str(corpus), "--data.init_args.cache.directory", str(cache),
+    return ["fit", "--config", str(GRPO), "--data.init_args.source.target.name_or_path", str(model_dir),
+            "--data.init_args.source.corpus.path", str(corpus), "--data.init_args.source.cache.directory", str(cache),
             "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run), *extra]
 
 
@@ -35,10 +35,10 @@ def test_an_unset_api_key_fails_before_caching(tiny_sft, tmp_path, capsys, monke
     root, model_dir, _ = tiny_sft
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     code, err = run_main(capsys, sft_argv(model_dir, root / "docs.jsonl", tmp_path / "cache", tmp_path / "run",
-                                          "--data.init_args.teacher.provider", "anthropic",
-                                          "--data.init_args.teacher.model", "claude-x",
-                                          "--data.init_args.teacher.max_tokens", "40"))
-    assert (code, err) == (2, "nla: error: data.teacher.api_key_env: the anthropic teacher needs an API key: set the "
+                                          "--data.init_args.source.teacher.provider", "anthropic",
+                                          "--data.init_args.source.teacher.model", "claude-x",
+                                          "--data.init_args.source.teacher.max_tokens", "40"))
+    assert (code, err) == (2, "nla: error: data.source.teacher.api_key_env: the anthropic teacher needs an API key: set the "
                               "environment variable ANTHROPIC_API_KEY")
     assert not (tmp_path / "cache").exists()
 
@@ -53,11 +53,11 @@ def test_an_unreachable_teacher_fails_before_caching(tiny_sft, tmp_path, capsys)
     root, model_dir, _ = tiny_sft
     url = f"http://127.0.0.1:{closed_port()}"
     code, err = run_main(capsys, sft_argv(model_dir, root / "docs.jsonl", tmp_path / "cache", tmp_path / "run",
-                                          "--data.init_args.teacher.provider", "openai",
-                                          "--data.init_args.teacher.model", "local-model",
-                                          "--data.init_args.teacher.base_url", url,
-                                          "--data.init_args.teacher.max_tokens", "40"))
-    assert (code, err) == (2, f"nla: error: data.teacher.base_url: cannot reach {url} ([Errno 111] Connection refused) "
+                                          "--data.init_args.source.teacher.provider", "openai",
+                                          "--data.init_args.source.teacher.model", "local-model",
+                                          "--data.init_args.source.teacher.base_url", url,
+                                          "--data.init_args.source.teacher.max_tokens", "40"))
+    assert (code, err) == (2, f"nla: error: data.source.teacher.base_url: cannot reach {url} ([Errno 111] Connection refused) "
                               "within 5 s; start the server, fix the URL or check the network")
     assert not (tmp_path / "cache").exists()
 
@@ -78,8 +78,8 @@ def test_a_reachable_teacher_passes_the_probe():
 
 
 @pytest.mark.parametrize("extra, line", [
-    (["--data.init_args.corpus.max_length", "512"],
-     "data.corpus.max_length: corpus.max_length (512) needs 512 positions but the model has 256 "
+    (["--data.init_args.source.corpus.max_length", "512"],
+     "data.source.corpus.max_length: corpus.max_length (512) needs 512 positions but the model has 256 "
      "(max_position_embeddings); lower it"),
     (["--model.init_args.max_new_tokens", "300"], None),
 ])
@@ -122,6 +122,6 @@ def test_a_disk_too_small_fails_before_caching(tiny_sft, tmp_path, capsys, monke
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
     code, err = run_main(capsys, sft_argv(model_dir, root / "docs.jsonl", tmp_path / "cache", tmp_path / "run"))
     assert code == 2
-    assert err.startswith("nla: error: data.cache.directory, checkpoints, model.export_dir: needs about ")
+    assert err.startswith("nla: error: data.source.cache.directory, checkpoints, model.export_dir: needs about ")
     assert err.endswith(f"on {tmp_path} but 1000 B are free; free space or point it elsewhere")
     assert not (tmp_path / "cache").exists()

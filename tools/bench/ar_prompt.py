@@ -37,7 +37,7 @@ def main() -> None:
     cache = ActivationCache(args.cache)
     backbone = ModelArgs(args.model, dtype="float32")
     tokenizer = load_tokenizer(backbone)
-    reconstructor = Reconstructor.from_backbone(backbone, cache.layer).eval()
+    reconstructor = Reconstructor.from_target(backbone, cache.layer).eval()
     rows = cache.split_indices("heldout")[: args.rows]
     targets = cache.vectors(rows)
     variance = float(fve_variance(targets))

@@ -36,8 +36,8 @@ GRPO_LOGS = Path("runs/quickstart/grpo/version_0")
 def corpus_overrides(corpus: str) -> list[str]:
     """The quickstart's data section on another named corpus, each corpus with its own cache."""
     suffix = "" if corpus == "austen" else f"-{corpus}"
-    return [f"--data.init_args.corpus.path={corpus}",
-            f"--data.init_args.cache.directory=cache/quickstart-smollm2-L10{suffix}"]
+    return [f"--data.init_args.source.corpus.path={corpus}",
+            f"--data.init_args.source.cache.directory=cache/quickstart-smollm2-L10{suffix}"]
 
 
 def child(args: argparse.Namespace) -> None:

@@ -87,7 +87,7 @@ def build_pair(args, device: torch.device) -> tuple[Verbalizer, Reconstructor, P
         depth = adapters.num_layers(model.config)
         layer = args.layer if args.layer is not None else min(depth - 1, round(depth * 2 / 3))
         verbalizer = Verbalizer(model, tokenizer, prompts.marker, args.injection_scale or DEFAULT_SCALE)
-        reconstructor = Reconstructor.from_backbone(backbone, layer)
+        reconstructor = Reconstructor.from_target(backbone, layer)
     return verbalizer.to(device), reconstructor.to(device), prompts, name
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 from jsonargparse import ArgumentParser
 
+from nla.commands.config_files import read_config
 from nla.data.datamodule import NLADataModule
 
 SPLITS = ("av_sft", "ar_sft")
@@ -29,15 +30,15 @@ SPLITS = ("av_sft", "ar_sft")
 
 def datamodule(config: Path, scratch: Path, documents: int) -> tuple[NLADataModule, str]:
     """The config's DataModule, prepared; on a small scratch cache when its own cache is not built."""
-    data = yaml.safe_load(config.read_text())["data"]
+    data = read_config(config)["data"]
     parser = ArgumentParser()
     parser.add_argument("--data", type=NLADataModule)
     dm = parser.instantiate(parser.parse_object({"data": data})).data
     source = f"cache {dm.cache_args.directory}"
     if not dm.cache_ready():
         init = data["init_args"]
-        init["cache"]["directory"] = str(scratch / "cache")
-        init["corpus"]["max_documents"] = documents
+        init["source"]["cache"]["directory"] = str(scratch / "cache")
+        init["source"]["corpus"]["max_documents"] = documents
         init["progress"] = False
         dm = parser.instantiate(parser.parse_object({"data": data})).data
         source = f"scratch cache of {documents} documents ({config}'s own cache is not built)"

@@ -63,7 +63,7 @@ class Setting:
     """One combination of memory-saving switches, as the training YAML would select it."""
 
     optimizer: str = "adamw"
-    """``model.optimizer``: adamw, adamw8bit, paged_adamw8bit or adamw_bf16_stochastic."""
+    """``model.training.optimizer``: adamw, adamw8bit, paged_adamw8bit or adamw_bf16_stochastic."""
     lora: bool = False
     """LoRA adapters (``LoraArgs`` defaults) on the AV and the AR."""
     checkpointing: bool = False
@@ -154,7 +154,7 @@ def build_pair(args, setting: Setting, device: torch.device, train: bool):
     depth = adapters.num_layers(model.config)
     layer = args.layer if args.layer is not None else min(depth - 1, round(depth * 2 / 3))
     verbalizer = Verbalizer(model, tokenizer, prompts.marker, DEFAULT_SCALE)
-    reconstructor = Reconstructor.from_backbone(backbone, layer)
+    reconstructor = Reconstructor.from_target(backbone, layer)
     for name, module in (("verbalizer", verbalizer.model), ("reconstructor", reconstructor.model)):
         if setting.lora:
             lora.wrap(module, lora.LoraArgs(), f"{name}_lora")

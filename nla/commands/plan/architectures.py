@@ -72,7 +72,7 @@ def table_config(name: str) -> PretrainedConfig:
     matches = [key for key in ARCHITECTURES if key.lower() == name.lower()]
     if not matches:
         known = ", ".join(ARCHITECTURES)
-        raise ConfigError("data.model.name_or_path", f"{name!r} is neither a local directory, reachable on the hub, "
+        raise ConfigError("data.source.target.name_or_path", f"{name!r} is neither a local directory, reachable on the hub, "
                           f"nor in nla's table of architectures ({known}); give a directory with its config.json")
     numbers = dict(ARCHITECTURES[matches[0]])
     return AutoConfig.for_model(numbers.pop("model_type"), **numbers)
@@ -85,10 +85,10 @@ def model_config(name_or_path: str, revision: str | None = None) -> tuple[Pretra
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ConfigError("data.model.name_or_path", f"{path} has no config.json")
+            raise ConfigError("data.source.target.name_or_path", f"{path} has no config.json")
         return AutoConfig.from_pretrained(path), f"{path / 'config.json'}"
     if path.suffix == ".gguf" or name_or_path.startswith((".", "/", "~")):
-        raise ConfigError("data.model.name_or_path", f"{name_or_path} is not a directory with a config.json; "
+        raise ConfigError("data.source.target.name_or_path", f"{name_or_path} is not a directory with a config.json; "
                           "point at the HF directory (a GGUF file has no config.json to read)")
     hub = _hub_config(name_or_path, revision)
     if hub is not None:

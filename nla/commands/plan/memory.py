@@ -43,7 +43,7 @@ class Setting:
     """Bytes per trained weight: float32 masters (4); 2 only under ``bf16-true``."""
     frozen_bytes: int = 2
     """Bytes per frozen weight: the GRPO reference in the compute dtype; the cache target in
-    ``data.model.dtype``."""
+    ``data.target.dtype``."""
     compute_bytes: int = 2
     """Bytes per activation: bf16 under bf16-mixed or FSDP's ``param_dtype: bfloat16``, else 4."""
     optimizer: str = "adamw"

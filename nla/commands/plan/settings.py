@@ -1,8 +1,9 @@
 """What ``nla plan`` needs from a config file, read without building anything.
 
-A fit config (SFT or GRPO, by ``model.class_path``) or an ``nla cache`` config is read as YAML; a key
-it leaves out takes the default of the class that would receive it (the modules' signatures and the
-argument dataclasses), so the plan sees what ``nla fit`` would run.
+A fit config (SFT or GRPO, by ``model.class_path``) or an ``nla cache`` config is read as YAML, its data
+block read from the file it names (``nla.commands.config_files``); a key it leaves out takes the
+default of the class that would receive it (the modules' signatures and the argument dataclasses), so
+the plan sees what ``nla fit`` would run.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import inspect
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-import yaml
-
-from nla.core.errors import ConfigError
+from nla.commands.config_files import read_config
 from nla.commands.plan.memory import OPTIMIZER_BYTES, Setting
+from nla.core.errors import ConfigError
+from nla.modules.grpo.settings import RolloutArgs
+from nla.modules.settings import TrainingArgs
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 EXPLANATION_TOKENS = {("extractive", "brief"): 40, ("extractive", "full"): 110}
@@ -80,12 +82,11 @@ class Run:
 
 
 def read_run(path: str | Path) -> Run:
-    try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError("config", f"cannot read {path}: {str(error).splitlines()[0]}") from error
-    if "trainer" not in config and "model" in config and "corpus" in config:
-        return _cache_run(config)
+    config = read_config(path)
+    if "trainer" not in config and "source" in config:
+        return _cache_run(config["source"])
+    if "trainer" not in config and "target" in config and "corpus" in config:
+        return _cache_run(config)  # a data block (data.yaml) plans as its cache
     model = config.get("model") or {}
     class_path = model.get("class_path", "")
     if class_path.endswith("SFTModule"):
@@ -97,15 +98,20 @@ def read_run(path: str | Path) -> Run:
     else:
         raise ConfigError("model.class_path", f"must name nla.modules.sft.SFTModule or nla.modules.grpo.GRPOModule "
                           f"(or give an `nla cache` config), got {class_path!r}")
-    hp = _with_defaults(module_class.__init__, model.get("init_args") or {})
+    init = model.get("init_args") or {}
+    hp = _with_defaults(module_class.__init__, init)
+    # Nested settings: the given keys over the dataclass's defaults.
+    training = {**_dataclass_defaults(TrainingArgs), **(init.get("training") or {})}
+    rollout = {**_dataclass_defaults(RolloutArgs), **(init.get("rollout") or {})} if stage == "grpo" else {}
     trainer = config.get("trainer") or {}
     data = (config.get("data") or {}).get("init_args") or {}
     from nla.data.datamodule import NLADataModule
 
     dm = _with_defaults(NLADataModule.__init__, data)
-    target = dm.get("model") or {}
+    source = dm.get("source") or {}
+    target = source.get("target") or {}
     if "name_or_path" not in target:
-        raise ConfigError("data.init_args.model.name_or_path", "is missing")
+        raise ConfigError("data.init_args.source.target.name_or_path", "is missing")
     strategy = trainer.get("strategy")
     strategy_args = (strategy.get("init_args") or {}) if isinstance(strategy, dict) else {}
     fsdp = isinstance(strategy, dict) and strategy.get("class_path", "").endswith("NLAFSDPStrategy")
@@ -114,12 +120,13 @@ def read_run(path: str | Path) -> Run:
     precision = str(trainer.get("precision", "32-true"))
     bf16_compute = precision.startswith("bf16") or (fsdp and strategy_args.get("param_dtype", "bfloat16") == "bfloat16")
     # The frozen reference is stored in the policy's compute dtype (nla.modules.precision), whatever
-    # data.model.dtype (the caching forward's) says.
+    # data.target.dtype (the caching forward's) says.
     frozen = 2 if bf16_compute else 4
-    optimizer = hp.get("optimizer", "adamw")
+    optimizer = training["optimizer"]
     if optimizer not in OPTIMIZER_BYTES:
-        raise ConfigError("model.init_args.optimizer", f"must be one of {', '.join(OPTIMIZER_BYTES)}, got {optimizer!r}")
-    av_lora, ar_lora = _lora(hp.get("verbalizer_lora")), _lora(hp.get("reconstructor_lora"))
+        raise ConfigError("model.init_args.training.optimizer", f"must be one of {', '.join(OPTIMIZER_BYTES)}, "
+                          f"got {optimizer!r}")
+    av_lora, ar_lora = _lora(training.get("verbalizer_lora")), _lora(training.get("reconstructor_lora"))
     reference = "copy"
     if stage == "grpo":
         quantized = hp.get("reference_quantization", "none")
@@ -128,21 +135,22 @@ def read_run(path: str | Path) -> Run:
     accelerator = str(trainer.get("accelerator", "auto"))
     setting = Setting(
         shards=processes if fsdp else 1,
-        trained_bytes=2 if precision == "bf16-true" or hp.get("dtype") == "bfloat16" else 4,
+        trained_bytes=2 if precision == "bf16-true" or training.get("dtype") == "bfloat16" else 4,
         frozen_bytes=frozen, compute_bytes=2 if bf16_compute else 4, optimizer=optimizer,
         av_lora=av_lora is not None, ar_lora=ar_lora is not None,
         checkpointing=bool(fsdp and strategy_args.get("activation_checkpointing", False)),
         flash=accelerator != "cpu", reference=reference, cpu_offload=bool(fsdp and strategy_args.get("cpu_offload")))
-    teacher = dm.get("teacher") or {}
-    prompts = dm.get("prompts") or {}
+    teacher = source.get("teacher") or {}
+    prompts = source.get("prompts") or {}
     return Run(
         stage=stage, model=str(target["name_or_path"]), revision=target.get("revision"),
-        layer=int((dm.get("cache") or {}).get("layer", -1)), accelerator=accelerator, processes=processes,
+        layer=int((source.get("cache") or {}).get("layer", -1)), accelerator=accelerator, processes=processes,
         setting=setting, av_lora=av_lora, ar_lora=ar_lora,
         train_av=bool(hp.get("train_verbalizer", True)), train_ar=bool(hp.get("train_reconstructor", True)),
         batch_size=int(dm.get("batch_size", 8)), accumulate=int(trainer.get("accumulate_grad_batches", 1) or 1),
-        samples_per_prompt=int(hp.get("samples_per_prompt", 1)), micro_batch_size=int(hp.get("micro_batch_size", 1)),
-        max_new_tokens=int(hp.get("max_new_tokens", 150)),
+        samples_per_prompt=int(rollout.get("samples_per_prompt", 1)),
+        micro_batch_size=int(rollout.get("micro_batch_size", 1)),
+        max_new_tokens=int(rollout.get("max_new_tokens", hp.get("max_new_tokens", 150))),
         prompt_tokens=_prompt_tokens(prompts, "av_template") + CHAT_TEMPLATE_TOKENS,
         ar_prompt_tokens=_prompt_tokens(prompts, "ar_template"),
         explanation_tokens=EXPLANATION_TOKENS.get((teacher.get("provider", "extractive"), teacher.get("model") or "full"),
@@ -150,12 +158,12 @@ def read_run(path: str | Path) -> Run:
         peak_tflops=float(hp.get("peak_tflops") or 989.0), cache_tokens=0)
 
 
-def _cache_run(config: dict) -> Run:
+def _cache_run(source: dict) -> Run:
     from nla.data.cache_plan import CacheArgs
 
-    target, cache = config.get("model") or {}, {**_dataclass_defaults(CacheArgs), **(config.get("cache") or {})}
+    target, cache = source.get("target") or {}, {**_dataclass_defaults(CacheArgs), **(source.get("cache") or {})}
     if "name_or_path" not in target:
-        raise ConfigError("model.name_or_path", "is missing")
+        raise ConfigError("source.target.name_or_path", "is missing")
     frozen = DTYPE_BYTES.get(target.get("dtype", "auto"), 2)
     quantized = target.get("quantization", "none")
     setting = Setting(frozen_bytes=frozen, compute_bytes=min(frozen, 4), flash=True,

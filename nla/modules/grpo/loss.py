@@ -14,13 +14,14 @@ from collections.abc import Collection
 import torch
 from torch import Tensor
 
+from nla.core.maths import ORTHOGONAL_MSE
+
 AGGREGATION_MODES = ("token_mean", "sequence_mean", "sum_norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_DEFAULT = "k2"
 REWARD_KINDS = ("neg_mse", "neg_log_mse")
 
 # The normalised MSE of two orthogonal vectors: what a failed or truncated rollout is scored as.
-ORTHOGONAL_MSE = 2.0
 
 
 def group_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from nla.modules.grpo.loss import (KL_DEFAULT, aggregate, batch_advantages, clipped_surrogate, group_advantages,
+from nla.modules.grpo.loss import (aggregate, batch_advantages, clipped_surrogate, group_advantages,
                            kl_penalty, overlong_penalty, penalized_rewards, trim_at_end_of_turn,
                            uniform_group_advantages)
 from nla.core.marker import find_marker_slots
@@ -33,58 +33,7 @@ from nla.models.reconstructor import Reconstructor
 from nla.models.verbalizer import Verbalizer
 from nla.core.padding import pad, pad_token_id
 from nla.core.prompts import partial_explanation
-
-
-@dataclass
-class RolloutArgs:
-    """How one rollout is sampled, scored and turned into a loss."""
-
-    samples_per_prompt: int = 8
-    """G: answers sampled per prompt; advantages compare the answers of one prompt."""
-    micro_batch_size: int = 8
-    """Sequences per forward/backward pass; memory grows with it, not with prompts x samples."""
-    max_new_tokens: int = 150
-    """Cap on generated tokens; an answer cut by it is truncated and scores as orthogonal."""
-    temperature: float = 1.0
-    """Sampling temperature. Below 1 the answers are drawn from the sharpened distribution while the
-    ratio, the loss and the KL use the model's own (untempered) log-probs: off the exact policy
-    gradient, but a small AV's temperature-1 answers are often unfinished and teach little."""
-    reward: str = "neg_mse"
-    """``neg_mse`` or ``neg_log_mse`` (see ``nla.modules.grpo.loss.penalized_rewards``)."""
-    advantage: str = "group"
-    """``group`` (normalised per prompt) or ``batch`` (centred per prompt, scaled by the batch std)."""
-    clip_epsilon: float = 0.2
-    """PPO clip range of the probability ratio."""
-    kl_coef: float = 0.01
-    """Weight of the KL penalty to the reference AV."""
-    kl_estimator: str = KL_DEFAULT
-    """``k2`` (pulls towards the reference: its expected gradient is that of KL(policy || reference)),
-    ``k1`` (zero expected gradient as a loss: noise only) or ``k3`` (the gradient of the reverse
-    KL(reference || policy)); see ``nla.modules.grpo.loss.kl_penalty``."""
-    loss_aggregation: str = "token_mean"
-    """``token_mean``, ``sequence_mean`` or ``sum_norm`` (see ``nla.modules.grpo.loss.aggregate``)."""
-    sampler: str = "auto"
-    """Sampling engine (``nla.models.sampling``): ``auto`` (``static`` on CUDA, else ``loop``),
-    ``loop`` or ``static``; each prompt's G answers share one prefill with ``static``."""
-    unfinished: str = "orthogonal"
-    """How an answer cut by the cap is rewarded: ``orthogonal`` (as every invalid answer, the reward
-    of MSE 2) or ``scored`` (closed at the cap: the AR reads what it wrote after its opening tag, and
-    ``unfinished_penalty`` is subtracted). Evaluation always counts it as orthogonal."""
-    unfinished_penalty: float = 0.5
-    """Subtracted from the reward of an unfinished answer under ``unfinished: scored``."""
-    overlong_buffer: int = 0
-    """Cap-aware length penalty (``nla.modules.grpo.loss.overlong_penalty``): the last this many tokens before
-    the cap cost up to ``overlong_penalty`` of reward, rising linearly; 0 turns it off."""
-    overlong_penalty: float = 1.0
-    """The reward an answer that reaches the cap loses under ``overlong_buffer``."""
-    uniform_groups: str = "zero"
-    """Advantage of a group whose rewards are all equal: ``zero`` (no signal, as GRPO's per-group
-    baseline gives) or ``batch`` (against the batch's mean and std, so a group that failed entirely
-    is pushed down; ``nla.modules.grpo.loss.uniform_group_advantages``)."""
-    greedy_answer: bool = False
-    """Decode answer 0 of each group greedily (the answer evaluation and ``nla explain`` write) and
-    sample the other G - 1. A greedy repetition loop, which sampled answers rarely show, is then
-    scored like any unfinished answer and pushed down by its advantage."""
+from nla.modules.grpo.settings import RolloutArgs
 
 
 @dataclass

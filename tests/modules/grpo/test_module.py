@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from nla.commands.cli import main
 from nla.models.sidecar import read_sidecar
 from nla.modules.grpo.module import GRPOModule
+from tests.fixtures.commands import source_overrides
 from tests.fixtures.corpus import write_corpus
 from tests.fixtures.pairs import warm_tiny_llama, write_sft_export
 from tests.fixtures.tensorboard import scalars
@@ -34,12 +35,12 @@ def setting(tiny_model_dir, tmp_path_factory):
 def fit(setting, run: str, *extra: str) -> Path:
     root, model_dir = setting
     main(["fit", "--config", str(CONFIG),
-          "--data.init_args.model.name_or_path", str(model_dir),
-          "--data.init_args.corpus.path", str(root / "docs.jsonl"),
-          "--data.init_args.cache.directory", str(root / "cache"),
+          "--data.init_args.source.target.name_or_path", str(model_dir),
+          "--data.init_args.source.corpus.path", str(root / "docs.jsonl"),
+          "--data.init_args.source.cache.directory", str(root / "cache"), *source_overrides(),
           "--model.init_args.sft_export", str(root / "sft"),
-          "--model.init_args.export_dir", str(root / run / "export"),
-          "--model.init_args.final_export_dir", str(root / run / "final"),
+          "--model.init_args.best_export_dir", str(root / run / "export"),
+          "--model.init_args.export_dir", str(root / run / "final"),
           "--trainer.default_root_dir", str(root / run), "--trainer.logger.init_args.save_dir", str(root / run),
           *extra])
     return root / run
@@ -95,7 +96,7 @@ def test_exports_record_their_round_trip_with_what_reproduces_it(uninterrupted):
             meta = read_sidecar(uninterrupted / directory / role)
             trip = meta.training["figures"]["round_trip"]
             assert set(meta.training["figures"]) == {"round_trip"} and "heldout_fve" not in meta.training
-            assert trip["max_new_tokens"] == hparams["max_new_tokens"] and trip["decoding"] == "greedy"
+            assert trip["max_new_tokens"] == hparams["rollout"]["max_new_tokens"] and trip["decoding"] == "greedy"
             assert trip["fve"] == pytest.approx(logged[trip["step"]], abs=1e-5)
             assert trip["rows"] > 0 and 0 < trip["documents"] <= trip["rows"] and 0 <= trip["valid_rate"] <= 1
             assert trip["variance"] == meta.training["heldout_variance"] and "MSE 2" in trip["what"]
@@ -103,7 +104,7 @@ def test_exports_record_their_round_trip_with_what_reproduces_it(uninterrupted):
                 assert trip["step"] == step
             card = (uninterrupted / directory / role / "README.md").read_text()
             assert f"round trip (AV -> AR): FVE {trip['fve']:.4f} on {trip['rows']} held-out rows" in card
-            assert f"at most {hparams['max_new_tokens']} new tokens" in card and "not recorded" not in card.split(
+            assert f"at most {hparams['rollout']['max_new_tokens']} new tokens" in card and "not recorded" not in card.split(
                 "## Metrics")[1].split("## Use")[0]
 
 
@@ -132,9 +133,9 @@ def test_prompts_per_step_must_match_the_batch_size(setting, capsys):
 
 def test_one_bf16_mixed_step_moves_every_verbalizer_weight(setting):
     _, model_dir = setting
-    # data.model.dtype bfloat16 is the frozen uses' dtype: the trained AV and AR still load in float32.
-    run = fit(setting, "mixed", "--trainer.precision", "bf16-mixed", "--data.init_args.model.dtype", "bfloat16",
-              "--trainer.max_steps", "1", "--model.init_args.final_export_dir", str(setting[0] / "mixed" / "final"))
+    # data.source.target.dtype bfloat16 is the frozen uses' dtype: the trained AV and AR still load in float32.
+    run = fit(setting, "mixed", "--trainer.precision", "bf16-mixed", "--data.init_args.source.target.dtype", "bfloat16",
+              "--trainer.max_steps", "1", "--model.init_args.export_dir", str(setting[0] / "mixed" / "final"))
     exported = load_file(str(run / "final" / "av" / "model.safetensors"))
     start = load_file(str(next(model_dir.glob("*.safetensors"))))
     assert all(value.dtype == torch.float32 for value in exported.values())
@@ -152,7 +153,7 @@ def test_the_reference_matches_the_policy_at_the_first_step_under_bf16_true(sett
     # bf16 weights train only with the stochastic rounding optimizer; the reference, stored in the
     # policy's compute dtype, then scores the first rollout exactly as the policy does.
     run = fit(setting, "true", "--trainer.precision", "bf16-true", "--trainer.max_steps", "1",
-              "--model.init_args.optimizer", "adamw_bf16_stochastic")
+              "--model.init_args.training.optimizer", "adamw_bf16_stochastic")
     assert scalars(run)["train/kl"] == [(0, 0.0)]
 
 
@@ -170,7 +171,7 @@ def test_each_process_samples_with_its_own_seed():
 
 def test_evaluation_can_be_turned_off(setting):
     run = fit(setting, "no-eval", "--trainer.max_steps", "2", "--model.init_args.eval_every_n_steps", "0",
-              "--model.init_args.export_dir", "null", "--model.init_args.memory_probe", "false")
+              "--model.init_args.best_export_dir", "null", "--model.init_args.memory_probe", "false")
     metrics = scalars(run)
     assert sorted(step for step, _ in metrics["train/reward_mean"]) == [0, 1]
     assert not [tag for tag in metrics if tag.startswith("val/")], "no held-out evaluation, not even at step 0"
@@ -181,17 +182,17 @@ def test_the_best_pair_export_needs_evaluation(setting, capsys):
         fit(setting, "no-eval-export", "--model.init_args.eval_every_n_steps", "0")
     assert failed.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "nla: error: model.export_dir: keeps the best pair by held-out FVE, but eval_every_n_steps is 0 (evaluation "
-        "off); unset export_dir (final_export_dir still exports) or evaluate")
+        "nla: error: model.best_export_dir: keeps the best pair by held-out FVE, but eval_every_n_steps is 0 "
+        "(evaluation off); unset best_export_dir (export_dir still exports) or evaluate")
 
 
 def test_a_greedy_answer_needs_a_group_to_compare_it_with(setting, capsys):
     with pytest.raises(SystemExit) as failed:
-        fit(setting, "greedy-alone", "--model.init_args.greedy_answer", "true",
-            "--model.init_args.samples_per_prompt", "1")
+        fit(setting, "greedy-alone", "--model.init_args.rollout.greedy_answer", "true",
+            "--model.init_args.rollout.samples_per_prompt", "1")
     assert failed.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "nla: error: model.greedy_answer: needs samples_per_prompt of at least 2 (one greedy answer and the sampled "
+        "nla: error: model.rollout.greedy_answer: needs samples_per_prompt of at least 2 (one greedy answer and the sampled "
         "ones it is compared with); set samples_per_prompt or turn it off")
 
 
@@ -205,15 +206,15 @@ def test_nan_rollouts_stop_grpo_and_keep_the_checkpoint(setting, monkeypatch, ca
     monkeypatch.setattr(Reconstructor, "forward", lambda self, *args, **kwargs: forward(self, *args, **kwargs) * float("nan"))
     with pytest.raises(SystemExit) as failed:
         fit(setting, "nan", "--trainer.max_steps", "4", "--model.init_args.eval_every_n_steps", "0",
-            "--model.init_args.export_dir", "null", "--model.init_args.memory_probe", "false",
-            "--model.init_args.max_nonfinite_steps", "2")
+            "--model.init_args.best_export_dir", "null", "--model.init_args.memory_probe", "false",
+            "--model.init_args.training.max_nonfinite_steps", "2")
     assert failed.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        "nla: error: model.max_nonfinite_steps: 2 training steps in a row had a non-finite loss or gradient and were "
+        "nla: error: model.training.max_nonfinite_steps: 2 training steps in a row had a non-finite loss or gradient and were "
         "skipped (step 3); stopped with the last checkpoint and export untouched: check the data (its "
         "cache.checksums), lower the learning rate, or raise this limit")
     run = setting[0] / "nan"
     kept = checkpoint(run)
     assert kept["global_step"] == 2, "the checkpoint of step 2, not of the step that stopped the run"
     assert all(bool(torch.isfinite(value).all()) for value in kept["state_dict"].values() if value.is_floating_point())
-    assert not (run / "export").exists()
+    assert not (run / "export").exists() and not (run / "final").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -97,7 +98,7 @@ def test_micro_batch_one_gives_the_full_batch_gradients(pair, mode):
             p.add_(torch.randn_like(p) * 1e-3)
     results = []
     for micro in (1, len(rollout.start)):
-        args.micro_batch_size = micro
+        args = replace(args, micro_batch_size=micro)
         verbalizer.model.zero_grad()
         reconstructor.zero_grad()
         stats = av_loss(verbalizer, rollout, args, lambda loss: loss.backward())
