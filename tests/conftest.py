@@ -33,6 +33,31 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+NO_SKIPS = "NLA_NO_SKIPS"
+"""Set to 1 (as CI does), a test that skips fails instead, unless it is marked ``gpu``: on a machine
+with the packages, the browser and the mirror the README names, only GPU tests may skip."""
+
+
+def _unexpected_skip(report, marked_gpu: bool) -> None:
+    if report.skipped and os.environ.get(NO_SKIPS) == "1" and not marked_gpu:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped with {NO_SKIPS}=1, where only tests marked gpu may skip: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _unexpected_skip(outcome.get_result(), item.get_closest_marker("gpu") is not None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    # A module that skips as a whole (pytest.importorskip of an extra) is reported while it is collected.
+    outcome = yield
+    _unexpected_skip(outcome.get_result(), False)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """Byte-level BPE tokenizer with BOS, a chat template and a single-token marker in U+3200-U+33FF."""

@@ -103,3 +103,52 @@ def test_graph_sees_lazy_relative_and_from_imports(tmp_path):
 
 def test_nla_has_no_import_circles():
     assert circles(import_graph(ROOT / "nla")) == []
+
+
+LAYERS = ("nla.core", "nla.models", "nla.data", "nla.evaluation", "nla.modules", "nla.commands")
+"""The packages of ``nla`` from the bottom up: each imports only itself and the ones before it."""
+
+
+def layer(module: str) -> int | None:
+    """Index of ``module``'s layer in ``LAYERS`` (None for ``nla`` itself and its entry point)."""
+    return next((index for index, package in enumerate(LAYERS)
+                 if module == package or module.startswith(package + ".")), None)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import edge that goes from a layer to a later one, as ``importer -> imported``."""
+    found = []
+    for name, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            here, there = layer(name), layer(target)
+            if here is not None and there is not None and there > here:
+                found.append(f"{name} -> {target}")
+    return found
+
+
+def test_upward_imports_are_found():
+    graph = {"nla.core.maths": set(), "nla.models.pair": {"nla.core.maths"},
+             "nla.data.datamodule": {"nla.models.pair", "nla.commands.preflight"},
+             "nla.commands.preflight": {"nla.data.datamodule"}, "nla.__main__": {"nla.commands.cli"}}
+    assert upward_imports(graph) == ["nla.data.datamodule -> nla.commands.preflight"]
+
+
+def test_nla_layers_import_only_downwards():
+    graph = import_graph(ROOT / "nla")
+    assert {name.split(".")[1] for name in graph if name.count(".") >= 1 and name != "nla.__main__"} == \
+        {package.split(".")[1] for package in LAYERS}, "every package of nla has its place in LAYERS"
+    assert upward_imports(graph) == []
+
+
+def test_tests_import_only_fixtures_of_the_suite():
+    """No test module imports another test module or a conftest: what tests share is in tests/fixtures."""
+    tests = ROOT / "tests"
+    wrong = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            wrong += [f"{path.relative_to(ROOT)}: {name}" for name in names
+                      if (name == "tests" or name.startswith("tests.")) and not name.startswith("tests.fixtures")
+                      or name.split(".")[-1] == "conftest"]
+    assert wrong == []

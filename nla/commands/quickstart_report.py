@@ -38,17 +38,17 @@ class Comparison:
     """The held-out half the rows come from."""
 
 
-def heldout_rows(datamodule, count: int, split: str = "test") -> list[dict]:
-    """The first ``count`` rows of a held-out half (``test`` or ``validation``), in evaluation order,
-    as batches."""
-    batches, taken = [], 0
+def heldout_rows(datamodule, count: int, split: str = "test") -> tuple[torch.Tensor, list[int]]:
+    """The vectors ``[count, d]`` (float32) and cache indices of the first ``count`` rows of a held-out
+    half (``test`` or ``validation``), in evaluation order."""
+    vectors, indices = [], []
     for batch in datamodule.dataloader(split):
-        keep = min(len(batch["vector"]), count - taken)
-        batches.append({key: value[:keep] for key, value in batch.items()})
-        taken += keep
-        if taken >= count:
+        keep = min(len(batch["vector"]), count - len(indices))
+        vectors.append(batch["vector"][:keep])
+        indices += batch["index"][:keep].tolist()
+        if len(indices) >= count:
             break
-    return batches
+    return torch.cat(vectors).float(), indices
 
 
 def _pair_round_trip(name: str, directory: str, datamodule, vectors, max_new_tokens: int, micro: int):
@@ -70,9 +70,7 @@ def _pair_round_trip(name: str, directory: str, datamodule, vectors, max_new_tok
 def comparison_rows(datamodule, sft_export: str, grpo_export: str, max_new_tokens: int, micro: int,
                     eval_rows: int, resamples: int, seed: int, split: str = "test") -> Comparison:
     """Mean predictor, shuffled control, SFT pair and GRPO pair on the same held-out rows."""
-    batches = heldout_rows(datamodule, eval_rows, split)
-    vectors = torch.cat([batch["vector"] for batch in batches]).float()
-    indices = torch.cat([batch["index"] for batch in batches]).tolist()
+    vectors, indices = heldout_rows(datamodule, eval_rows, split)
     documents = np.array([datamodule.cache.record(i)["doc_id"] for i in indices])
     variance = float(fve_variance(vectors))
     draws = document_resamples(documents, resamples, seed)

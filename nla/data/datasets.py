@@ -9,13 +9,12 @@ never precomputed. Padding sides:
 - AR (``ar``): right padding, with ``last_index``, the position of each row's last real token, where the
   AR reads its prediction (also ``attention_mask.sum(1) - 1``).
 - RL (``rl``): left padding, so every prompt ends at the last column and generation continues there.
-- held-out (``heldout``): all of the above for the same rows, keys prefixed ``av_`` / ``av_prompt_`` /
-  ``ar_``, and the explanation text.
+- held-out (``heldout``): the ``av`` and the ``ar`` batch of the same rows, nested under those keys
+  as in a training step's batch, beside the rows' ``index``, ``vector`` and ``explanation`` text.
 
 What a forward would otherwise find on the device, at the price of a host synchronisation, is found
-here on the host: ``marker_slots`` (the AV's marker position per row, given a marker; ``av_`` prefix
-in held-out batches) and, in training batches, ``layout`` (``nla.models.packing.pack_layout``: where
-each row goes in a padding-free packed row).
+here on the host: ``marker_slots`` (the AV's marker position per row, given a marker) and ``layout``
+(``nla.models.packing.pack_layout``: where each row goes in a padding-free packed row).
 """
 
 from __future__ import annotations
@@ -38,21 +37,15 @@ IGNORE = -100
 
 KINDS = ("av", "ar", "rl", "heldout")
 
-# For each kind, every padded field: (padding side, name of its attention mask or None, name of its
-# last-real-token index or None, prefix of its marker slots and packing layout or None).
-LAYOUTS: dict[str, dict[str, tuple[str, str | None, str | None, str | None]]] = {
-    "av": {"input_ids": ("right", "attention_mask", None, ""), "labels": ("right", None, None, None)},
-    "ar": {"input_ids": ("right", "attention_mask", "last_index", "")},
-    "rl": {"input_ids": ("left", "attention_mask", None, None)},
-    "heldout": {
-        "av_input_ids": ("right", "av_attention_mask", None, "av_"),
-        "av_labels": ("right", None, None, None),
-        "av_prompt_ids": ("left", "av_prompt_mask", None, None),
-        "ar_input_ids": ("right", "ar_attention_mask", "ar_last_index", "ar_"),
-    },
+# For each padded kind, every padded field: (padding side, name of its attention mask or None, name of
+# its last-real-token index or None, whether its mask gives the batch's packing layout).
+LAYOUTS: dict[str, dict[str, tuple[str, str | None, str | None, bool]]] = {
+    "av": {"input_ids": ("right", "attention_mask", None, True), "labels": ("right", None, None, False)},
+    "ar": {"input_ids": ("right", "attention_mask", "last_index", True)},
+    "rl": {"input_ids": ("left", "attention_mask", None, False)},
 }
-AV_INPUTS = {("av", "input_ids"), ("heldout", "av_input_ids")}
-"""The (kind, field) pairs holding AV inputs with a marker slot (the AV's labelled forward)."""
+HELDOUT_PARTS = ("av", "ar")
+"""The batches a held-out batch nests, one per model."""
 
 
 class CacheRows(Dataset):
@@ -94,14 +87,8 @@ class CacheRows(Dataset):
         input_ids, labels = prompts.av_example(explanation)
         if self.kind == "av":
             return {**item, "input_ids": input_ids, "labels": labels}
-        return {
-            **item,
-            "explanation": explanation,
-            "av_input_ids": input_ids,
-            "av_labels": labels,
-            "av_prompt_ids": prompts.av_prompt_ids,
-            "ar_input_ids": prompts.ar_ids(explanation),
-        }
+        return {**item, "explanation": explanation, "av": {"input_ids": input_ids, "labels": labels},
+                "ar": {"input_ids": prompts.ar_ids(explanation)}}
 
 
 class Collator:
@@ -116,20 +103,25 @@ class Collator:
             "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
             "vector": torch.stack([item["vector"] for item in items]),
         }
-        for key, (side, mask_key, last_key, prefix) in LAYOUTS[self.kind].items():
-            value = IGNORE if key.endswith("labels") else self.pad_id
+        if self.kind != "heldout":
+            return {**batch, **self._padded(self.kind, items)}
+        return {**batch, "explanation": [item["explanation"] for item in items],
+                **{part: self._padded(part, [item[part] for item in items]) for part in HELDOUT_PARTS}}
+
+    def _padded(self, kind: str, items: list[dict]) -> dict:
+        """The padded fields of ``kind`` (``LAYOUTS``) with their masks, last indices, layout and slots."""
+        batch = {}
+        for key, (side, mask_key, last_key, layout) in LAYOUTS[kind].items():
+            value = IGNORE if key == "labels" else self.pad_id
             batch[key], mask = pad([item[key] for item in items], value, side)
             if mask_key is not None:
                 batch[mask_key] = mask
             if last_key is not None:
                 batch[last_key] = mask.sum(dim=1) - 1
-            # Training batches only: evaluation code slices held-out batches row-wise, a layout does not slice.
-            if prefix is not None and self.kind in ("av", "ar"):
-                batch[f"{prefix}layout"] = pack_layout(mask)
-            if self.marker is not None and (self.kind, key) in AV_INPUTS:
-                batch[f"{prefix}marker_slots"] = find_marker_slots(batch[key], self.marker)
-        if self.kind == "heldout":
-            batch["explanation"] = [item["explanation"] for item in items]
+            if layout:
+                batch["layout"] = pack_layout(mask)
+            if self.marker is not None and kind == "av" and key == "input_ids":
+                batch["marker_slots"] = find_marker_slots(batch[key], self.marker)
         return batch
 
 

@@ -285,13 +285,15 @@ class SFTModule(LightningModule):
         """Loader 0: the held-out rows with their own vectors; loader 1 (``data.val_shuffled``): the same
         rows with shuffled vectors, for the AV only."""
         if self.verbalizer is not None:
-            out = self.verbalizer(batch["av_input_ids"], batch["av_attention_mask"], batch["vector"], batch["av_labels"],
-                                  slots=batch.get("av_marker_slots"))
-            tokens = (batch["av_labels"][:, 1:] != IGNORE).sum()
+            av = batch["av"]
+            out = self.verbalizer(av["input_ids"], av["attention_mask"], batch["vector"], av["labels"],
+                                  slots=av.get("marker_slots"), layout=av.get("layout"))
+            tokens = (av["labels"][:, 1:] != IGNORE).sum()
             metric = self.av_val_loss if dataloader_idx == 0 else self.av_val_loss_shuffled
             metric.update(out.loss.detach(), tokens)
         if self.reconstructor is not None and dataloader_idx == 0:
-            predicted = self.reconstructor(batch["ar_input_ids"], batch["ar_attention_mask"], batch.get("ar_last_index"))
+            ar = batch["ar"]
+            predicted = self.reconstructor(ar["input_ids"], ar["attention_mask"], ar.get("last_index"), ar.get("layout"))
             self.fve.update(predicted, batch["vector"])
 
     def test_step(self, batch: dict, batch_idx: int) -> None:

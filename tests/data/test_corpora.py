@@ -12,7 +12,6 @@ import hashlib
 import http.server
 import io
 import lzma
-import os
 import tarfile
 import threading
 import urllib.request
@@ -257,9 +256,7 @@ def mirror_reachable() -> str | None:
 def test_the_real_packages_are_fetched_from_the_debian_mirror(tmp_path, monkeypatch, capsys):
     unreachable = mirror_reachable()
     if unreachable:
-        if os.environ.get("NLA_REQUIRE_DEBIAN_MIRROR"):
-            pytest.fail(f"{unreachable} (NLA_REQUIRE_DEBIAN_MIRROR is set)")
-        pytest.skip(unreachable)
+        pytest.skip(unreachable)  # a failure in CI (NLA_NO_SKIPS=1, tests/conftest.py)
     monkeypatch.setenv("NLA_CACHE_DIR", str(tmp_path))
     for package in (austen.PACKAGE, bible.PACKAGE):
         # As if not installed, so the fetch is exercised on machines that have the package too.

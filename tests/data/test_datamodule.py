@@ -140,10 +140,18 @@ def test_rl_and_heldout_batches(built):
     dataset = dm.dataset("validation")
     assert held["explanation"] == dataset.explanations[: len(held["explanation"])]
     assert torch.equal(held["index"], torch.as_tensor(dataset.indices[: len(held["index"])]))
-    find_marker_slots(held["av_input_ids"], dm.marker)
-    find_marker_slots(held["av_prompt_ids"], dm.marker)
-    assert torch.equal(held["ar_last_index"], held["ar_attention_mask"].sum(1) - 1)
-    assert torch.all(held["av_prompt_mask"][:, -1] == 1)
+    # The av and ar batches of the same rows, nested as in a training step's batch.
+    assert set(held) == {"index", "vector", "explanation", "av", "ar"}
+    assert set(held["av"]) == {"input_ids", "attention_mask", "labels", "layout", "marker_slots"}
+    assert set(held["ar"]) == {"input_ids", "attention_mask", "last_index", "layout"}
+    assert torch.equal(held["av"]["marker_slots"], find_marker_slots(held["av"]["input_ids"], dm.marker))
+    assert torch.equal(held["ar"]["last_index"], held["ar"]["attention_mask"].sum(1) - 1)
+    rows = len(held["index"])
+    assert [dm.prompts.ar_ids(text) for text in held["explanation"]] == [
+        row[:n].tolist() for row, n in zip(held["ar"]["input_ids"], held["ar"]["attention_mask"].sum(1))]
+    examples = [dm.prompts.av_example(text)[1] for text in held["explanation"]]
+    assert [labels[:n].tolist() for labels, n in zip(held["av"]["labels"], held["av"]["attention_mask"].sum(1))] \
+        == examples and rows == len(examples)
 
 
 def test_limited_heldout_evaluation_reads_rows_of_many_documents(built):

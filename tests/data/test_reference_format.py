@@ -12,10 +12,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from nla.commands.cli import main
 from nla.commands.config_files import read_config
+from nla.models.loading import ModelArgs, load_causal_lm
+from nla.models.pair_loading import load_pair
+from nla.models.sidecar import read_sidecar
+from tests.fixtures.tensorboard import scalars
 from nla.data.activation_cache import ActivationCache
 from nla.core.marker import choose_marker
 from tests.fixtures.paths import ROOT
@@ -128,9 +133,21 @@ def test_a_reference_dataset_trains_through_sft_with_nla_fit(tmp_path, tiny_mode
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump(config))
     main(["fit", "--config", str(path)])
-    assert (tmp_path / "export" / "av" / "nla_meta.yaml").is_file()
-    sidecar_text = (tmp_path / "export" / "ar" / "nla_meta.yaml").read_text()
-    assert "ar_on_teacher_text" in sidecar_text
+    # Both models trained on the imported rows: two steps logged, weights moved from the base model.
+    logged = scalars(tmp_path / "logs")
+    assert [step for step, _ in logged["train/av_loss"]] == [0, 1] and len(logged["train/ar_loss"]) == 2
+    exported = load_pair(tmp_path / "export" / "av", tmp_path / "export" / "ar")
+    base = load_causal_lm(ModelArgs(str(model_dir))).state_dict()
+    assert any(not torch.equal(value, base[key]) for key, value in exported.verbalizer.model.state_dict().items())
+    assert not torch.equal(exported.reconstructor.head.weight, torch.eye(D))
+    # The sidecar describes the imported cache: its splits, its held-out rows, the AR read on them.
+    cache = ActivationCache(tmp_path / "cache", expect_d=D, expect_layer=LAYER)
+    training = read_sidecar(tmp_path / "export" / "ar").training
+    assert training["cache"] == str(tmp_path / "cache")
+    assert training["split_sizes"] == {split: len(cache.split_indices(split))
+                                       for split in ("av_sft", "ar_sft", "rl", "heldout")}
+    figure = training["figures"]["ar_on_teacher_text"]
+    assert 0 < figure["rows"] <= len(cache.split_indices("heldout")) and figure["step"] == 2
 
 
 @pytest.mark.parametrize(("change", "message"), [

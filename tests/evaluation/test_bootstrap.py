@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nla.evaluation.bootstrap import difference_interval, document_resamples, fve_interval
-from nla.evaluation.round_trip import derangement, mean_predictor_mse, row_mse
+from nla.core.maths import derangement
+from nla.evaluation.round_trip import mean_predictor_mse, row_mse
 
 
 def test_derangement_moves_every_row_and_is_seeded():
@@ -77,3 +78,26 @@ def test_bootstrap_interval_skips_draws_where_the_statistic_is_undefined():
     expected = np.percentile([1.5, 3.0], [2.5, 97.5])
     assert (interval.low, interval.high) == pytest.approx(tuple(expected))
     assert interval.beyond_noise and not bootstrap_interval(lambda rows: values[rows].mean() - 2, draws).beyond_noise
+
+
+def test_percentile_intervals_over_fixed_draws_of_three_documents_by_hand():
+    # Document a holds rows 0 and 1 (MSE 0.2, 0.4), b row 2 (1.0), c row 3 (0.6); Var = 0.5.
+    mse = np.array([0.2, 0.4, 1.0, 0.6])
+    draws = [np.array([0, 1, 0, 1, 2]),   # a a b: mean (0.2 + 0.4 + 0.2 + 0.4 + 1.0) / 5 = 0.44 -> FVE 0.12
+             np.array([2, 2, 3]),         # b b c: mean 2.6 / 3 -> FVE 1 - 5.2 / 3 = -0.7333...
+             np.array([0, 1, 3, 3]),      # a c c: mean 1.8 / 4 = 0.45 -> FVE 0.1
+             np.array([3, 0, 1, 2])]      # c a b: mean 2.2 / 4 = 0.55 -> FVE -0.1
+    interval = fve_interval(mse, variance=0.5, draws=draws)
+    # All rows: mean 0.55 -> FVE -0.1. Sorted draws: -0.7333, -0.1, 0.1, 0.12; numpy's linear
+    # percentiles sit at positions 3 x 0.025 = 0.075 and 3 x 0.975 = 2.925 of that list.
+    assert interval.value == pytest.approx(-0.1)
+    assert interval.low == pytest.approx(-11 / 15 + 0.075 * (-0.1 + 11 / 15))
+    assert interval.high == pytest.approx(0.1 + 0.925 * (0.12 - 0.1))
+    # The paired difference against a predictor 0.1 worse on rows of a only: FVE gains by
+    # 0.1 x (share of rows from a) / Var in each draw.
+    worse = mse + np.array([0.1, 0.1, 0.0, 0.0])
+    gain = difference_interval(mse, worse, variance=0.5, draws=draws)
+    per_draw = sorted(0.2 * share for share in (4 / 5, 0, 2 / 4, 2 / 4))  # 0, 0.1, 0.1, 0.16
+    assert gain.value == pytest.approx(0.2 * 2 / 4)
+    assert gain.low == pytest.approx(per_draw[0] + 0.075 * (per_draw[1] - per_draw[0]))
+    assert gain.high == pytest.approx(per_draw[2] + 0.925 * (per_draw[3] - per_draw[2]))

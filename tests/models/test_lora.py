@@ -15,7 +15,8 @@ from nla.models.pair_loading import load_pair
 from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
 from nla.models.reconstructor import Reconstructor
 from nla.modules.grpo.reference import AdapterReference
-from nla.modules.grpo.rollout import RolloutArgs, collect, policy_logprobs
+from nla.modules.grpo.rollout import collect, policy_logprobs
+from nla.modules.grpo.settings import RolloutArgs
 from nla.models.verbalizer import Verbalizer
 from nla.core.prompts import PromptArgs, Prompts
 from tests.fixtures.pairs import WARM_LAYER as LAYER, WARM_SCALE as SCALE, rl_batch

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from nla.commands.cli import main
+from nla.models import sampling
 from nla.commands.config_files import read_config
 from tests.fixtures.commands import GRPO_SOURCE, SFT_SOURCE, with_source
 from tests.fixtures.corpus import write_corpus
@@ -63,9 +64,18 @@ def test_bf16_mixed_sft_steps_log_mfu(device, tmp_path, corpus, tiny_model_dir):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_bf16_mixed_grpo_steps_sample_on_the_static_engine(device, tmp_path, corpus, tiny_model_dir):
+def test_bf16_mixed_grpo_steps_sample_on_the_static_engine(device, tmp_path, corpus, tiny_model_dir, monkeypatch):
+    engines = []
+    for engine in (sampling.LoopSampler, sampling.StaticSampler):
+        generate = engine.generate
+        monkeypatch.setattr(engine, "generate", lambda self, *args, generate=generate, **kwargs: (
+            engines.append(type(self).__name__), generate(self, *args, **kwargs))[1])
     main(["fit", "--config", str(config("grpo", tmp_path, tiny_model_dir("llama"), corpus, device)),
-          "--model.init_args.sampler", "static"])
+          "--model.init_args.rollout.sampler", "static"])
+    # The held-out evaluations (at the start and at step 2) decode on the default engine, static on CUDA
+    # and the loop elsewhere; both steps' rollouts sample on the static engine the config names.
+    evaluation = "StaticSampler" if device == "cuda" else "LoopSampler"
+    assert engines == [evaluation, "StaticSampler", "StaticSampler", evaluation]
     logged = scalars(tmp_path)
     assert len(logged["time/generate_s"]) == 2 and all(v == 1.0 for _, v in logged["train/injected_fraction"])
     assert all(math.isfinite(v) for _, v in logged["train/av_loss"])

@@ -14,7 +14,8 @@ from nla.models.pair_export import export_pair
 from nla.models.loading import ModelArgs, check_trainable, load_causal_lm, load_tokenizer
 from nla.models.reconstructor import Reconstructor
 from nla.modules.grpo.reference import FrozenModel, build_reference
-from nla.modules.grpo.rollout import RolloutArgs, collect
+from nla.modules.grpo.rollout import collect
+from nla.modules.grpo.settings import RolloutArgs
 from nla.models.verbalizer import Verbalizer
 from nla.core.prompts import PromptArgs, Prompts
 from tests.fixtures.corpus import cache_args

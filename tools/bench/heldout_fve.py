@@ -48,7 +48,7 @@ def main() -> None:
     loader = datamodule.dataloader("heldout", shuffled=args.shuffled)
     with torch.no_grad():
         for batch in loader:
-            pred = reconstructor(batch["ar_input_ids"], batch["ar_attention_mask"])
+            pred = reconstructor(batch["ar"]["input_ids"], batch["ar"]["attention_mask"])
             mse.append(normalized_mse(pred, batch["vector"]))
             documents += [datamodule.cache.record(i)["doc_id"] for i in batch["index"].tolist()]
     mse = torch.cat(mse).double().numpy()

@@ -26,8 +26,8 @@ from nla.models.verbalizer import Verbalizer
 from nla.commands.quickstart_report import heldout_rows
 
 
-def decode(verbalizer: Verbalizer, batches: list[dict], max_new_tokens: int) -> tuple[list, float, int]:
-    """Tokens, seconds and row-steps of greedy answers to every batch."""
+def decode(verbalizer: Verbalizer, prompt: list[int], batches: list, max_new_tokens: int) -> tuple[list, float, int]:
+    """Tokens, seconds and row-steps of greedy answers to every batch of vectors."""
     row_steps = []
     handle = adapters.decoder_layers(verbalizer.model)[0].register_forward_pre_hook(
         lambda module, args, kwargs: row_steps.append((args[0] if args else kwargs["hidden_states"]).shape[0]),
@@ -35,13 +35,13 @@ def decode(verbalizer: Verbalizer, batches: list[dict], max_new_tokens: int) -> 
     tokens, started = [], time.perf_counter()
     try:
         with torch.no_grad():
-            for batch in batches:
-                tokens += verbalizer.sample(batch["vector"].float(), batch["av_prompt_ids"], batch["av_prompt_mask"],
-                                            max_new_tokens=max_new_tokens, greedy=True, sampler="loop").tokens
+            for vectors in batches:
+                tokens += verbalizer.sample(vectors, [prompt] * len(vectors), max_new_tokens=max_new_tokens,
+                                            greedy=True, sampler="loop").tokens
     finally:
         handle.remove()
     # The first forward of each batch is its prefill, not a decode step.
-    return tokens, time.perf_counter() - started, sum(row_steps) - sum(len(b["vector"]) for b in batches)
+    return tokens, time.perf_counter() - started, sum(row_steps) - sum(len(vectors) for vectors in batches)
 
 
 def main() -> None:
@@ -59,8 +59,8 @@ def main() -> None:
     datamodule.eval_batch_size = args.batch
     datamodule.prepare_data()
     datamodule.setup("validate")
-    batches = heldout_rows(datamodule, args.rows, args.split)
-    verbalizer, _ = load_verbalizer(args.av, dtype="float32")
+    batches = heldout_rows(datamodule, args.rows, args.split)[0].split(args.batch)
+    verbalizer, prompts = load_verbalizer(args.av, dtype="float32")
 
     figures = {"dropped": [], "kept": []}
     answers, work = {}, {}
@@ -68,7 +68,8 @@ def main() -> None:
         for name in figures:
             keep_all = mock.patch.object(sampling, "_compactable", lambda cache: False)
             with keep_all if name == "kept" else contextlib.nullcontext():
-                answers[name], seconds, work[name] = decode(verbalizer, batches, args.max_new_tokens)
+                answers[name], seconds, work[name] = decode(verbalizer, prompts.av_prompt_ids, batches,
+                                                            args.max_new_tokens)
             figures[name].append(seconds)
     lengths = sorted(len(tokens) for tokens in answers["dropped"])
     print(f"{len(lengths)} rows in batches of {args.batch}, cap {args.max_new_tokens}: answer lengths "

@@ -19,7 +19,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import yaml
 from jsonargparse import ArgumentParser
 
 from nla.commands.config_files import read_config

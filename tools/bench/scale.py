@@ -48,7 +48,8 @@ from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
 from nla.models.pair import Pair
 from nla.models.reconstructor import Reconstructor
 from nla.modules.grpo.reference import AdapterReference, FrozenCopy, FrozenModel
-from nla.modules.grpo.rollout import RolloutArgs, ar_loss, av_loss, collect
+from nla.modules.grpo.rollout import ar_loss, av_loss, collect
+from nla.modules.grpo.settings import RolloutArgs
 from nla.models.verbalizer import Verbalizer
 from nla.core.padding import pad, pad_token_id
 from nla.core.prompts import PromptArgs, Prompts

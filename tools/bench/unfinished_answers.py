@@ -15,9 +15,9 @@ import argparse
 import re
 from collections import Counter
 
-import torch
 from heldout_fve import datamodule_from  # this script's directory is on the path when run
 
+from nla.models.pair import Pair
 from nla.models.pair_loading import load_verbalizer
 from nla.commands.quickstart_report import heldout_rows
 
@@ -43,17 +43,13 @@ def main() -> None:
     datamodule = datamodule_from(args.fit_config)
     datamodule.prepare_data()
     datamodule.setup("validate")
-    batches = heldout_rows(datamodule, args.rows, args.split)
+    vectors = heldout_rows(datamodule, args.rows, args.split)[0]
     lines, examples = [], []
     for directory in args.av:
-        verbalizer, _ = load_verbalizer(directory, dtype="float32")
-        texts, cut = [], []
-        with torch.no_grad():
-            for batch in batches:
-                samples = verbalizer.sample(batch["vector"].float(), batch["av_prompt_ids"], batch["av_prompt_mask"],
-                                            max_new_tokens=args.max_new_tokens, greedy=True)
-                texts += samples.texts
-                cut += samples.truncated
+        verbalizer, prompts = load_verbalizer(directory, dtype="float32")
+        pair = Pair(verbalizer, None, prompts, layer=datamodule.layer)
+        answers = pair.explain(vectors, max_new_tokens=args.max_new_tokens, batch_size=datamodule.eval_batch_size)
+        texts, cut = answers.answers, [not done for done in answers.finished]
         cut_texts = [text for text, was_cut in zip(texts, cut) if was_cut]
         finished_loops = sum(loops(text, args.repeats) for text, was_cut in zip(texts, cut) if not was_cut)
         lines.append(f"| {directory} | {len(texts)} | {len(cut_texts)} | {sum(loops(t, args.repeats) for t in cut_texts)} "

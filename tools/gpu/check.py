@@ -241,7 +241,7 @@ def step_grpo(args, out: Path) -> None:
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     from nla.modules.grpo.reference import FrozenCopy
-    from nla.modules.grpo.rollout import RolloutArgs
+    from nla.modules.grpo.settings import RolloutArgs
 
     device, tokenizer, attn = setup(args)
     master = torch.float32 if args.masters else torch.bfloat16

@@ -128,6 +128,17 @@ def aggregate(
     return values.sum() / (per_token.shape[0] * max_len)
 
 
+def policy_loss(logprobs: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor, advantages: Tensor, mask: Tensor, *,
+                clip_epsilon: float, kl_coef: float, kl_estimator: str = KL_DEFAULT, mode: str = "token_mean",
+                max_len: int | None = None) -> tuple[Tensor, Tensor]:
+    """The AV's GRPO loss: the clipped surrogate plus ``kl_coef`` x the KL penalty to the reference,
+    per token, aggregated over ``mask`` (``aggregate``). Returns the scalar loss and where the clip
+    was active (``clipped_surrogate``)."""
+    surrogate, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, mask, clip_epsilon)
+    kl = kl_penalty(logprobs, ref_logprobs, kl_estimator, mask)
+    return aggregate(surrogate + kl_coef * kl, mask, mode, max_len), clipped
+
+
 def trim_at_end_of_turn(
     token_ids: Tensor, mask: Tensor, end_ids: Collection[int]
 ) -> tuple[Tensor, Tensor]:

@@ -22,9 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from nla.modules.grpo.loss import (aggregate, batch_advantages, clipped_surrogate, group_advantages,
-                           kl_penalty, overlong_penalty, penalized_rewards, trim_at_end_of_turn,
-                           uniform_group_advantages)
+from nla.modules.grpo.loss import (batch_advantages, group_advantages, kl_penalty, overlong_penalty,
+                                   penalized_rewards, policy_loss, trim_at_end_of_turn, uniform_group_advantages)
 from nla.core.marker import find_marker_slots
 from nla.core.maths import normalized_mse
 from nla.modules import fsdp
@@ -203,11 +202,11 @@ def av_loss(verbalizer: Verbalizer, rollout: Rollout, args: RolloutArgs,
             logprobs, _ = token_logprobs(verbalizer, rollout.input_ids[part], rollout.attention_mask[part],
                                          rollout.vectors[part], rollout.start[part], width,
                                          slots=_part(rollout.slots, part))
-            surrogate, clipped = clipped_surrogate(logprobs, rollout.old_logprobs[part], rollout.advantages[part],
-                                                   mask, args.clip_epsilon)
-            kl = kl_penalty(logprobs, rollout.ref_logprobs[part], args.kl_estimator, mask)
-            share = _share(mode, rollout.mask, part)
-            loss = aggregate(surrogate + args.kl_coef * kl, mask, mode, args.max_new_tokens) * share
+            loss, clipped = policy_loss(logprobs, rollout.old_logprobs[part], rollout.ref_logprobs[part],
+                                        rollout.advantages[part], mask, clip_epsilon=args.clip_epsilon,
+                                        kl_coef=args.kl_coef, kl_estimator=args.kl_estimator, mode=mode,
+                                        max_len=args.max_new_tokens)
+            loss = loss * _share(mode, rollout.mask, part)
             backward(loss)
             totals["loss"] += float(loss.detach())
             measured = kl_penalty(logprobs.detach(), rollout.ref_logprobs[part], "k3", mask)

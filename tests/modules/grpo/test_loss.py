@@ -12,10 +12,11 @@ from nla.modules.grpo.loss import (
     kl_penalty,
     overlong_penalty,
     penalized_rewards,
+    policy_loss,
     trim_at_end_of_turn,
     uniform_group_advantages,
 )
-from nla.modules.grpo.rollout import RolloutArgs
+from nla.modules.grpo.settings import RolloutArgs
 
 LN2 = math.log(2.0)
 
@@ -251,3 +252,29 @@ def test_uniform_groups_are_scored_against_the_batch():
     # Batch mean -1.375, population std sqrt(0.421875) = 0.649519: the failed group is pushed down.
     torch.testing.assert_close(advantages[0], torch.full((2,), -0.625 / 0.6495191))
     assert torch.equal(advantages[1], per_group[1]), "groups with a spread keep their own advantages"
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.01, 1.0])
+def test_policy_loss_is_the_clipped_surrogate_plus_kl_coef_times_the_kl_by_hand(kl_coef):
+    """Two answers, one with its last token masked off. Advantages +1 and -0.5; the old policy equals the
+    policy except at answer 0's second token, whose ratio e^0.5 = 1.65 exceeds 1 + 0.2 with a positive
+    advantage (clipped); log-ratios to the reference r = 0.1, 0.2, - / 0.3, 0, 0 (k2: r^2 / 2)."""
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -0.2, -3.0]], requires_grad=True)
+    old = logprobs.detach() - torch.tensor([[0.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    reference = logprobs.detach() - torch.tensor([[0.1, 0.2, 0.0], [0.3, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    advantages = torch.tensor([1.0, -0.5])
+    loss, clipped = policy_loss(logprobs, old, reference, advantages, mask, clip_epsilon=0.2, kl_coef=kl_coef,
+                                kl_estimator="k2")
+    # Surrogate per token: -1 (ratio 1), -1.2 (clipped at 1.2) / +0.5 three times; KL: 0.005, 0.02 / 0.045, 0, 0.
+    surrogate, kl = -1.0 - 1.2 + 3 * 0.5, 0.005 + 0.02 + 0.045
+    assert float(loss) == pytest.approx((surrogate + kl_coef * kl) / 5)
+    assert clipped.tolist() == [[False, True, False], [False, False, False]]
+    loss.backward()
+    # d/dlogp: (-A x ratio, 0 where clipped) + kl_coef x r, over the 5 tokens; nothing off the mask.
+    expected = torch.tensor([[-1.0 + kl_coef * 0.1, kl_coef * 0.2, 0.0],
+                             [0.5 + kl_coef * 0.3, 0.5, 0.5]]) / 5
+    torch.testing.assert_close(logprobs.grad, expected)
+    by_sequence, _ = policy_loss(logprobs, old, reference, advantages, mask, clip_epsilon=0.2, kl_coef=kl_coef,
+                                 kl_estimator="k2", mode="sequence_mean")
+    assert float(by_sequence) == pytest.approx(((-2.2 + kl_coef * 0.025) / 2 + (1.5 + kl_coef * 0.045) / 3) / 2)

@@ -16,7 +16,8 @@ from nla.core.prompts import partial_explanation
 from nla.models.pair import Pair
 from nla.modules.grpo.loss import AGGREGATION_MODES
 from nla.modules.grpo.reference import FrozenCopy
-from nla.modules.grpo.rollout import RolloutArgs, av_loss, ar_loss, collect, policy_logprobs, token_logprobs
+from nla.modules.grpo.rollout import av_loss, ar_loss, collect, policy_logprobs, token_logprobs
+from nla.modules.grpo.settings import RolloutArgs
 from tests.fixtures.pairs import WARM_SCALE, rl_batch, warm_pair
 
 
