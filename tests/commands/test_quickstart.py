@@ -47,10 +47,16 @@ def toy_config(stage: str, root: Path, model_dir: Path) -> Path:
     return path
 
 
-def test_quickstart_runs_every_stage_and_prints_the_table(tmp_path, tiny_model_dir, capsys):
+@pytest.fixture
+def toy_configs(tmp_path, tiny_model_dir) -> tuple[Path, Path]:
+    """The shipped quickstart configs at toy size, on a corpus of our own words, in ``tmp_path``."""
     write_corpus(tmp_path)
     model_dir = tiny_model_dir("llama")
-    sft, grpo = toy_config("sft", tmp_path, model_dir), toy_config("grpo", tmp_path, model_dir)
+    return toy_config("sft", tmp_path, model_dir), toy_config("grpo", tmp_path, model_dir)
+
+
+def test_quickstart_runs_every_stage_and_prints_the_table(toy_configs, tmp_path, capsys):
+    sft, grpo = toy_configs
     command = ["quickstart", "--sft_config", str(sft), "--grpo_config", str(grpo), "--eval_rows", "12",
                "--resamples", "200", "--examples", '["One small test sentence about the garden."]']
     main(command)
@@ -105,18 +111,14 @@ def refused(capsys, sft: Path, grpo: Path, *options: str) -> str:
     return capsys.readouterr().err
 
 
-def test_eval_split_must_be_a_heldout_half(tmp_path, tiny_model_dir, capsys):
-    write_corpus(tmp_path)
-    model_dir = tiny_model_dir("llama")
-    sft, grpo = toy_config("sft", tmp_path, model_dir), toy_config("grpo", tmp_path, model_dir)
+def test_eval_split_must_be_a_heldout_half(toy_configs, tmp_path, capsys):
+    sft, grpo = toy_configs
     assert "eval_split" in refused(capsys, sft, grpo, "--eval_split", "heldout")
     assert not (tmp_path / "cache").exists()
 
 
-def test_grpo_pair_must_name_an_export(tmp_path, tiny_model_dir, capsys):
-    write_corpus(tmp_path)
-    model_dir = tiny_model_dir("llama")
-    sft, grpo = toy_config("sft", tmp_path, model_dir), toy_config("grpo", tmp_path, model_dir)
+def test_grpo_pair_must_name_an_export(toy_configs, tmp_path, capsys):
+    sft, grpo = toy_configs
     assert "grpo_pair: must be one of final, best" in refused(capsys, sft, grpo, "--grpo_pair", "last")
     config = yaml.safe_load(grpo.read_text())
     del config["model"]["init_args"]["best_export_dir"]
@@ -125,10 +127,8 @@ def test_grpo_pair_must_name_an_export(tmp_path, tiny_model_dir, capsys):
     assert not (tmp_path / "cache").exists()
 
 
-def test_grpo_config_must_continue_from_the_sft_export(tmp_path, tiny_model_dir, capsys):
-    write_corpus(tmp_path)
-    model_dir = tiny_model_dir("llama")
-    sft, grpo = toy_config("sft", tmp_path, model_dir), toy_config("grpo", tmp_path, model_dir)
+def test_grpo_config_must_continue_from_the_sft_export(toy_configs, tmp_path, capsys):
+    sft, grpo = toy_configs
     config = yaml.safe_load(grpo.read_text())
     config["model"]["init_args"]["sft_export"] = str(tmp_path / "elsewhere")
     grpo.write_text(yaml.safe_dump(config))

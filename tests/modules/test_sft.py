@@ -20,9 +20,7 @@ from nla.modules.sft import SFTModule
 from tests.fixtures.commands import sft_argv, tiny_source
 from tests.fixtures.corpus import write_corpus
 from tests.fixtures.tensorboard import scalars, texts
-from tests.fixtures.paths import ROOT
 
-CONFIG = ROOT / "configs" / "tiny" / "sft.yaml"
 STEPS = 20
 
 
