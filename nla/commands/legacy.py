@@ -1,10 +1,10 @@
 """Configs written before the settings were nested (nla before 0.1.0): read for one more release.
 
-A run's saved ``config.yaml`` and the dotted overrides of a command line may still use the flat names of that day (``model.init_args.av_lr``,
-``model.init_args.samples_per_prompt``, ``data.init_args.model``). ``migrate`` rewrites a config
-mapping to today's names and says which keys it renamed; ``migrate_argv`` does the same for
-``--key value`` overrides. Class paths did not change, so the module a config names decides which of
-its keys are old.
+A run's saved ``config.yaml`` and the dotted overrides of a command line may still use the flat
+names of that day (``model.init_args.av_lr``, ``model.init_args.samples_per_prompt``,
+``data.init_args.model``). ``migrate`` rewrites a config mapping to today's names and says which keys
+it renamed; ``migrate_argv`` does the same for ``--key value`` overrides. Class paths did not change,
+so the module a config names decides which of its keys are old.
 """
 
 from __future__ import annotations
