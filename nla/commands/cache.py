@@ -21,4 +21,4 @@ def cache(source: DataSource) -> None:
     """
     run_cache_preflight(source.target, source.corpus, source.cache)
     with field_scope("source"):
-        build_cache(source.target, source.corpus, source.cache, source.splits)
+        build_cache(source.target, source.corpus, source.cache, source.splits, key="source.cache")

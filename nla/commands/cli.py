@@ -15,7 +15,8 @@ import types
 import typing
 from typing import Callable
 
-from nla.commands.config_errors import describe_parse_error, function_root, lift_config_error, located, trainer_root
+from nla.commands.config_errors import (describe_parse_error, describe_trainer_error, function_root, lift_config_error,
+                                        located, trainer_root)
 from nla.core.errors import ConfigError, NLAError
 
 TRAINER_SUBCOMMANDS = {
@@ -104,8 +105,10 @@ def run_function(name: str, argv: list[str]) -> None:
 
     function = resolve(SUBCOMMANDS[name][0])
     if name not in CONFIG_IS_INPUT:
+        from nla.commands.config_files import check_config_files
         from nla.commands.legacy import migrated_args
 
+        check_config_files(argv)
         argv = migrated_args(argv, name)
     argv = repeatable_lists(argv, list_options(function))
     parser = ArgumentParser(
@@ -134,9 +137,26 @@ def run_function(name: str, argv: list[str]) -> None:
 
 
 def run_trainer(argv: list[str] | None) -> None:
-    from nla.commands.fit import NLALightningCLI
+    """``argv`` (None: ``sys.argv``) through the LightningCLI, its config files checked first, a ``null``
+    inside ``model`` or ``data`` in a form jsonargparse reads, and Lightning's refusal of a Trainer
+    argument as one line."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    NLALightningCLI(args=argv)
+    from nla.commands.config_files import check_config_files
+    from nla.commands.fit import NLALightningCLI
+    from nla.commands.null_overrides import nulls_as_mappings
+
+    check_config_files(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        # Rewritten in sys.argv itself: data-parallel launchers start each process with this command line.
+        sys.argv[1:] = nulls_as_mappings(sys.argv[1:])
+    try:
+        NLALightningCLI(args=None if argv is None else nulls_as_mappings(argv))
+    except MisconfigurationException as error:
+        line = describe_trainer_error(str(error))
+        if line is None:
+            raise
+        raise NLAError(line) from None
 
 
 def main(argv: list[str] | None = None) -> None:

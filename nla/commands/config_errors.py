@@ -6,10 +6,15 @@ while it builds a nested argument into a ``ValueError``. Two functions turn both
 
 - ``describe_parse_error``: an unknown key becomes ``data.cache.layr: unknown key; did you mean
   `layer`?`` (the closest valid key of the class at that path, else the list of valid keys); a value
-  of the wrong type becomes ``data.cache.layer: expected int, got 'abc'``.
+  of the wrong type becomes ``data.cache.layer: expected int, got 'abc'``; a ``class_path`` that does
+  not import, or names a class of another kind, becomes ``model.class_path: cannot import 'X' (why);
+  give the full dotted path of a class, such as ...``.
 - ``lift_config_error``: finds the ``ConfigError`` inside the wrapping and prefixes its field with the
   path of the argument it came from (``cache.store_dtype`` raised inside ``data`` reads
   ``data.cache.store_dtype``).
+
+``describe_trainer_error`` does the same for Lightning's refusal of a Trainer argument
+(``trainer.max_steps: must be a non-negative integer or -1 (infinite steps), got -5``).
 
 Key paths leave out ``init_args`` (``data.cache.layer``), a form the command line accepts too.
 """
@@ -35,6 +40,7 @@ _LEAVES = (
     ("unknown", re.compile(r"does not accept option '([^']+)'")),
     ("unknown", re.compile(r"unrecognized arguments: --([^\s=;]+)")),
     ("type", re.compile(r"Expected a <class '([^']+)'>\. Got value: ([^\n;]*)")),
+    ("subclass", re.compile(r"Import path (\S+) does not correspond to a subclass of (\w+)")),
 )
 _GROUP = re.compile(r"Group '([^']+)' does not accept option '([^']+)'")
 
@@ -99,8 +105,8 @@ def _unknown(path: list[str], anchor: Mapping[str, Any] | Any, depth: int) -> st
 
 
 def describe_parse_error(message: str, root: Mapping[str, Any]) -> str | None:
-    """One line for a jsonargparse error about an unknown key or a mistyped value, or None when the
-    message is of another kind. ``root`` maps top-level keys to the classes they configure; classes
+    """One line for a jsonargparse error about an unknown key, a mistyped value or a class path, or None
+    when the message is of another kind. ``root`` maps top-level keys to the classes they configure; classes
     below come from the ``class_path`` the message names."""
     path: list[str] = []
     anchor: Mapping[str, Any] | Any = root
@@ -119,16 +125,38 @@ def describe_parse_error(message: str, root: Mapping[str, Any]) -> str | None:
         elif kind == "class":
             # The class configured at ``path``: the keys below it are its arguments.
             target = _import(match.group(1))
-            if target is not None:
-                anchor, depth = target, len(path)
+            if target is None:
+                return _unimportable(path, match.group(1), message[match.end():])
+            anchor, depth = target, len(path)
         elif kind == "unknown":
             return _unknown([*path, *_strip(match.group(1))], anchor, depth)
+        elif kind == "subclass":
+            return (f"{'.'.join([*path, 'class_path'])}: '{match.group(1)}' is not a {match.group(2)}; "
+                    f"{_class_fix(path)}")
         elif kind == "group":
             # A nested group (a dataclass argument) that lacks a key, below the class at ``path``.
             return _unknown([*path, *_strip(match.group(1)), *_strip(match.group(2))], anchor, depth)
         else:
             expected, got = match.group(1), match.group(2).strip()
             return f"{'.'.join(path) or 'value'}: expected {expected}, got {got!r}"
+
+
+CLASS_EXAMPLES = {"model": "nla.modules.sft.SFTModule or nla.modules.grpo.GRPOModule",
+                  "data": "nla.data.datamodule.NLADataModule"}
+"""Classes to name when the ``class_path`` of a top-level key does not import."""
+
+
+def _unimportable(path: list[str], class_path: str, rest: str) -> str:
+    """``KEY.class_path: cannot import 'X' (why); the fix``; ``rest`` is the message after the class path,
+    whose first non-empty line says why."""
+    lines = [line.strip() for line in rest.lstrip(":").splitlines() if line.strip()]
+    why = lines[0] if lines else "not found"
+    return f"{'.'.join([*path, 'class_path'])}: cannot import '{class_path}' ({why}); {_class_fix(path)}"
+
+
+def _class_fix(path: list[str]) -> str:
+    examples = CLASS_EXAMPLES.get(path[0]) if len(path) == 1 else None
+    return "give the full dotted path of a class" + (f", such as {examples}" if examples else "")
 
 
 def lift_config_error(error: BaseException, config: Any) -> NLAError | None:
@@ -187,6 +215,23 @@ def trainer_root() -> dict[str, Any]:
     from lightning.pytorch import Trainer
 
     return {"trainer": Trainer}
+
+
+_TRAINER_REFUSAL = re.compile(r"`(\w+)`\s+(.+)", re.DOTALL)
+_PASSED = re.compile(r"\.?\s*You passed in (.+?)\.?$", re.DOTALL)
+
+
+def describe_trainer_error(message: str) -> str | None:
+    """Lightning's refusal of a ``Trainer`` argument, a ``MisconfigurationException`` raised as the trainer
+    is built ("`max_steps` must be a non-negative integer or -1 (infinite steps). You passed in -5."), as
+    ``trainer.max_steps: must be ..., got -5``; None when the message does not start with a Trainer argument."""
+    from lightning.pytorch import Trainer
+
+    match = _TRAINER_REFUSAL.match(message.strip())
+    if match is None or match.group(1) not in parameters(Trainer):
+        return None
+    detail = _PASSED.sub(lambda passed: f", got {passed.group(1)}", match.group(2).strip())
+    return f"trainer.{match.group(1)}: {detail.rstrip('.')}"
 
 
 def function_root(function: Callable) -> dict[str, Any]:

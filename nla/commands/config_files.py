@@ -1,11 +1,14 @@
 """Fit and cache configs read as files, the way LightningCLI reads them: a data block given as a file
 (``data.init_args.source: ../family/data.yaml``, or ``source:`` of a cache config) is read in its place,
 relative to the folder of the file that names it, and names from before 0.1.0 are renamed
-(``nla.commands.legacy``). ``nla plan`` and ``nla export`` read configs through here.
+(``nla.commands.legacy``). ``nla plan`` and ``nla export`` read configs through here; every other
+command has its ``--config`` files checked here first (``check_config_files``): a file that is empty or
+holds no mapping is one line naming it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -19,11 +22,22 @@ def _load(path: Path, field: str) -> dict:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(field, f"cannot read {path}: {str(error).splitlines()[0]}") from None
-    if loaded is None:
-        return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(field, f"{path} holds a {type(loaded).__name__}, not a mapping of keys")
+        problem = "is empty" if loaded is None else f"holds a {type(loaded).__name__}, not a mapping of keys"
+        raise ConfigError(field, f"{path} {problem}; write its settings as a YAML mapping (key: value lines)")
     return loaded
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config FILE`` of a command line holds a mapping of settings: jsonargparse would reject
+    an empty file, or one whose top level is a list, with "Unexpected config:" and no file name. A value
+    that is no file (YAML text given inline) is left to the parser."""
+    for index, arg in enumerate(argv):
+        key, equals, inline = arg.partition("=")
+        value = inline if equals else argv[index + 1] if index + 1 < len(argv) else ""
+        # os.path.isfile, not Path.is_file: inline YAML text can be too long a name to stat.
+        if key in ("--config", "-c") and os.path.isfile(os.path.expanduser(value)):
+            _load(Path(value).expanduser(), "config")
 
 
 def _included(value, folder: Path, field: str):

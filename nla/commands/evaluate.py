@@ -162,9 +162,10 @@ def evaluate(
     try:
         model = None
         if cache is not None:
-            held = cache_rows(cache, split, rows, layer, d)
+            held = cache_rows(cache, split, rows, layer, d, (av_meta.base_model, av_meta.base_model_fingerprint))
         else:
-            model = load_target(target, d, device, keep_layers=None if "splice" in checks else layer + 1)
+            model = load_target(target, d, device, keep_layers=None if "splice" in checks else layer + 1,
+                                base=(av_meta.base_model, av_meta.base_model_fingerprint))
             held = text_rows(model, target_tokenizer(target), layer, texts, positions)
         report = run_checks(av, ar, held, checks, transform_kinds, teachers, language, cap, micro_batch_size,
                             resamples, seed, (claim_window, claim_threshold, recurring_at), target, model, device)
@@ -213,12 +214,13 @@ def run_checks(av: str, ar: str, held: HeldoutRows, checks: list[str], transform
         report["claims"] = _claims(explanations, held, draws, teachers["judge"], *claim_args)
     if "round_trip" not in checks:
         report.pop("round_trip")
+    base = (pair.base_model, pair.base_fingerprint)
     pair = None  # freed before the splice loads the whole target
     gc.collect()
     if "splice" in checks:
         _stage("causal splice")
         if model is None:
-            model = load_target(target, vectors.shape[1], device)
+            model = load_target(target, vectors.shape[1], device, base=base)
         report["splice"] = _splice(model, target_tokenizer(target), held, predictions, vectors, resamples, seed)
     return report
 

@@ -18,6 +18,7 @@ from nla.commands.cli import one_line
 from nla.commands.config_files import read_config
 from nla.core.errors import ConfigError, NLAError
 from nla.commands.fit import RAISE_ON_ERROR
+from nla.models.pair_export import check_export_directory
 
 # Keys of a saved fit config that belong to the fit subcommand, not to the model, data or trainer.
 RUN_ONLY_KEYS = ("ckpt_path", "weights_only")
@@ -54,10 +55,12 @@ def export(fit_config: str, ckpt_path: str, output: str) -> None:
         fit_config: The fit config of the run (its saved ``config.yaml`` or the YAML it was started
             with). Not ``--config``: that option reads this command's own options from a YAML file.
         ckpt_path: The Lightning checkpoint to export (``.../checkpoints/last.ckpt``).
-        output: Directory to write ``av/`` and ``ar/`` into (each replaced atomically).
+        output: Directory to write ``av/`` and ``ar/`` into: new, empty, or an earlier export (replaced
+            as one unit); a folder of other files is refused.
     """
     if not Path(ckpt_path).is_file():
         raise ConfigError("ckpt_path", f"'{ckpt_path}' is not a file")
+    check_export_directory(output, "output")
     module, datamodule = build_from_config(fit_config)
     if not hasattr(module, "build") or not hasattr(module, "export"):
         raise ConfigError("fit_config", f"model {type(module).__name__} cannot be exported; use an NLA training module")
@@ -74,6 +77,6 @@ def export(fit_config: str, ckpt_path: str, output: str) -> None:
         detail = one_line(str(error))[:300]
         raise ConfigError("ckpt_path", f"does not hold the config's models ({detail}); was it written by this run?") from None
     module.on_load_checkpoint(checkpoint)
-    written = module.export(output, steps=int(checkpoint.get("global_step", 0)))
+    written = module.export(output, steps=int(checkpoint.get("global_step", 0)), field="output")
     for role, path in written.items():
         print(f"{role}: {path}")

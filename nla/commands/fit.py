@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -17,7 +18,7 @@ from nla.commands.config_errors import lift_config_error, located
 from nla.core.errors import ConfigError
 from nla.commands.preflight import preflight_fit
 from nla.commands.progress_bar import StepProgressBar
-from nla.commands.resume import resolve_ckpt_path
+from nla.commands.resume import check_fresh_start, check_unchanged_settings, resolve_ckpt_path
 
 # Parser errors must reach nla.commands.cli as exceptions so they print as one line with exit status 2.
 RAISE_ON_ERROR = {"exit_on_error": False, "allow_abbrev": False}
@@ -69,8 +70,14 @@ class NLALightningCLI(LightningCLI):
 
     def fit(self, model: LightningModule, ckpt_path: str | None = None, **kwargs) -> None:
         """``trainer.fit`` after the pre-flight checks, with ``ckpt_path`` resolved by ``nla.commands.resume``
-        (``last`` must find a checkpoint; ``last_or_fresh`` may start fresh)."""
+        (``last`` must find a checkpoint; ``last_or_fresh`` may start fresh): a fresh start must not write
+        over an earlier run's checkpoints, a resumption must keep the settings the checkpoint fixes."""
         ckpt_path = resolve_ckpt_path(self.trainer, ckpt_path)
+        if ckpt_path is None:
+            check_fresh_start(self.trainer)
+        else:
+            parser = self._parser(self.subcommand)
+            check_unchanged_settings(ckpt_path, yaml.safe_load(parser.dump(self.config[self.subcommand], skip_none=False)))
         preflight_fit(self.trainer, model, kwargs.get("datamodule"))
         self.trainer.fit(model, ckpt_path=ckpt_path, **kwargs)
 

@@ -5,18 +5,21 @@ would otherwise surface hours later, after the cache is built, stops the run wit
 
 - config consistency the modules can judge from their arguments alone (``check_data`` of the module),
   and what each module says it trains, loads, writes and generates (its ``fit_plan``);
-- paths that must exist: the target model (its config is read, never its weights), a local corpus,
-  the export a module starts from (GRPO's ``sft_export``);
+- paths that must exist: the target model (its config and tokenizer are read, never its weights; a
+  tokenizer with more tokens than the embedding has rows is refused), a local corpus, the export a
+  module starts from (GRPO's ``sft_export``);
+- ``trainer.val_check_interval`` against the batches an epoch can hold (``preflight_epoch``);
 - the teacher, when summaries still have to be written: its API key variable and a reachability
   probe of its endpoint (``PROBE_TIMEOUT_S``; any HTTP answer counts as reachable);
 - sequence lengths against the model's position limit (``max_position_embeddings`` from its config):
-  documents (``corpus.max_length``), AV prompt + ``max_new_tokens``, AR prompt + explanations;
+  documents (``corpus.max_length``), AV prompt + ``max_new_tokens``, AR prompt + explanations (the
+  extractive teacher's estimated from a typical summary, ``preflight_lengths``);
 - disk space for the cache (when its size is bounded by ``corpus.max_documents``), checkpoints and
   exports, estimated from parameter counts of the model built on the meta device (no memory).
 
 Every failure is a one-line ``ConfigError``/``NLAError`` naming the key; success prints one line.
-``nla.data.datamodule.check_val_check_interval`` runs later, once the data is open, for the one check
-that needs it.
+``nla.data.datamodule.check_val_check_interval`` runs later, once the data is open, for the epochs the
+pre-flight cannot bound (no finished cache and no ``corpus.max_documents``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from types import SimpleNamespace
 
 import torch
 
+from nla.commands.preflight_epoch import check_epoch_length
+from nla.commands.preflight_lengths import check_extractive_summaries, check_vocabulary
+from nla.core.sizes import human_size
+from nla.data.cache_check import check_readable
 from nla.data.cache_format import META
 from nla.data.cache_plan import CacheArgs
 from nla.data.cache_writer import vector_bytes
@@ -44,8 +51,8 @@ from nla.core.prompts import Prompts
 from nla.data.datamodule import SOURCE
 from nla.models import adapters
 from nla.models.loading import ModelArgs, load_config, load_tokenizer
-from nla.models.sidecar import SIDECAR_FILENAME
 from nla.modules.fit_plan import FitPlan
+from nla.commands.preflight_exports import check_exports
 
 PROBE_TIMEOUT_S = 5.0
 """Seconds the teacher endpoint has to answer the reachability probe."""
@@ -89,15 +96,6 @@ def free_bytes(path: Path) -> tuple[Path, int]:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path, shutil.disk_usage(path).free
-
-
-def human_size(count: float) -> str:
-    """Bytes in the largest binary unit that keeps the number at 1 or more."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
-        count /= 1024
-    raise AssertionError
 
 
 def check_disk(needs: dict[str, tuple[Path, int]]) -> str:
@@ -167,14 +165,19 @@ def check_teacher(teacher: TeacherArgs, key: str, timeout_s: float = PROBE_TIMEO
     return f"teacher {teacher.provider}"
 
 
-def preflight_cache(target: ModelArgs, corpus: CorpusArgs, cache: CacheArgs, key: str = "") -> tuple[object, int]:
+def preflight_cache(target: ModelArgs, corpus: CorpusArgs, cache: CacheArgs,
+                    key: str = "") -> tuple[object, object, int]:
     """The checks ``nla cache`` needs before reading the corpus or loading the model; returns the
-    model's config and K. ``key`` prefixes the keys in messages (``data.`` inside ``nla fit``)."""
+    model's config, its tokenizer and K. ``key`` prefixes the keys in messages (``data.`` inside ``nla fit``)."""
     config = _model_config(target, f"{key}target")
+    with field_scope(f"{key}target"):
+        tokenizer = load_tokenizer(target)
+    check_vocabulary(config, tokenizer, f"{key}target.name_or_path", target.name_or_path)
     layer = check_layer(config, cache, f"{key}cache")
     check_corpus(corpus, f"{key}corpus")
+    check_readable(Path(cache.directory), f"{key}cache")
     check_document_length(config, corpus, f"{key}corpus")
-    return config, layer
+    return config, tokenizer, layer
 
 
 def _cache_disk(corpus: CorpusArgs, cache: CacheArgs, config) -> int:
@@ -187,7 +190,7 @@ def _cache_disk(corpus: CorpusArgs, cache: CacheArgs, config) -> int:
 
 def run_cache_preflight(target: ModelArgs, corpus: CorpusArgs, cache: CacheArgs) -> None:
     """``nla cache``: the checks above and the disk bound, then one summary line."""
-    config, _ = preflight_cache(target, corpus, cache, "source.")
+    config, _, _ = preflight_cache(target, corpus, cache, "source.")
     disk = check_disk({"source.cache.directory": (Path(cache.directory), _cache_disk(corpus, cache, config))})
     _say(f"ok: {target.name_or_path}, {_positions(config)}, corpus.max_length {corpus.max_length}; disk {disk}")
 
@@ -201,13 +204,11 @@ def _summaries_needed(datamodule) -> bool:
     return not all(summary_file(directory, split).is_file() for split in datamodule.text_splits)
 
 
-def _check_prompt_lengths(config, datamodule, plan: FitPlan, name: str, teacher_writes: bool) -> None:
+def _check_prompt_lengths(config, tokenizer, datamodule, plan: FitPlan, name: str, teacher_writes: bool) -> None:
     """AV prompt + generated answer, and AR prompt + explanation, within the position limit (the
-    teacher's cap only when it is about to write the summaries: imported or written ones are what they are)."""
+    teacher's summaries only when it is about to write them: imported or written ones are what they are)."""
     if adapters.position_limit(config) is None:
         return
-    with field_scope(f"{SOURCE}.target"):
-        tokenizer = load_tokenizer(datamodule.target_args)
     with field_scope(SOURCE):
         prompts = Prompts.build(tokenizer, datamodule.prompt_args)
     av, ar = len(prompts.av_prompt_ids), len(prompts.ar_ids(""))
@@ -219,13 +220,15 @@ def _check_prompt_lengths(config, datamodule, plan: FitPlan, name: str, teacher_
         if plan.reconstructor_reads_answers:
             checks.append((key, ar, generated, "the AR prompt", f"answers of {key.rpartition('.')[2]}"))
     if not plan.reconstructor_reads_answers and teacher_writes and teacher.provider != "extractive":
-        # Both read the teacher's summaries (the extractive teacher's are short and uncapped).
+        # Both read the teacher's summaries, at most max_tokens long (the extractive teacher's: below).
         for prompt, length in (("the AV prompt", av), ("the AR prompt", ar)):
             checks.append((f"{SOURCE}.teacher.max_tokens", length, teacher.max_tokens, prompt,
                            "summaries of max_tokens"))
     for field, prompt_tokens, extra, prompt, what in checks:
         adapters.check_length(config, prompt_tokens + extra, field,
                               f"{prompt} of {name} ({prompt_tokens} tokens) plus {what} ({extra})")
+    if not plan.reconstructor_reads_answers and teacher_writes and teacher.provider == "extractive":
+        check_extractive_summaries(config, prompts, teacher, name)
 
 
 def _fit_disk(trainer, plan: FitPlan, datamodule, config, layer: int) -> dict[str, tuple[Path, int]]:
@@ -255,18 +258,14 @@ def preflight_fit(trainer, module, datamodule, will_exist: tuple[str, ...] = ())
     if datamodule is None or not hasattr(datamodule, "cache_args") or not hasattr(module, "fit_plan"):
         return
     plan = module.fit_plan()
-    config, layer = preflight_cache(datamodule.target_args, datamodule.corpus_args, datamodule.cache_args,
-                                    f"{SOURCE}.")
+    config, tokenizer, layer = preflight_cache(datamodule.target_args, datamodule.corpus_args, datamodule.cache_args,
+                                               f"{SOURCE}.")
     module.check_data(datamodule)
-    if plan.starts_from is not None and str(plan.starts_from[1]) not in will_exist:
-        key, export = plan.starts_from
-        for side in ("av", "ar"):
-            if not (Path(export) / side / SIDECAR_FILENAME).is_file():
-                raise ConfigError(key, f"{export} holds no {side}/{SIDECAR_FILENAME}; run the SFT stage first (its "
-                                  "model.export_dir) or fix the path")
+    check_epoch_length(trainer, datamodule)
+    check_exports(plan, datamodule, will_exist)
     name = datamodule.target_args.name_or_path
     needed = _summaries_needed(datamodule)
-    _check_prompt_lengths(config, datamodule, plan, name, needed)
+    _check_prompt_lengths(config, tokenizer, datamodule, plan, name, needed)
     teacher = check_teacher(datamodule.teacher_args, f"{SOURCE}.teacher") if needed else "summaries written"
     disk = check_disk(_fit_disk(trainer, plan, datamodule, config, layer))
     _say(f"ok: {name} layer {layer}, {_positions(config)}; {teacher}; disk {disk or 'not estimated'}")

@@ -84,7 +84,7 @@ def quickstart(
         sft_config: Fit config of the SFT stage (its ``model.init_args.export_dir`` is the SFT pair).
         grpo_config: Fit config of the GRPO stage; its ``sft_export`` must be the SFT stage's export
             and the export ``grpo_pair`` names set (the pair the table compares).
-        overrides: Dotted overrides applied to BOTH fit configs, e.g. ``["--data.init_args.cache.directory=X"]``.
+        overrides: Dotted overrides applied to BOTH fit configs, e.g. ``["--data.source.cache.directory=X"]``.
         eval_rows: Held-out rows of the comparison: the first ones of the held-out split's ``test`` half
             (``nla.data.splits.HELDOUT_PARTS``), which no training choice saw, in evaluation order.
         resamples: Bootstrap draws (over documents) for the 95% intervals.

@@ -23,6 +23,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from nla.commands import legacy
 from nla.core.errors import ConfigError
 
 LAST = "last"
@@ -73,3 +74,89 @@ def resolve_ckpt_path(trainer, ckpt_path: str | None) -> str | None:
     raise ConfigError("ckpt_path", f"is 'last' but {searched} holds no last checkpoint (check trainer.default_root_dir "
                       f"and the logger's fixed version); drop --ckpt_path to start fresh, or use {LAST_OR_FRESH!r} to "
                       "resume only when one exists")
+
+
+def check_fresh_start(trainer) -> None:
+    """A fit without ``--ckpt_path`` must not write over the checkpoints of an earlier run."""
+    for callback in trainer.checkpoint_callbacks:
+        directory = checkpoint_directory(trainer, callback) if isinstance(callback, ModelCheckpoint) else None
+        earlier = sorted(p.name for p in directory.iterdir() if p.suffix == ".ckpt") if directory and directory.is_dir() else []
+        if earlier:
+            raise ConfigError("ckpt_path", f"is not set but {directory} holds the checkpoints of an earlier run "
+                              f"({', '.join(earlier[:3])}); resume it with --ckpt_path last, or start over in another "
+                              "directory (trainer.logger.init_args.version) or after deleting that one")
+
+
+# What may differ between a run and its resumption: where files go, how much is logged or sampled,
+# and how far the run goes (trainer.max_steps, unless the learning-rate schedule ends there).
+CHANGEABLE = ("model.export_dir", "model.best_export_dir", "model.sample_every_n_steps", "model.num_samples",
+              "model.peak_tflops", "model.eval_every_n_steps", "model.eval_max_batches", "data.num_workers",
+              "data.pin_memory", "data.progress", "data.summaries_dir", "data.source.cache.directory",
+              "data.source.cache.checksums", "data.source.cache.repair")
+FIXED_TRAINER = ("seed_everything", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val",
+                 "trainer.gradient_clip_algorithm", "trainer.precision")
+
+
+def _flat(node, prefix: str = "") -> dict:
+    """Dotted keys of a config mapping, ``init_args`` left out as in every key nla names."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out = {}
+    for key, value in node.items():
+        path = prefix if key == "init_args" else f"{prefix}.{key}" if prefix else str(key)
+        out.update(_flat(value, path))
+    return out
+
+
+def _fixed(key: str, saved: dict) -> bool:
+    if key.startswith(("model.", "data.")):
+        return not key.startswith(CHANGEABLE) and not key.endswith("class_path")
+    # Without model.schedule_steps the cosine schedule ends at max_steps: moving it bends the schedule mid-run.
+    if key == "trainer.max_steps":
+        return "model.schedule_steps" in saved and saved["model.schedule_steps"] is None
+    return key in FIXED_TRAINER
+
+
+def _readable_checkpoint(path: Path) -> dict:
+    """The checkpoint's contents, memory-mapped (no weights read); one line when it cannot be read."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # a truncated or foreign file fails in the zip reader, the unpickler, ...
+        others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path)
+        hint = f"give one of {', '.join(others[:3])} to --ckpt_path" if others else "start over without --ckpt_path"
+        raise ConfigError("ckpt_path", f"{path} is not a readable checkpoint ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:120]}); it may be truncated: {hint}") from None
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_unchanged_settings(checkpoint: str, current: dict) -> None:
+    """Refuse to resume ``checkpoint`` under settings it fixes (learning rates, batch size, ...): the
+    optimizer and schedule would keep the old ones while the run's saved ``config.yaml`` recorded the
+    new. Compared with the ``config.yaml`` of the checkpoint's run, else with the module's
+    hyperparameters the checkpoint holds. A sharded checkpoint (a directory) is compared by config only."""
+    path = Path(checkpoint)
+    saved_config = path.parent.parent / "config.yaml"
+    contents = {} if path.is_dir() else _readable_checkpoint(path)
+    if saved_config.is_file():
+        import yaml
+
+        saved = legacy.migrate(yaml.safe_load(saved_config.read_text()) or {})[0]
+    elif isinstance(contents.get("hyper_parameters"), dict):
+        hparams = dict(contents["hyper_parameters"])
+        saved = legacy.migrate({"model": {"class_path": hparams.pop("_class_path", None), "init_args": hparams}})[0]
+    else:
+        return
+    saved, now = _flat(saved), _flat(current)
+    changed = [key for key in saved if key in now and _fixed(key, saved) and saved[key] != now[key]]
+    if changed:
+        was = ", ".join(f"{key} {_show(saved[key])}" for key in changed)
+        raise ConfigError("ckpt_path", f"the checkpoint {path} was trained with {was}, but this run sets "
+                          f"{', '.join(_show(now[key]) for key in changed)}; resuming would keep the checkpoint's "
+                          "optimizer and schedule while config.yaml records the new values: resume with the "
+                          "run's own settings, or start a new run without --ckpt_path")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nla.data.cache_check import damage_error
-from nla.data.cache_format import MEANS, META, shard_files, shard_problem
-from nla.data.cache_stats import GROUPS
+from nla.data.cache_check import check_metadata, damage_error
+from nla.data.cache_format import GROUPS, META, shard_files, shard_problem
+from nla.data.cache_meta import read_means
 from nla.data.splits import SPLITS
 from nla.data.storage import decode_vectors
 from nla.core.errors import ConfigError, NLAError
@@ -20,9 +20,10 @@ from nla.core.errors import ConfigError, NLAError
 class ActivationCache:
     """All vectors of a cache addressed by one global index, in shard order.
 
-    Opening checks ``meta.json`` against the model that asks (d, K) and every shard's sizes against its
-    manifest, so a truncated shard is found before training starts; ``verify_checksums`` also hashes
-    every file to find corruption. Memory maps open lazily and are dropped when pickled, so DataLoader
+    Opening checks the small files (``nla.data.cache_check.check_metadata``: ``meta.json``, the bounds
+    and means, every shard's manifest and sizes, so a truncated shard is found before training starts),
+    and ``meta.json`` against the model that asks (d, K); ``verify_checksums`` also hashes every file
+    to find corruption. Memory maps open lazily and are dropped when pickled, so DataLoader
     workers map the files themselves instead of receiving copies.
     """
 
@@ -38,15 +39,18 @@ class ActivationCache:
         meta_path = self.directory / META
         if not meta_path.is_file():
             raise NLAError(f"{field}: {self.directory} holds no finished cache (no {META}); run `nla cache` first")
-        self.meta = json.loads(meta_path.read_text())
+        key = field.rsplit(".", 1)[0]
+        self.meta = check_metadata(self.directory, key)
         if expect_d is not None and self.d != expect_d:
             raise ConfigError(field, f"cache has d={self.d} but the model has d={expect_d}; rebuild the cache for this model")
         if expect_layer is not None and self.layer != expect_layer:
             raise ConfigError(field, f"cache holds layer {self.layer} but layer {expect_layer} was asked for; rebuild it")
-        for index in range(self.meta["num_shards"]):
-            problem = shard_problem(self.directory, index, verify_checksums)
-            if problem:
-                raise damage_error(self.directory, index, problem, field.rsplit(".", 1)[0])
+        if verify_checksums:
+            for index in range(self.meta["num_shards"]):
+                problem = shard_problem(self.directory, index, verify_checksums=True)
+                if problem:
+                    raise damage_error(self.directory, index, problem, key)
+        self.key = key
         self._maps: dict[int, np.ndarray] = {}
         self._docs: dict[int, list[dict]] = {}
 
@@ -118,5 +122,5 @@ class ActivationCache:
         mean normalised vector) of one split or of ``all``."""
         if split not in GROUPS:
             raise ConfigError("split", f"unknown split '{split}'; use one of {', '.join(GROUPS)}")
-        means = np.load(self.directory / MEANS)
+        means = read_means(self.directory, self.d, self.key)
         return {**self.meta["stats"][split], "mean": torch.from_numpy(means[GROUPS.index(split)])}

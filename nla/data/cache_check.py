@@ -14,19 +14,22 @@ or under ``auto`` when the cache directory is not the one where it was written o
 
 A damaged shard is one line naming it and the two fixes: ``cache.repair: true`` (the writer discards
 the shards ``shards_to_repair`` finds and re-extracts only those) or deleting its files and rerunning.
+``check_metadata`` runs the checks that read only small files (``nla.data.cache_meta``, and each
+shard's manifest and sizes), so the pre-flight finds that damage before anything else is read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 from pathlib import Path
 
 import numpy as np
 
-from nla.data.cache_format import BOUNDS, LOCATION, META, shard_files, shard_name, shard_problem
+from nla.data.cache_format import LOCATION, META, NOT_WRITTEN, shard_files, shard_name, shard_problem
+from nla.data.cache_meta import CacheDamage, Unreadable, read_bounds, read_json, read_means, read_meta
+from nla.data.permissions import first_unreadable, first_unwritable, unreadable_message
 from nla.data.storage import atomic_write_json
 from nla.core.errors import ConfigError, NLAError
 
@@ -51,7 +54,11 @@ def was_moved(directory: Path) -> bool:
     path = Path(directory) / LOCATION
     if not path.is_file():
         return True
-    recorded, here = json.loads(path.read_text()), _identity(Path(directory))
+    try:
+        recorded = read_json(path)
+    except Unreadable:  # a damaged record tells nothing: verify, and record it again
+        return True
+    here = _identity(Path(directory))
     return (recorded.get("device"), recorded.get("inode")) != (here["device"], here["inode"])
 
 
@@ -92,8 +99,13 @@ def value_problem(directory: Path, index: int, store_dtype: str, bounds: np.ndar
     NaN and infinities fall outside any finite range), and only a failing chunk is searched element by
     element."""
     path = shard_files(directory, index)["vectors"]
-    stored = np.load(path, mmap_mode="r")
-    rows = max(1, CHUNK_BYTES // max(1, stored.shape[1] * stored.itemsize)) if stored.ndim == 2 else len(stored)
+    try:
+        stored = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError):
+        return f"{path.name} is not a readable .npy array"
+    if stored.ndim != 2:
+        return f"{path.name} holds an array of shape {stored.shape}, not rows of vectors"
+    rows = max(1, CHUNK_BYTES // max(1, stored.shape[1] * stored.itemsize))
     low, high = _range(store_dtype, bounds)
     for start in range(0, len(stored), rows):
         chunk = stored[start : start + rows]
@@ -112,34 +124,59 @@ def value_problem(directory: Path, index: int, store_dtype: str, bounds: np.ndar
     return None
 
 
-def _bounds(directory: Path) -> np.ndarray | None:
-    path = Path(directory) / BOUNDS
-    return np.load(path) if path.is_file() else None
-
-
-def damaged_shards(directory: Path, meta: dict, checksums: bool) -> dict[int, str]:
+def damaged_shards(directory: Path, num_shards: int, store_dtype: str, bounds: np.ndarray | None,
+                   checksums: bool) -> dict[int, str]:
     """Shard index -> what is wrong with it, for every shard that fails the checks."""
-    bounds = _bounds(directory)
     found = {}
-    for index in range(int(meta["num_shards"])):
-        problem = (shard_problem(directory, index, checksums)
-                   or value_problem(directory, index, meta["store_dtype"], bounds))
+    for index in range(num_shards):
+        problem = shard_problem(directory, index, checksums) or value_problem(directory, index, store_dtype, bounds)
         if problem:
             found[index] = problem
     return found
 
 
-def damage_error(directory: Path, index: int, problem: str, key: str) -> NLAError:
+def damage_error(directory: Path, index: int, problem: str, key: str) -> CacheDamage:
     """The one line for a damaged shard: which, what, and the two fixes."""
-    return NLAError(f"{key}.directory: shard {index} of {directory} is damaged: {problem}; re-extract the damaged "
-                    f"shards with {key}.repair: true, or delete {Path(directory) / 'shards' / shard_name(index)}.* "
-                    "and rerun")
+    return CacheDamage(f"{key}.directory: shard {index} of {directory} is damaged: {problem}; re-extract the "
+                       f"damaged shards with {key}.repair: true, or delete "
+                       f"{Path(directory) / 'shards' / shard_name(index)}.* and rerun")
 
 
 def check_mode(checksums: str, field: str = "cache.checksums") -> str:
     if checksums not in CHECKSUM_MODES:
         raise ConfigError(field, f"must be one of {', '.join(CHECKSUM_MODES)}, got {checksums!r}")
     return checksums
+
+
+def check_readable(directory: Path, key: str) -> None:
+    """One line when this user cannot list a folder of the cache or read one of its files."""
+    unreadable = first_unreadable(directory) if Path(directory).exists() else None
+    if unreadable is not None:
+        raise NLAError(f"{key}.directory: {unreadable_message(unreadable)}")
+
+
+def check_writable(directory: Path, key: str) -> None:
+    """One line when this user cannot create the cache in ``directory`` or write into its folders."""
+    unwritable = first_unwritable(directory)
+    if unwritable is not None:
+        raise NLAError(f"{key}.directory: cannot write the cache into {directory}: {unwritable} is not writable by "
+                       f"this user (permission denied); fix its permissions (chmod u+wx {unwritable}) or point "
+                       f"{key}.directory elsewhere")
+
+
+def check_metadata(directory: Path, key: str = "cache") -> dict:
+    """``meta.json`` of the finished cache in ``directory`` after the checks that read only small files:
+    permissions, the statistics files (``nla.data.cache_meta``), then every shard's manifest and file
+    sizes. Raises the one line of the first problem found."""
+    check_readable(directory, key)
+    meta = read_meta(directory, key)
+    read_bounds(directory, meta["d_model"], key)
+    read_means(directory, meta["d_model"], key)
+    for index in range(meta["num_shards"]):
+        problem = shard_problem(directory, index)
+        if problem:
+            raise damage_error(directory, index, problem, key)
+    return meta
 
 
 def validate_cache(directory: Path, meta: dict, checksums: str = "auto", key: str = "cache") -> None:
@@ -149,7 +186,8 @@ def validate_cache(directory: Path, meta: dict, checksums: str = "auto", key: st
     the next open is cheap again."""
     directory = Path(directory)
     verify = check_mode(checksums, f"{key}.checksums") == "always" or (checksums == "auto" and was_moved(directory))
-    damaged = damaged_shards(directory, meta, verify)
+    bounds = read_bounds(directory, meta["d_model"], key)
+    damaged = damaged_shards(directory, meta["num_shards"], meta["store_dtype"], bounds, verify)
     if damaged:
         index, problem = next(iter(damaged.items()))
         others = f" ({len(damaged) - 1} more shards are damaged too)" if len(damaged) > 1 else ""
@@ -170,10 +208,14 @@ def discard_shards(directory: Path, indices: list[int]) -> None:
             files[kind].unlink(missing_ok=True)
 
 
-def shards_to_repair(directory: Path) -> list[int]:
-    """Damaged shards of the cache in ``directory`` under every check, checksums included; [] when the
-    cache is unfinished (the writer then resumes it anyway) or whole."""
-    meta_path = Path(directory) / META
-    if not meta_path.is_file():
-        return []
-    return sorted(damaged_shards(directory, json.loads(meta_path.read_text()), checksums=True))
+def shards_to_repair(directory: Path, num_shards: int, d: int, store_dtype: str) -> list[int]:
+    """Written shards of the cache in ``directory`` that fail any check, checksums included (shards not
+    written yet are the writer's to do anyway). The plan gives their number and layout, so this works
+    whatever state ``meta.json`` is in; damaged bounds leave the finiteness check to the values, and
+    the checksums to the rest."""
+    try:
+        bounds = read_bounds(directory, d, "cache")
+    except CacheDamage:
+        bounds = None
+    damaged = damaged_shards(directory, num_shards, store_dtype, bounds, checksums=True)
+    return sorted(index for index, problem in damaged.items() if problem != NOT_WRITTEN)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nla.data.splits import SPLITS
 from nla.data.storage import atomic_save_npy, atomic_write_bytes, atomic_write_json, file_sha256
 
 META = "meta.json"
@@ -15,6 +16,9 @@ MEANS = "split_means.npy"
 BOUNDS = "bounds.npy"
 LOCATION = "location.json"
 SHARDS = "shards"
+
+GROUPS = (*SPLITS, "all")
+"""Rows of ``split_means.npy`` and groups of ``meta.json``'s statistics: one per split, then all vectors."""
 
 INDEX_DTYPE = np.dtype(
     [("doc", "<i4"), ("position", "<i4"), ("token_id", "<i4"), ("char_end", "<i8"), ("split", "u1")]
@@ -57,16 +61,38 @@ def write_shard(directory: Path, index: int, vectors: np.ndarray, records: np.nd
     atomic_write_json(files["manifest"], manifest)
 
 
-def read_manifest(directory: Path, index: int) -> dict | None:
+NOT_WRITTEN = "not written"
+"""The problem of a shard without a manifest: the writer has not finished it."""
+
+
+def manifest_problem(manifest: object, path: Path) -> str | None:
+    """Why a parsed manifest cannot be trusted, or None: it must record the size of every data file."""
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(listed, dict) or set(listed) != {"vectors", "index", "docs"} or not all(
+            isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)
+            for entry in listed.values()):
+        return f"{path.name} does not record the sizes and checksums of the shard's files"
+    return None
+
+
+def read_manifest(directory: Path, index: int) -> dict | str:
+    """The manifest of shard ``index``, or why there is none to trust (``NOT_WRITTEN`` when absent)."""
     path = shard_files(directory, index)["manifest"]
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return NOT_WRITTEN
+    try:
+        manifest = json.loads(path.read_bytes())
+    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
+        return f"{path.name} is not valid JSON"
+    return manifest_problem(manifest, path) or manifest
 
 
 def shard_problem(directory: Path, index: int, verify_checksums: bool = False) -> str | None:
-    """Why shard ``index`` is not usable (missing, truncated, corrupt), or None when it is."""
+    """Why shard ``index`` is not usable (not written, manifest damaged, a file missing, truncated or
+    corrupt), or None when it is."""
     manifest = read_manifest(directory, index)
-    if manifest is None:
-        return "not written"
+    if isinstance(manifest, str):
+        return manifest
     files = shard_files(directory, index)
     for kind, expected in manifest["files"].items():
         path = files[kind]

@@ -20,7 +20,8 @@ from nla.data.splits import SPLITS, SplitArgs
 from nla.data.storage import STORE_DTYPES
 from nla.data.tokens import TokenizedDocument, TokenizeReport, tokenize_documents
 from nla.core.errors import ConfigError
-from nla.models.loading import ModelArgs
+from nla.models.fingerprint import model_fingerprint
+from nla.models.loading import ModelArgs, local_source
 
 FORMAT_VERSION = 1
 
@@ -145,11 +146,14 @@ def make_plan(
         raise ConfigError("corpus.min_position", f"no document has a token at index >= {corpus.min_position} "
                           f"({report.summary()}); lower corpus.min_position or give longer documents")
     tokenizer_key = tokenizer_hash(tokenizer)
+    # A hub model's weights may not be downloaded yet: its name and revision identify it here.
+    weights = model_fingerprint(model) if local_source(model)[0] is not None else None
     identity = {
         "format": FORMAT_VERSION,
-        # Quantization joins the key only when used, so caches built before it existed keep their fingerprint.
+        # Quantization joins the key only when used; the weights' fingerprint binds the cache to the weights
+        # themselves, not to the path they were read from.
         "model": [model.name_or_path, model.gguf_file, model.revision, model.dtype]
-        + ([model.quantization] if model.quantization != "none" else []),
+        + ([model.quantization] if model.quantization != "none" else []) + [weights],
         "tokenizer": tokenizer_key,
         "corpus": corpus_fingerprint(corpus, tokenizer_key),
         "layer": layer,

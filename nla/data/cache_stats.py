@@ -12,17 +12,15 @@ from rich.console import Console
 
 from nla.core import maths
 from nla.data.cache_check import record_location
-from nla.data.cache_format import BOUNDS, INDEX_DTYPE, MEANS, META, shard_files, shard_problem
+from nla.data.cache_format import BOUNDS, GROUPS, INDEX_DTYPE, MEANS, META, shard_files, shard_problem
 from nla.data.cache_plan import FORMAT_VERSION, CacheArgs, CachePlan
 from nla.data.corpus import CorpusArgs
 from nla.data.splits import SPLITS, SplitArgs
 from nla.data.storage import atomic_save_npy, atomic_write_json, decode_vectors
 from nla.core.errors import NLAError
+from nla.models.fingerprint import model_fingerprint
 from nla.models import adapters
 from nla.models.loading import ModelArgs
-
-GROUPS = (*SPLITS, "all")
-"""Rows of ``split_means.npy``: one per split, then all vectors together."""
 
 
 def wait_for_shards(directory: Path, num_shards: int, timeout_s: float = 24 * 3600) -> None:
@@ -101,6 +99,7 @@ def finalize(
             "gguf_file": model.gguf_file,
             "revision": model.revision,
             "quantization": model.quantization,
+            "fingerprint": model_fingerprint(model),
             "model_type": config.model_type,
             "num_layers": adapters.num_layers(config),
         },

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -13,8 +12,10 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nla.data.cache_check import discard_shards, shards_to_repair, validate_cache
-from nla.data.cache_format import INDEX_DTYPE, META, PLAN, SHARDS, shard_name, shard_problem, write_shard
+from nla.data.cache_check import (check_metadata, check_readable, check_writable, discard_shards, shards_to_repair,
+                                  validate_cache)
+from nla.data.cache_format import INDEX_DTYPE, META, NOT_WRITTEN, PLAN, SHARDS, shard_name, shard_problem, write_shard
+from nla.data.cache_meta import Unreadable, damaged_metadata, read_json
 from nla.data.cache_plan import CacheArgs, CachePlan, PlannedDocument, PlannedDocuments, make_plan
 from nla.data.cache_stats import finalize
 from nla.data.corpus import CorpusArgs
@@ -22,6 +23,7 @@ from nla.data.splits import SPLITS, SplitArgs
 from nla.data.storage import atomic_write_json, encode_vectors
 from nla.data.tokens import TokenizedDocument
 from nla.core.errors import ConfigError, NLAError, field_scope
+from nla.core.sizes import human_size
 from nla.models import adapters
 from nla.models.loading import ModelArgs, load_causal_lm, load_config, load_tokenizer
 from nla.models.residual import read_residual
@@ -75,20 +77,38 @@ def shard_records(docs: list[TokenizedDocument], planned: list[PlannedDocument])
     return np.array(rows, dtype=INDEX_DTYPE), texts
 
 
-def prepare_directory(directory: Path, plan: CachePlan, cache: CacheArgs, field: str) -> None:
-    """Refuse (or, with overwrite, clear) a cache built from another configuration; then record the plan."""
+def recorded_fingerprint(directory: Path) -> tuple[str | None, bool]:
+    """The fingerprint of the configuration that built the cache in ``directory``, and whether
+    ``plan.json`` holds it; a damaged ``plan.json`` falls back on ``meta.json`` (None: neither says)."""
+    for name in (PLAN, META):
+        try:
+            fingerprint = read_json(directory / name).get("fingerprint")
+        except (Unreadable, FileNotFoundError):
+            continue
+        if isinstance(fingerprint, str):
+            return fingerprint, name == PLAN
+    return None, False
+
+
+def prepare_directory(directory: Path, plan: CachePlan, cache: CacheArgs, key: str) -> None:
+    """Refuse (or, with overwrite, clear) a cache built from another configuration; then record the plan
+    (again, when ``plan.json`` was damaged but ``meta.json`` shows this configuration built the cache)."""
     plan_path = directory / PLAN
     if plan_path.is_file():
-        existing = json.loads(plan_path.read_text())["fingerprint"]
-        if existing == plan.fingerprint:
+        existing, intact = recorded_fingerprint(directory)
+        if existing == plan.fingerprint and intact:
             return
-        if not cache.overwrite:
+        if existing is None and not cache.overwrite:
+            raise NLAError(f"{key}.directory: {plan_path} is damaged and no readable {META} says which configuration "
+                           f"built {directory}; delete {directory} and rerun, or set {key}.overwrite: true")
+        if existing not in (None, plan.fingerprint) and not cache.overwrite:
             raise ConfigError(
-                f"{field}.overwrite",
+                "cache.overwrite",
                 f"{directory} holds a cache built from a different configuration (fingerprint {existing}, "
                 f"now {plan.fingerprint}); set overwrite: true or choose another directory",
             )
-        shutil.rmtree(directory)
+        if existing != plan.fingerprint:
+            shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_json(plan_path, {"fingerprint": plan.fingerprint, "shards": plan.num_shards})
 
@@ -108,13 +128,13 @@ def vector_bytes(vectors: int, d: int, store_dtype: str) -> int:
     return vectors * (d * (4 if store_dtype == "float32" else 2) + INDEX_DTYPE.itemsize)
 
 
-def check_disk(plan: CachePlan, d: int, cache: CacheArgs, directory: Path) -> int:
+def check_disk(plan: CachePlan, d: int, cache: CacheArgs, directory: Path, key: str) -> int:
     """Refuse to start when the shards still to write cannot fit; returns the bytes they need."""
     needed = vector_bytes(plan.vectors, d, cache.store_dtype)
     free = shutil.disk_usage(directory).free
     if needed > free:
-        raise NLAError(f"cache.directory: {directory} needs {needed / 2**30:.2f} GiB but has {free / 2**30:.2f} GiB "
-                       "free; free space or choose another directory")
+        raise NLAError(f"{key}.directory: {directory} needs {human_size(needed)} but has {human_size(free)} free; "
+                       "free space or choose another directory")
     return needed
 
 
@@ -125,7 +145,7 @@ def preflight(console: Console, plan: CachePlan, d: int, cache: CacheArgs, direc
     console.print(
         f"[bold]activation cache[/bold] {directory}: {len(plan.documents)} documents, {plan.tokens:,} tokens, "
         f"{plan.vectors:,} vectors of d={d} ({cache.store_dtype}) in {plan.num_shards} shards{layer_note}; "
-        f"disk {needed / 2**20:,.1f} MiB of {free / 2**30:,.1f} GiB free; "
+        f"disk {human_size(needed)} of {human_size(free)} free; "
         f"about {plan.tokens * seconds_per_token / 60:,.1f} min; {plan.report.summary()}"
     )
 
@@ -147,9 +167,12 @@ def build_cache(
     rank: int | None = None,
     world_size: int | None = None,
     console: Console | None = None,
+    key: str = "cache",
 ) -> Path:
     """Write every shard this rank owns (shard i belongs to rank i % world_size) that is not already
-    complete; rank 0 then waits for all shards and writes the statistics and ``meta.json``."""
+    complete; rank 0 then waits for all shards and writes the statistics and ``meta.json``. A finished
+    cache is validated instead (``cache.repair`` first discards what is damaged, so it is unfinished
+    again). ``key`` is where the cache's settings sit in the user's config, for messages."""
     splits = splits or SplitArgs()
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
@@ -158,14 +181,22 @@ def build_cache(
     with field_scope("target"):
         config, tokenizer = load_config(model), load_tokenizer(model)
     layer = adapters.default_layer(config) if cache.layer == -1 else adapters.check_layer(config, cache.layer, "cache.layer")
+    # Before the corpus is read: a finished cache is only read (it may be shared read-only).
+    check_readable(directory, key)
+    if cache.repair or not (directory / META).is_file():
+        check_writable(directory, key)
     plan = make_plan(model, corpus, cache, splits, tokenizer, layer)
-    prepare_directory(directory, plan, cache, "cache")
+    prepare_directory(directory, plan, cache, key)
     if cache.repair:
-        repair(directory, world_size, console)
-    todo = [i for i in range(plan.num_shards) if i % world_size == rank and shard_problem(directory, i)]
+        repair(directory, plan.num_shards, adapters.hidden_size(config), cache.store_dtype, world_size, console)
+    finished = (directory / META).is_file()
+    # A finished cache gets back only shards deleted as its damage line says; other damage is validation's
+    # to name and cache.repair's to fix, never silently rewritten under the recorded statistics.
+    todo = [i for i in range(plan.num_shards) if i % world_size == rank
+            and (problem := shard_problem(directory, i)) and (problem == NOT_WRITTEN or not finished)]
     remove_stale_temporaries(directory, todo, own_top_level=rank == 0)
     if todo:
-        check_disk(plan, adapters.hidden_size(config), cache, directory)
+        check_disk(plan, adapters.hidden_size(config), cache, directory, key)
         network = load_causal_lm(model, keep_layers=layer + 1, config=config).eval()
         # A bitsandbytes model is placed on the GPU as it loads and refuses to be moved.
         if torch.cuda.is_available() and not getattr(network, "is_quantized", False):
@@ -177,23 +208,26 @@ def build_cache(
                                               f"{adapters.num_layers(config)} blocks)")
         preflight(console, plan, adapters.hidden_size(config), cache, directory, rate, note)
         write_shards(network, layer, plan, todo, PlannedDocuments(corpus, tokenizer, cache, splits), cache, pad_id, directory, console)
-    if rank == 0 and (directory / META).is_file():
+    if rank == 0 and finished:
         # Finished before: statistics are never recomputed over shards that may have been damaged since.
-        validate_cache(directory, json.loads((directory / META).read_text()), cache.checksums, key="cache")
+        validate_cache(directory, check_metadata(directory, key), cache.checksums, key=key)
         console.print(f"cache complete and valid: {directory}")
     elif rank == 0:
         finalize(directory, plan, model, corpus, cache, splits, config, layer, console)
     return directory
 
 
-def repair(directory: Path, world_size: int, console: Console) -> None:
+def repair(directory: Path, num_shards: int, d: int, store_dtype: str, world_size: int, console: Console) -> None:
     """``cache.repair``: discard the shards that fail validation, checksums included, so the writer
-    re-extracts exactly those (and rewrites the statistics)."""
+    re-extracts exactly those, and ``meta.json`` when they or any statistics file are damaged, so the
+    statistics, bounds and means are computed again from the (then whole) shards. A shard whose
+    manifest is damaged is re-extracted too: the manifest is the only record of its checksums."""
     if world_size > 1:
         raise ConfigError("cache.repair", "runs in one process; rerun without torchrun")
-    damaged = shards_to_repair(directory)
-    console.print(f"cache repair: {len(damaged)} damaged shards" + (f" to re-extract: {damaged}" if damaged else ""))
-    if damaged:
+    damaged, stale = shards_to_repair(directory, num_shards, d, store_dtype), damaged_metadata(directory)
+    console.print(f"cache repair: {len(damaged)} damaged shards" + (f" to re-extract: {damaged}" if damaged else "")
+                  + (f"; {', '.join(stale)} to rebuild from the shards" if stale else ""))
+    if damaged or stale:
         discard_shards(directory, damaged)
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nla.data.corpora import NAMED_CORPORA
+from nla.data.corpus_lines import first_bad_line
 from nla.data.document import Document
+from nla.data.permissions import first_unreadable, unreadable_message
 from nla.data.tokens import TokenizedDocument, TokenizedDocuments, TokenizeReport, tokenize_documents
 from nla.core.errors import ConfigError
 
@@ -125,11 +127,11 @@ def load_corpus(args: CorpusArgs) -> Corpus:
     if args.path in NAMED_CORPORA:
         documents = NAMED_CORPORA[args.path](args.chunk_words)
         return Corpus(lambda: documents, args)
-    dataset, file_ids = _open_dataset(args)
+    dataset, file_ids, lines = _open_dataset(args)
     if dataset.column_names is not None:
         _check_columns(dataset.column_names, args)
         dataset = dataset.select_columns([c for c in (args.text_column, args.id_column) if c])
-    return Corpus(lambda: _documents(dataset, args, file_ids), args)
+    return Corpus(lambda: _documents(dataset, args, file_ids, lines), args)
 
 
 def corpus_fingerprint(
@@ -161,17 +163,21 @@ def corpus_fingerprint(
 
 
 def _open_dataset(args: CorpusArgs):
+    """(dataset, the document ids of a directory of .txt files or None, and the local files with their
+    ``datasets`` builder whose lines a read failure can be traced to, or None)."""
     import datasets
 
     path = Path(args.path).expanduser()
     if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
-        return _from_disk(datasets, path, args), None
+        _check_readable(path, lambda file: True)
+        return _from_disk(datasets, path, args), None, None
     if path.exists():
+        _check_readable(path, lambda file: file.suffix.lower() in BUILDERS)
         return _from_files(datasets, path, args)
     if looks_local(args.path):
         raise ConfigError("corpus.path", f"{args.path!r} does not exist")
     try:
-        return datasets.load_dataset(args.path, args.name, split=args.split, streaming=args.streaming), None
+        return datasets.load_dataset(args.path, args.name, split=args.split, streaming=args.streaming), None, None
     except (ConnectionError, FileNotFoundError) as error:
         message = f"{args.path!r} is not a local path and not loadable from the hub: {_line(error)}"
         raise ConfigError("corpus.path", message) from error
@@ -217,12 +223,36 @@ def _from_files(datasets, path: Path, args: CorpusArgs):
         )
     # datasets reports unreadable or row-less files as any of these; StopIteration comes from empty JSON.
     except (ValueError, StopIteration, datasets.exceptions.DatasetsError) as error:
-        raise ConfigError("corpus.path", f"could not read {path} as {builder}: {_line(error) or 'no rows'}") from error
+        message = first_bad_line(files, builder) or f"could not read {path} as {builder}: {_line(error) or 'no rows'}"
+        raise ConfigError("corpus.path", message) from error
     file_ids = [f.relative_to(path).as_posix() for f in files] if path.is_dir() and builder == "text" else None
-    return dataset, file_ids
+    return dataset, file_ids, (files, builder)
 
 
-def _documents(dataset, args: CorpusArgs, file_ids: list[str] | None) -> Iterator[Document]:
+def _check_readable(path: Path, wanted) -> None:
+    """Every directory of the corpus listable and every file of it ``wanted`` readable by this user
+    (``datasets`` would raise a PermissionError, and skips directories it cannot list)."""
+    unreadable = first_unreadable(path, wanted)
+    if unreadable is not None:
+        raise ConfigError("corpus.path", unreadable_message(unreadable))
+
+
+def _documents(dataset, args: CorpusArgs, file_ids: list[str] | None, lines) -> Iterator[Document]:
+    """The rows as documents; ``lines`` (files, builder) names the line at fault when the rows cannot
+    be decoded (bytes that are not UTF-8 pass ``load_dataset`` and fail here; a streamed corpus parses
+    here too)."""
+    import datasets
+
+    try:
+        yield from _rows(dataset, args, file_ids)
+    except (ValueError, datasets.exceptions.DatasetsError) as error:
+        message = first_bad_line(*lines) if lines else None
+        if message is None:
+            raise
+        raise ConfigError("corpus.path", message) from error
+
+
+def _rows(dataset, args: CorpusArgs, file_ids: list[str] | None) -> Iterator[Document]:
     for index, row in enumerate(dataset):
         if index == 0:
             _check_columns(list(row), args)

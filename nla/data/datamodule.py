@@ -13,7 +13,6 @@ batches an uninterrupted one would have seen. The DataModule itself keeps no oth
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -24,16 +23,19 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 
 from nla.data.activation_cache import ActivationCache
-from nla.data.cache_check import validate_cache
+from nla.data.cache_check import check_metadata, check_readable, validate_cache
 from nla.data.cache_format import META
+from nla.data.cache_meta import CacheDamage
 from nla.data.cache_writer import build_cache
 from nla.data.datasets import CacheRows, Collator, EpochSampler, ResumableLoader
 from nla.data.source import DataSource
 from nla.core.padding import pad_token_id
 from nla.data.splits import HELDOUT_PARTS, evaluation_order
+from nla.data.sequence_lengths import check_summary_lengths
 from nla.data.summaries import read_summaries, summaries_directory, summary_file, write_summaries
 from nla.core.errors import ConfigError, field_scope
 from nla.models import adapters
+from nla.models.fingerprint import model_fingerprint
 from nla.models.loading import load_config, load_tokenizer
 from nla.core.prompts import Prompts, explanation_text
 
@@ -140,16 +142,39 @@ class NLADataModule(LightningDataModule):
             and meta.get("splits") == asdict(self.split_args)
             and meta.get("store_dtype") == cache.store_dtype
             and meta.get("layer") == layer
+            and self._same_weights(recorded)
         )
+
+    def _same_weights(self, recorded: dict) -> bool:
+        """Whether the cache's vectors came from the weights now at the target's path; a cache of other
+        weights is one line (rebuilt instead with ``cache.overwrite``)."""
+        now = model_fingerprint(self.target_args)
+        if now is None or recorded.get("fingerprint") == now:
+            return True
+        if self.cache_args.overwrite:
+            return False
+        was = recorded.get("fingerprint") or "not recorded (a cache from before nla 0.1.0)"
+        raise ConfigError(f"{SOURCE}.cache.overwrite", f"{self.cache_args.directory} holds vectors of other weights "
+                          f"than those now at {self.target_args.name_or_path} (base model fingerprint {was}, now "
+                          f"{now}); set {SOURCE}.cache.overwrite: true to rebuild it, or point {SOURCE}.cache.directory "
+                          "elsewhere")
 
     def cache_ready(self) -> bool:
         """Whether a finished cache of this configuration is on disk (``prepare_data`` then reuses it).
         A cache written by ``nla import`` is used whatever the corpus settings, for the model and layer
-        it was imported for only (it cannot be rebuilt from a corpus)."""
+        it was imported for only (it cannot be rebuilt from a corpus). Damage to the cache's small files
+        (``check_metadata``) is one line here, where the pre-flight asks, unless ``cache.repair`` is set:
+        ``prepare_data`` then rebuilds what it can."""
         meta_path = Path(self.cache_args.directory) / META
+        check_readable(meta_path.parent, f"{SOURCE}.cache")
         if not meta_path.is_file():
             return False
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = check_metadata(meta_path.parent, f"{SOURCE}.cache")
+        except CacheDamage:
+            if self.cache_args.repair:
+                return False
+            raise
         if "imported" in meta:
             with field_scope(f"{SOURCE}.target"):
                 layer = self._layer(load_config(self.target_args))
@@ -158,6 +183,11 @@ class NLADataModule(LightningDataModule):
                 raise ConfigError(f"{SOURCE}.cache.directory", f"{meta_path.parent} was imported for {recorded!r} at "
                                   f"layer {meta['layer']}, not {self.target_args.name_or_path!r} at layer {layer}; "
                                   f"point {SOURCE}.target and {SOURCE}.cache.layer at those, or import again")
+            weights, now = meta["model"].get("fingerprint"), model_fingerprint(self.target_args)
+            if weights and now and weights != now:
+                raise ConfigError(f"{SOURCE}.target.name_or_path", f"{meta_path.parent} was imported for other weights "
+                                  f"than those now at {recorded} (base model fingerprint {weights}, now {now}); point "
+                                  f"{SOURCE}.target at the model the datasets came from, or import again")
             return True
         return self._cache_is_current(meta)
 
@@ -168,7 +198,8 @@ class NLADataModule(LightningDataModule):
         directory = Path(self.cache_args.directory)
         if self.cache_args.repair or not self.cache_ready():
             with field_scope(SOURCE):
-                build_cache(self.target_args, self.corpus_args, self.cache_args, self.split_args, rank=0, world_size=1)
+                build_cache(self.target_args, self.corpus_args, self.cache_args, self.split_args, rank=0, world_size=1,
+                            key=f"{SOURCE}.cache")
         cache = self._validated(ActivationCache(directory, field=f"{SOURCE}.cache.directory"))
         if "imported" in cache.meta:
             return  # its summaries came with the datasets (nla import)
@@ -204,6 +235,8 @@ class NLADataModule(LightningDataModule):
                          split, self.excluded[split], len(indices))
         if "rl" in self.train_splits:
             self._rows["rl"] = (self.cache.split_indices("rl"), None)
+        texts = {split: self._rows[split][1] for split in self.text_splits}
+        check_summary_lengths(config, self.prompts, texts, self.teacher_args, SOURCE)
 
     def _validated(self, cache: ActivationCache) -> ActivationCache:
         """``cache`` after the checks of ``nla.data.cache_check`` (once per process: prepare_data and
@@ -224,6 +257,11 @@ class NLADataModule(LightningDataModule):
     @property
     def layer(self) -> int:
         return self.cache.layer
+
+    @property
+    def base_fingerprint(self) -> str | None:
+        """The fingerprint of the weights the cache's vectors came from (``nla.models.fingerprint``)."""
+        return self.cache.meta.get("model", {}).get("fingerprint")
 
     @property
     def auto_injection_scale(self) -> float:

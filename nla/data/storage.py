@@ -22,8 +22,17 @@ def atomic_write_json(path: Path, value) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
 
 
+class _Writes:
+    """A stream that offers numpy only ``write``: numpy then writes through it in chunks instead of with
+    ``tofile``, whose short write (a full disk, a file-size limit) is a bare "N requested and M
+    written" with no error number; through ``write`` it is an OSError that says which."""
+
+    def __init__(self, stream) -> None:
+        self.write = stream.write
+
+
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda stream: np.save(stream, array, allow_pickle=False))
+    atomic_write(path, lambda stream: np.save(_Writes(stream), array, allow_pickle=False))
 
 
 def file_sha256(path: Path) -> str:

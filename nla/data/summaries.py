@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, astuple
+from dataclasses import astuple
 from pathlib import Path
 
 from nla.data.activation_cache import ActivationCache
@@ -89,6 +89,10 @@ def write_summaries(
     if not missing:
         return paths
     directory.mkdir(parents=True, exist_ok=True)
+    for split in missing:
+        # What a run killed mid-write left behind: SIGKILL runs no cleanup.
+        for stale in directory.glob(f".{paths[split].name}.*.tmp"):
+            stale.unlink(missing_ok=True)
     built = build_teacher(teacher)
     for split in missing:
         indices = cache.split_indices(split)
@@ -109,10 +113,13 @@ def write_summaries(
             log.warning("%s: %d teacher requests failed; their rows are left out (delete %s to retry them)",
                         split, report.failed, paths[split])
         features = {str(int(i)): s.features for i, s in zip(indices, summaries) if s is not None}
+        # What the file holds, not how this run got it (answers from the teacher's cache after an
+        # interruption, or fresh): a resumed run writes the same bytes as an uninterrupted one.
+        outcome = {"total": report.total, "kept": report.kept, "failed": report.failed, "dropped": report.dropped}
         atomic_write_json(paths[split], {
             "split": split,
             "identity": teacher_identity(teacher, cache),
-            "report": {**asdict(report), "kept": report.kept},
+            "report": outcome,
             "features": features,
         })
         log.info("%s: %s", split, report)

@@ -13,6 +13,7 @@ from torch import Tensor
 from nla.data.activation_cache import ActivationCache
 from nla.data.splits import HELDOUT_PARTS, evaluation_order
 from nla.core.errors import ConfigError
+from nla.models.fingerprint import check_same_base
 from nla.models.target import choose_positions, residuals, tokenize
 
 
@@ -42,11 +43,16 @@ class HeldoutRows:
         return len(self.positions)
 
 
-def cache_rows(directory: str, split: str, count: int, layer: int, d: int) -> HeldoutRows:
+def cache_rows(directory: str, split: str, count: int, layer: int, d: int,
+               base: tuple[str | None, str | None] = (None, None)) -> HeldoutRows:
     """The first ``count`` rows of ``split``: a cache split, or a half of the held-out split
     (``validation``, ``test``) in the order training and the quickstart read it
-    (``nla.data.splits.evaluation_order``), so the same ``count`` means the same rows."""
+    (``nla.data.splits.evaluation_order``), so the same ``count`` means the same rows. ``base`` is the
+    (name, fingerprint) of the pair's base model: a cache of another model's vectors is refused."""
     cache = ActivationCache(directory, expect_d=d, expect_layer=layer, field="cache")
+    recorded = cache.meta.get("model", {})
+    check_same_base("cache", (f"the cache {directory}", recorded.get("name_or_path"), recorded.get("fingerprint")),
+                    ("the pair", *base), "score the pair on a cache of its own base model")
     if split in ("heldout", *HELDOUT_PARTS):
         indices = cache.split_indices("heldout")
         order = evaluation_order(np.array([cache.record(int(i))["doc_id"] for i in indices]), split)

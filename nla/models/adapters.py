@@ -40,6 +40,9 @@ class Family:
     """The embedding module itself multiplies by sqrt(d) (Gemma). Its output already carries the scale,
     so a vector written over that output must not be scaled again; a manual ``weight[ids]`` lookup
     would miss it."""
+    learned_positions: bool = False
+    """Positions are rows of a learned table (GPT-2): a sequence past the position limit fails with an
+    IndexError, where rotary positions only drift into ones never trained."""
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -66,6 +69,7 @@ FAMILIES: tuple[Family, ...] = (
         embeddings="wte",
         num_layers_key="n_layer",
         hidden_size_key="n_embd",
+        learned_positions=True,
     ),
 )
 

@@ -110,12 +110,25 @@ def _source(args: ModelArgs) -> tuple[str, str | None]:
         return str(path.parent), path.name
     if _looks_local(name):
         path = Path(name).expanduser()
+        if path.is_file():
+            raise ConfigError("name_or_path", f"'{name}' is a file, not a model folder; give the folder that holds "
+                              "the model's config.json, or a .gguf file")
         if not path.is_dir():
             raise ConfigError("name_or_path", f"model directory '{name}' does not exist; check the path")
+        # transformers reads an unreadable folder as one without a config.json and says that instead.
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ConfigError("name_or_path", f"cannot read the model folder '{name}' (permission denied); make it "
+                              "readable to your user (its owner can run chmod -R a+rX on it)")
         if gguf_file and not (path / gguf_file).is_file():
             raise ConfigError("gguf_file", f"GGUF file '{gguf_file}' is not in '{name}'; check the name")
         return str(path), gguf_file
     return name, gguf_file
+
+
+def local_source(args: ModelArgs) -> tuple[Path | None, str | None]:
+    """(directory, GGUF file name or None) of a local or packaged model; (None, None) for a hub id."""
+    name, gguf_file = _source(args)
+    return (Path(name), gguf_file) if _looks_local(name) else (None, None)
 
 
 @contextmanager

@@ -86,6 +86,9 @@ class Pair:
     """K: the vectors are the target's residual after block K."""
     base_model: str | None = None
     """The target model, as the sidecars record it (``nla.models.base_model``)."""
+    base_fingerprint: str | None = None
+    """The target's weights (``nla.models.fingerprint``): of the cache a pair trains on, or as its
+    sidecars record it; None when unknown."""
     sidecars: dict[str, Sidecar] = field(default_factory=dict)
     """``{"av": ..., "ar": ...}`` of a pair loaded from disk; empty for one built in training."""
 

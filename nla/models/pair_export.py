@@ -7,9 +7,11 @@ Layout of an export ``DIR``::
              in place of the HF model: loading puts the adapter back on the sidecar's base_model)
     DIR/ar/  truncated HF model (K + 1 blocks), value_head.safetensors, tokenizer, nla_meta.yaml (role ar), README.md
 
-Each side is written into a hidden staging directory beside it and renamed into place only once it
-is complete, so a crash mid-export leaves the previous export readable. Exporting one side leaves the
-other side's directory as it was.
+The pair is one unit: both sides are written into a hidden staging directory beside ``DIR`` and swapped
+in for ``DIR`` in one step (``nla.core.files.swap_into_place``), so a crash or a kill at any moment
+leaves the previous pair or the new one, never the new AV beside the old AR. Exporting one side
+carries the other side's files over unchanged (hard links: no copy). ``DIR`` is replaced only when it
+is absent, empty, or an earlier export: never a folder of someone's own files.
 """
 
 from __future__ import annotations
@@ -23,18 +25,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nla.core.errors import ConfigError, NLAError
-from nla.core.files import honour_umask, make_staging_directory
+from nla.core.files import check_replaceable, honour_umask, make_staging_directory, swap_into_place
 from nla.core.finite import check_weights_finite
 from nla.core.prompts import Prompts
 from nla.models import adapters, lora
 from nla.models.base_model import describe_base_model
 from nla.models.card import CARD_FILENAME, model_card
 from nla.models.pair import Pair
-from nla.models.sidecar import PromptTemplates, Sidecar, SidecarExtraction, sidecar_tokens, write_sidecar
+from nla.models.sidecar import (SIDECAR_FILENAME, PromptTemplates, Sidecar, SidecarExtraction, sidecar_tokens,
+                                write_sidecar)
 
+SIDES = ("av", "ar")
 
 def pair_sidecar(role: str, *, prompts: Prompts, layer: int, d_model: int, injection_scale: float | None,
-                 base_model: str, stage: str, training: dict) -> Sidecar:
+                 base_model: str, base_fingerprint: str | None, stage: str, training: dict) -> Sidecar:
     """The sidecar of one side of a pair; both sides share everything but ``role`` and the injection scale."""
     return Sidecar(
         role=role,
@@ -46,14 +50,27 @@ def pair_sidecar(role: str, *, prompts: Prompts, layer: int, d_model: int, injec
         stage=stage,
         base_model=base_model,
         base_model_source=describe_base_model(base_model),
+        base_model_fingerprint=base_fingerprint,
         training=copy.deepcopy(training),
     )
 
 
-def export_pair(directory: str | Path, pair: Pair, *, stage: str, training: dict,
-                merge_adapters: bool = True) -> dict[str, Path]:
-    """Write ``directory/av`` and/or ``directory/ar`` of ``pair`` (a side the pair lacks is skipped and
-    its directory left as it was).
+def is_export(directory: Path) -> bool:
+    """Whether ``directory`` holds an export and nothing else: ``av/`` and/or ``ar/`` with their
+    sidecars (what ``export_pair`` may replace)."""
+    entries = [entry for entry in os.listdir(directory) if not entry.startswith(".")]
+    return bool(entries) and all(name in SIDES and (directory / name / SIDECAR_FILENAME).is_file() for name in entries)
+
+
+def check_export_directory(directory: str | Path, field: str) -> None:
+    """One line naming ``field`` unless ``directory`` may receive an export (absent, empty, an export)."""
+    check_replaceable(Path(directory), field, is_export, "an nla export (av/, ar/)")
+
+
+def export_pair(directory: str | Path, pair: Pair, *, stage: str, training: dict, merge_adapters: bool = True,
+                field: str = "output") -> dict[str, Path]:
+    """Write ``directory/av`` and/or ``directory/ar`` of ``pair``, replacing an earlier export there as
+    one unit (a side the pair lacks is carried over from it unchanged).
 
     ``training`` is stored in both sidecars and summarised in the model cards. The cards,
     ``nla explain`` and ``nla evaluate`` read these keys when present (see
@@ -61,45 +78,56 @@ def export_pair(directory: str | Path, pair: Pair, *, stage: str, training: dict
     ``steps``, ``heldout_variance`` (the rawvar baseline of the held-out split) and ``figures`` (each
     held-out figure named for what it measures, ``nla.models.sidecar.figure``).
     A LoRA AV is merged into its weights, or with ``merge_adapters=False`` written as its adapter
-    alone; a LoRA AR is always merged (the released AR layout has no adapter form).
+    alone; a LoRA AR is always merged (the released AR layout has no adapter form). A ``directory``
+    holding anything but an export is refused in one line naming ``field``.
     Returns ``{"av": path, "ar": path}`` for the sides written.
     """
     verbalizer, reconstructor, prompts = pair.verbalizer, pair.reconstructor, pair.prompts
     if verbalizer is None and reconstructor is None:
         raise ValueError("export_pair needs a pair with a verbalizer, a reconstructor or both")
     directory = Path(directory)
+    check_export_directory(directory, field)
     check_weights_finite({"AV": verbalizer, "AR": reconstructor}, str(directory))
-    common = dict(prompts=prompts, layer=pair.layer, base_model=pair.base_model, stage=stage, training=training)
-    written: dict[str, Path] = {}
-    if verbalizer is not None:
-        d_model = adapters.hidden_size(verbalizer.model.config)
-        sidecar = pair_sidecar("av", d_model=d_model, injection_scale=verbalizer.injection_scale, **common)
+    if reconstructor is not None and reconstructor.layer != pair.layer:
+        raise ConfigError("layer", f"is {pair.layer} but the reconstructor reads layer {reconstructor.layer}")
+    common = dict(prompts=prompts, layer=pair.layer, base_model=pair.base_model,
+                  base_fingerprint=pair.base_fingerprint, stage=stage, training=training)
 
-        def write_av(staging: Path) -> None:
-            lora.save_model(verbalizer.model, staging, merge_adapters, pair.base_model)
-            verbalizer.tokenizer.save_pretrained(staging)
-            write_sidecar(sidecar, staging)
-            (staging / CARD_FILENAME).write_text(model_card(sidecar), encoding="utf-8")
-
-        written["av"] = replace_directory(directory / "av", write_av)
-    if reconstructor is not None:
-        if reconstructor.layer != pair.layer:
-            raise ConfigError("layer", f"is {pair.layer} but the reconstructor reads layer {reconstructor.layer}")
-        sidecar = pair_sidecar("ar", d_model=reconstructor.d_model, injection_scale=None, **common)
-
-        def write_ar(staging: Path) -> None:
+    def write(staging: Path) -> None:
+        if verbalizer is not None:
+            d_model = adapters.hidden_size(verbalizer.model.config)
+            sidecar = pair_sidecar("av", d_model=d_model, injection_scale=verbalizer.injection_scale, **common)
+            lora.save_model(verbalizer.model, staging / "av", merge_adapters, pair.base_model)
+            verbalizer.tokenizer.save_pretrained(staging / "av")
+            write_sidecar(sidecar, staging / "av")
+            (staging / "av" / CARD_FILENAME).write_text(model_card(sidecar), encoding="utf-8")
+        if reconstructor is not None:
+            sidecar = pair_sidecar("ar", d_model=reconstructor.d_model, injection_scale=None, **common)
             with lora.merged_saves(reconstructor.model):
-                reconstructor.save_pretrained(staging, sidecar, prompts.tokenizer)
-            (staging / CARD_FILENAME).write_text(model_card(sidecar), encoding="utf-8")
+                reconstructor.save_pretrained(staging / "ar", sidecar, prompts.tokenizer)
+            (staging / "ar" / CARD_FILENAME).write_text(model_card(sidecar), encoding="utf-8")
+        for side in SIDES:
+            if not (staging / side).exists() and (directory / side).is_dir():
+                shutil.copytree(directory / side, staging / side, copy_function=_link_or_copy)
 
-        written["ar"] = replace_directory(directory / "ar", write_ar)
-    return written
+    replace_directory(directory, write)
+    written = {"av": verbalizer, "ar": reconstructor}
+    return {side: directory / side for side, model in written.items() if model is not None}
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link where the filesystem allows (no second copy of the weights), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def replace_directory(final: Path, write: Callable[[Path], None]) -> Path:
     """Run ``write`` on a fresh staging directory beside ``final``, then swap it in for ``final``."""
+    final = Path(os.path.abspath(final))
     final.parent.mkdir(parents=True, exist_ok=True)
-    # Staging directories of an export that crashed are incomplete by construction.
+    # Staging directories of an export that crashed are incomplete (or retired) by construction.
     for stale in final.parent.glob(f".{final.name}.staging-*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging = make_staging_directory(final.parent, f".{final.name}.staging-")
@@ -108,20 +136,16 @@ def replace_directory(final: Path, write: Callable[[Path], None]) -> Path:
         honour_umask(staging)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if _disk_full(error):
             raise NLAError(f"disk full while exporting to {final}; nothing there changed; free space on "
                            f"{final.parent} and export again") from error
         raise
-    if not final.exists():
-        os.rename(staging, final)
-        return final
-    retired = Path(str(staging).replace(".staging-", ".old-"))
-    os.rename(final, retired)
-    try:
-        os.rename(staging, final)
-    except BaseException:
-        os.rename(retired, final)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
+    swap_into_place(staging, final)
     return final
+
+
+def _disk_full(error: BaseException) -> bool:
+    """ENOSPC, from Python's own writes or from safetensors' (a ``SafetensorError`` carrying the OS text)."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return type(error).__name__ == "SafetensorError" and os.strerror(errno.ENOSPC) in str(error)

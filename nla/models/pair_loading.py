@@ -15,6 +15,7 @@ from nla.core.marker import PLACEHOLDER, render_av_content
 from nla.core.prompts import PromptArgs, Prompts
 from nla.models import adapters, lora
 from nla.models.base_model import locate_base_model
+from nla.models.fingerprint import check_same_base
 from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
 from nla.models.pair import Pair
 from nla.models.reconstructor import Reconstructor
@@ -114,6 +115,9 @@ def read_pair_sidecars(av_dir: str | Path, ar_dir: str | Path) -> tuple[Sidecar,
         if value(ar) != "" and value(av) != value(ar):
             raise ConfigError(field, f"the AV says {value(av)!r} but the AR says {value(ar)!r}; "
                               "these two directories are not one pair")
+    check_same_base("ar", ("the AV", av.base_model, av.base_model_fingerprint),
+                    ("the AR", ar.base_model, ar.base_model_fingerprint),
+                    "these two directories are not one pair; give an AV and an AR trained on the same model")
     return av, ar
 
 
@@ -139,4 +143,5 @@ def load_pair(av_dir: str | Path, ar_dir: str | Path, dtype: str = "auto") -> Pa
     reconstructor = Reconstructor.from_pretrained(ar_dir, dtype=dtype).eval()
     return Pair(verbalizer, reconstructor, prompts, layer=av_sidecar.extraction_layer_index,
                 base_model=av_sidecar.base_model or ar_sidecar.base_model,
+                base_fingerprint=av_sidecar.base_model_fingerprint or ar_sidecar.base_model_fingerprint,
                 sidecars={"av": av_sidecar, "ar": ar_sidecar})

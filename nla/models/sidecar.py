@@ -82,6 +82,9 @@ class Sidecar:
     base_model_source: dict = field(default_factory=dict)
     """For a local base model: its absolute ``path`` and the ``config_sha256`` of its config.json
     (``nla.models.base_model``), so the pair finds it from another working directory; else empty."""
+    base_model_fingerprint: str | None = None
+    """``sha256:...`` of the base model's config and weights (``nla.models.fingerprint``): commands that
+    combine an AV, an AR and a cache refuse different ones. None in released sidecars."""
     training: dict = field(default_factory=dict)
     """Provenance: config, step, metrics, versions; free-form."""
     kind: str = "nla_model"
@@ -213,6 +216,7 @@ def read_sidecar(directory_or_file: str | Path) -> Sidecar:
     if not isinstance(training, dict):
         raise ConfigError("training", f"is {training!r} in {file}; expected a mapping")
     stage, base_model = r.get("stage", default=None), r.get("base_model", default=None)
+    base_fingerprint = r.get("base_model_fingerprint", default=None)
     source = r.get("base_model_source", default=None) or {}
     if not isinstance(source, dict):
         raise ConfigError("base_model_source", f"is {source!r} in {file}; expected a mapping")
@@ -228,6 +232,7 @@ def read_sidecar(directory_or_file: str | Path) -> Sidecar:
         stage=None if stage is None else str(stage),
         base_model=None if base_model is None else str(base_model),
         base_model_source=source,
+        base_model_fingerprint=None if base_fingerprint is None else str(base_fingerprint),
         training=training,
         kind=kind,
         extra=extra,

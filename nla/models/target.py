@@ -17,6 +17,7 @@ from torch import Tensor
 
 from nla.core.errors import ConfigError, field_scope
 from nla.models import adapters
+from nla.models.fingerprint import check_same_base, model_fingerprint
 from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
 from nla.models.residual import read_residual
 
@@ -72,9 +73,15 @@ def target_tokenizer(name: str):
         return load_tokenizer(ModelArgs(name))
 
 
-def load_target(name: str, d_model: int, device, keep_layers: int | None = None):
+def load_target(name: str, d_model: int, device, keep_layers: int | None = None,
+                base: tuple[str | None, str | None] = (None, None)):
     """The target causal LM in eval mode on ``device`` (the first ``keep_layers`` blocks only when
-    given), checked to have the pair's width."""
+    given), checked to be the pair's base model (``base``: its name and fingerprint, as the sidecars
+    record them) before it loads, and to have the pair's width."""
+    with field_scope("target"):
+        now = model_fingerprint(ModelArgs(name))
+    check_same_base("target", ("the pair", *base), ("the target", name, now),
+                    "pass --target with the model the pair was trained on")
     with field_scope("target"):
         model = load_causal_lm(ModelArgs(name), keep_layers=keep_layers).eval().to(device)
     width = adapters.hidden_size(model.config)

@@ -20,7 +20,6 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from nla.data.datasets import IGNORE
 from nla.core.errors import ConfigError, field_scope
 from nla.models.pair import Pair
 from nla.models.pair_export import export_pair
@@ -33,11 +32,12 @@ from nla.modules.fit_plan import FitPlan
 from nla.modules.nonfinite import NonFiniteGuard
 from nla.models.reconstructor import Reconstructor
 from nla.modules.sample_table import heldout_sample_table, sample_rows
+from nla.modules.sft_heldout import SFTHeldout
 from nla.modules.settings import TrainingArgs, check_injection_scale, saved
 from nla.models.verbalizer import Verbalizer
 
 
-class SFTModule(LightningModule):
+class SFTModule(SFTHeldout, LightningModule):
     """Supervised warm start of the AV and/or the AR; needs an ``NLADataModule``."""
 
     def __init__(
@@ -94,6 +94,7 @@ class SFTModule(LightningModule):
         self.prompts = None
         self.layer: int | None = None
         self.base_model: str | None = None
+        self.base_fingerprint: str | None = None
         self.data_provenance: dict = {}
         self.last_validation: dict[str, float] = {}
         self._samples = None
@@ -127,6 +128,7 @@ class SFTModule(LightningModule):
             raise ConfigError("data.source.target.name_or_path", f"is {args.name_or_path!r} but the cache in "
                               f"{datamodule.cache.directory} was built from {cached!r}; rebuild it or fix the path")
         self.prompts, self.layer, self.base_model = datamodule.prompts, datamodule.layer, args.name_or_path
+        self.base_fingerprint = datamodule.base_fingerprint
         self.data_provenance = provenance(datamodule)
         with field_scope("data.source.target"):
             check_trainable(args)
@@ -148,7 +150,8 @@ class SFTModule(LightningModule):
     @property
     def pair(self) -> Pair:
         """The trained models as a ``Pair`` (a view: the same modules; a disabled side is None)."""
-        return Pair(self.verbalizer, self.reconstructor, self.prompts, self.layer, base_model=self.base_model)
+        return Pair(self.verbalizer, self.reconstructor, self.prompts, self.layer, base_model=self.base_model,
+                    base_fingerprint=self.base_fingerprint)
 
     def fit_plan(self) -> FitPlan:
         """What this run trains, writes and generates, for the pre-flight."""
@@ -279,61 +282,14 @@ class SFTModule(LightningModule):
                 if isinstance(logger, TensorBoardLogger):
                     logger.experiment.add_text("samples/av", table, self.global_step)
 
-    # ---- validation -----------------------------------------------------------------------------
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Loader 0: the held-out rows with their own vectors; loader 1 (``data.val_shuffled``): the same
-        rows with shuffled vectors, for the AV only."""
-        if self.verbalizer is not None:
-            av = batch["av"]
-            out = self.verbalizer(av["input_ids"], av["attention_mask"], batch["vector"], av["labels"],
-                                  slots=av.get("marker_slots"), layout=av.get("layout"))
-            tokens = (av["labels"][:, 1:] != IGNORE).sum()
-            metric = self.av_val_loss if dataloader_idx == 0 else self.av_val_loss_shuffled
-            metric.update(out.loss.detach(), tokens)
-        if self.reconstructor is not None and dataloader_idx == 0:
-            ar = batch["ar"]
-            predicted = self.reconstructor(ar["input_ids"], ar["attention_mask"], ar.get("last_index"), ar.get("layout"))
-            self.fve.update(predicted, batch["vector"])
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        """The held-out ``test`` half (``nla test``), scored as validation scores its half."""
-        self.validation_step(batch, batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_heldout("test")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_heldout("val")
-
-    def _log_heldout(self, prefix: str) -> None:
-        values = {}
-        if self.verbalizer is not None and self.av_val_loss.update_called:
-            values[f"{prefix}/av_loss"] = self.av_val_loss.compute()
-            if self.av_val_loss_shuffled.update_called:
-                values[f"{prefix}/av_loss_shuffled"] = self.av_val_loss_shuffled.compute()
-                values[f"{prefix}/av_loss_gap"] = values[f"{prefix}/av_loss_shuffled"] - values[f"{prefix}/av_loss"]
-        if self.reconstructor is not None and self.fve.update_called:
-            scores = self.fve.compute_all()
-            values.update({f"{prefix}/fve": scores["fve"], f"{prefix}/ar_loss": scores["mse"],
-                           f"{prefix}/ar_cosine": scores["cosine"]})
-        for metric in (self.av_val_loss, self.av_val_loss_shuffled, *([self.fve] if self.reconstructor else [])):
-            metric.reset()
-        values = {name: value.float() for name, value in values.items()}
-        self.log_dict(values)
-        # Only validation figures describe the run (the sidecar's, the checkpoint's): the test half is read, not kept.
-        if prefix == "val" and not self.trainer.sanity_checking:
-            self.last_validation = {name: float(value) for name, value in values.items()}
-            if "val/fve" in values:
-                # Which rows the figure is about, so an export can say it (not logged: not a curve).
-                rows = int(scores["count"])
-                self.last_validation.update(rows=rows, step=int(self.global_step),
-                                            documents=self.trainer.datamodule.split_documents("validation", rows))
-
     # ---- export ---------------------------------------------------------------------------------
 
     def on_fit_end(self) -> None:
         if self.hparams.export_dir:
+            if self.last_validation.get("step") != self.global_step:
+                # A run resumed from a checkpoint written before its step's validation would otherwise
+                # export older figures than the same run uninterrupted.
+                self.validate_final_weights()
             # Sharded weights are gathered by every process together; only rank 0 writes.
             models = fsdp.full_copies(self.verbalizer, self.reconstructor)
             if self.trainer.is_global_zero:
@@ -346,10 +302,12 @@ class SFTModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.last_validation = dict(checkpoint.get("nla_last_validation", {}))
 
-    def export(self, directory: str | Path, steps: int | None = None, models: tuple | None = None) -> dict[str, Path]:
+    def export(self, directory: str | Path, steps: int | None = None, models: tuple | None = None,
+               field: str = "model.export_dir") -> dict[str, Path]:
         """Write the trained pair as ``directory/av`` and ``directory/ar`` (``nla.models.pair``); ``steps``
         (recorded in the sidecars) defaults to the trainer's global step; ``models`` replaces
-        ``(self.verbalizer, self.reconstructor)`` (unsharded copies from ``fsdp.full_copies``)."""
+        ``(self.verbalizer, self.reconstructor)`` (unsharded copies from ``fsdp.full_copies``); ``field``
+        is the key a refused directory is reported under."""
         if self.prompts is None:
             raise RuntimeError("export needs the models: call build(datamodule) or fit first")
         training = {
@@ -367,9 +325,10 @@ class SFTModule(LightningModule):
         if "val/av_loss_gap" in self.last_validation:
             training["heldout_av_loss_gap"] = self.last_validation["val/av_loss_gap"]
         verbalizer, reconstructor = models or (self.verbalizer, self.reconstructor)
-        pair = Pair(verbalizer, reconstructor, self.prompts, self.layer, base_model=self.base_model)
+        pair = Pair(verbalizer, reconstructor, self.prompts, self.layer, base_model=self.base_model,
+                    base_fingerprint=self.base_fingerprint)
         return export_pair(directory, pair, stage="sft", training=training,
-                           merge_adapters=lora.merge_on_export(self.training_args.verbalizer_lora))
+                           merge_adapters=lora.merge_on_export(self.training_args.verbalizer_lora), field=field)
 
 
 def provenance(datamodule) -> dict:

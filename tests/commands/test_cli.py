@@ -81,11 +81,18 @@ def test_abbreviated_option_is_refused(capsys, tiny_model_dir):
     assert code == 2 and out.err.splitlines()[-1] == "nla: error: model.name: unknown key; did you mean `name_or_path`?"
 
 
-def test_fit_trains_saves_config_and_reruns_in_the_same_directory(tmp_path):
-    path = boring_config(tmp_path)
-    for _ in range(2):
-        result = run_nla("fit", "--config", str(path))
-        assert result.returncode == 0, result.stderr
+def test_fit_trains_saves_config_and_resumes_in_the_same_directory(tmp_path):
+    # Not the config.yaml the run saves in the same directory (it records the resumed run's ckpt_path).
+    path = boring_config(tmp_path).rename(tmp_path / "boring.yaml")
+    result = run_nla("fit", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    (first,) = tmp_path.glob("**/*.ckpt")
+    result = run_nla("fit", "--config", str(path), "--ckpt_path", str(first))
+    assert result.returncode == 0, result.stderr
+    # A fresh start would write over the run's checkpoints.
+    again = run_nla("fit", "--config", str(path))
+    assert again.returncode == 2
+    assert again.stderr.splitlines()[-1].startswith(f"nla: error: ckpt_path: is not set but {first.parent} holds ")
     checkpoints = sorted(tmp_path.glob("**/*.ckpt"))
     assert checkpoints, "fit wrote no checkpoint"
     state = torch.load(checkpoints[-1], map_location="cpu", weights_only=True)

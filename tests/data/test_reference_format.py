@@ -1,7 +1,7 @@
 """``nla import``: reference-format datasets (parquet + .nla_meta.yaml) into a cache that SFT trains on.
 
-The parquet files are written here in the reference's schema for a tiny llama (d=32, layer 1); the
-texts are our own.
+The parquet files are written in the reference's schema for a tiny llama (d=32, layer 1) by
+``tests/fixtures/reference.py``; the texts are our own.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -22,82 +21,15 @@ from nla.models.pair_loading import load_pair
 from nla.models.sidecar import read_sidecar
 from tests.fixtures.tensorboard import scalars
 from nla.data.activation_cache import ActivationCache
-from nla.core.marker import choose_marker
 from tests.fixtures.paths import ROOT
+from tests.fixtures.reference import D, LAYER, reference_datasets, run_import, write_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-D, LAYER = 32, 1
-TEXT = "The keeper climbed the stair and lit the lamp while the boats waited beyond the harbour wall."
-AV_PROMPT = "Here is a vector: <concept><INJECT></concept>. Explain it between <explanation> tags."
-CRITIC = "Summary of the following text: <text>{explanation}</text> <summary>"
-
-
-def sidecar(tokenizer, stage: str, rows: int, **changes) -> dict:
-    marker = choose_marker(tokenizer)
-    meta = {
-        "kind": "nla_dataset", "dataset_id": f"test-{stage}", "stage": stage, "row_count": rows,
-        "extraction": {"base_model": "tiny-llama", "d_model": D, "layer_index": LAYER, "norm": "none",
-                       "corpus": "ours", "positions_per_doc": 2},
-        "tokens": {"injection_char": marker.char, "injection_token_id": marker.token_id,
-                   "injection_left_neighbor_id": marker.left_id, "injection_right_neighbor_id": marker.right_id},
-        "prompt_templates": {"actor": AV_PROMPT, "critic": CRITIC},
-        "api_summaries": {"model": "a-teacher", "max_tokens": 300, "temperature": 1.0, "instruction_prompt": "..."},
-    }
-    if stage == "ar_sft":
-        suffix = tokenizer.encode(CRITIC.split("{explanation}")[1], add_special_tokens=False)
-        meta["tokens"]["critic_suffix_ids"] = suffix[-2:]
-    for key, value in changes.items():
-        section, _, name = key.partition(".")
-        meta[section] = value if not name else {**meta[section], name: value}
-    return meta
-
-
-def write_dataset(root: Path, tokenizer, stage: str, docs: range, seed: int, vectors=None, **changes) -> Path:
-    """Two rows per document: the explained tokens 12 and 16 of its text, with their prefixes."""
-    rng = np.random.default_rng(seed)
-    ids = tokenizer.encode(TEXT, add_special_tokens=True)
-    rows = {"activation_vector": [], "doc_id": [], "n_raw_tokens": [], "activation_layer": [],
-            "detokenized_text_truncated": [], "prompt": [], "response": []}
-    for doc in docs:
-        for n in (12, 16):
-            rows["activation_vector"].append(rng.normal(size=D).astype(np.float32) * (1 + doc))
-            rows["doc_id"].append(f"doc-{doc}")
-            rows["n_raw_tokens"].append(n)
-            rows["activation_layer"].append(LAYER)
-            rows["detokenized_text_truncated"].append(tokenizer.decode(ids[1:n], skip_special_tokens=True))
-            explanation = f"A story about a lamp {doc}.\nThe next word follows token {n}."
-            if stage == "ar_sft":
-                rows["prompt"].append(CRITIC.replace("{explanation}", explanation))
-            else:
-                rows["prompt"].append([{"role": "user", "content": AV_PROMPT}])
-            rows["response"].append(f"<explanation>{explanation}</explanation>")
-    if stage == "ar_sft":
-        del rows["response"]
-    if stage == "rl":
-        del rows["response"]
-    vectors = vectors if vectors is not None else np.stack(rows["activation_vector"])
-    columns = {**rows, "activation_vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), D)}
-    table = pa.table(columns)
-    path = root / f"{stage}.parquet"
-    pq.write_table(table, path)
-    meta = sidecar(tokenizer, stage, table.num_rows, **changes)
-    Path(f"{path}.nla_meta.yaml").write_text(yaml.safe_dump(meta, allow_unicode=True))
-    return path
-
 
 @pytest.fixture
-def datasets(tmp_path, tiny_model_dir, tiny_tokenizer):
-    root = tmp_path / "ref"
-    root.mkdir()
-    return [write_dataset(root, tiny_tokenizer, "av_sft", range(0, 16), 0),
-            write_dataset(root, tiny_tokenizer, "ar_sft", range(16, 28), 1),
-            write_dataset(root, tiny_tokenizer, "rl", range(28, 34), 2)]
-
-
-def run_import(paths, model_dir, output, *extra):
-    main(["import", "--datasets", yaml.safe_dump([str(p) for p in paths], default_flow_style=True).strip(),
-          "--target.name_or_path", str(model_dir), "--output", str(output), "--heldout_fraction", "0.25", *extra])
+def datasets(tmp_path, tiny_tokenizer):
+    return reference_datasets(tmp_path / "ref", tiny_tokenizer)
 
 
 def test_import_writes_a_cache_with_splits_contexts_and_the_teachers_text(tmp_path, tiny_model_dir, datasets, capsys):

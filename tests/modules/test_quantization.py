@@ -88,6 +88,7 @@ def test_sft_names_the_data_field(tiny_model_dir, tmp_path):
         cache = type("Cache", (), {"meta": {"model": {"name_or_path": target_args.name_or_path}},
                                    "directory": tmp_path, "split_indices": lambda self, split: []})()
         prompts, layer, teacher_args, heldout_variance = None, LAYER, type("T", (), {"provider": "x", "model": None}), None
+        base_fingerprint = None
         corpus_args = type("C", (), {"path": "docs.jsonl"})
 
     with pytest.raises(ConfigError, match="^data.source.target.quantization: is '4bit' but this model trains"):

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from nla.data.datamodule import NLADataModule
 from tests.fixtures.commands import tiny_source
 from tests.fixtures.corpus import write_corpus
+from tests.fixtures.permissions import owner_access
 
 
 @pytest.fixture(scope="package")
@@ -20,3 +23,10 @@ def tiny_sft(tmp_path_factory, tiny_model_dir):
     datamodule = NLADataModule(tiny_source(model_dir, root / "docs.jsonl", root / "cache"), progress=False)
     datamodule.prepare_data()
     return root, model_dir, root / "cache"
+
+
+@pytest.fixture
+def permissions_apply(monkeypatch):
+    """Mode bits bind this process: as root (CI here), ``os.access`` answers as they do for the owner."""
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "access", owner_access)

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from nla.commands.cli import main
-from tests.fixtures.commands import copy_cache, run_main, sft_argv
+from nla.modules.grpo.settings import RolloutArgs
+from tests.fixtures.commands import copy_cache, grpo_argv, run_main, sft_argv
 
 
 @pytest.mark.parametrize("extra, line", [
@@ -31,6 +32,7 @@ from tests.fixtures.commands import copy_cache, run_main, sft_argv
     (["--model.init_args.training.verbalizr_lr", "3"],
      "model.training.verbalizr_lr: unknown key; did you mean `verbalizer_lr`?"),
     (["--trainer.max_stepz", "3"], "trainer.max_stepz: unknown key; did you mean `max_steps`?"),
+    (["--trainer.max_steps", "-5"], "trainer.max_steps: must be a non-negative integer or -1 (infinite steps), got -5"),
     (["--data.init_args.source.cache.layer", "abc"], "data.source.cache.layer: expected int, got 'abc'"),
 ])
 def test_fit_config_mistakes_are_one_line(tiny_sft, tmp_path, capsys, extra, line):
@@ -84,6 +86,45 @@ def test_val_check_interval_longer_than_the_epoch(tiny_sft, tmp_path, capsys):
     assert err.startswith("nla: error: trainer.val_check_interval: is 500 training batches but an epoch has ")
     assert err.endswith("(data.batch_size 4); lower it, or set trainer.check_val_every_n_epoch: null to count "
                         "batches across epochs")
+
+
+def test_val_check_interval_longer_than_any_epoch_stops_before_caching(tiny_sft, tmp_path, capsys):
+    # No cache yet: 40 documents of at most 3 positions make at most 120 rows, 30 batches of 4.
+    root, model_dir, _ = tiny_sft
+    code, err = run_main(capsys, sft_argv(model_dir, root / "docs.jsonl", tmp_path / "cache", tmp_path / "run",
+                                          "--trainer.val_check_interval", "500"))
+    assert (code, err) == (2, "nla: error: trainer.val_check_interval: is 500 training batches but an epoch has at most "
+                              "30: at most 120 rows, corpus.max_documents 40 x cache.positions_per_document 3 "
+                              "(data.batch_size 4); lower it, or set trainer.check_val_every_n_epoch: null to count "
+                              "batches across epochs")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+def test_val_check_interval_longer_than_the_cached_epoch_stops_before_the_models_load(tiny_sft, tmp_path, capsys,
+                                                                                       monkeypatch):
+    root, model_dir, clean = tiny_sft
+    cache = copy_cache(clean, tmp_path / "cache")
+    counts = json.loads((cache / "meta.json").read_text())["stats"]
+    longest = max(counts["av_sft"]["count"], counts["ar_sft"]["count"])
+    monkeypatch.setattr("nla.modules.sft.load_causal_lm", lambda *args, **kwargs: pytest.fail("a model loaded"))
+    code, err = run_main(capsys, sft_argv(model_dir, root / "docs.jsonl", cache, tmp_path / "run",
+                                          "--trainer.val_check_interval", "500"))
+    assert (code, err) == (2, f"nla: error: trainer.val_check_interval: is 500 training batches but an epoch has at most "
+                              f"{-(-longest // 4)}: {longest} rows in the cache (data.batch_size 4); lower it, or set "
+                              "trainer.check_val_every_n_epoch: null to count batches across epochs")
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_sample_per_prompt_under_per_group_advantages_is_refused(tiny_sft, tmp_path, capsys):
+    root, model_dir, _ = tiny_sft
+    code, err = run_main(capsys, grpo_argv(model_dir, root / "docs.jsonl", tmp_path / "cache", tmp_path / "run",
+                                           "--model.init_args.rollout.samples_per_prompt", "1"))
+    assert (code, err) == (2, "nla: error: model.rollout.samples_per_prompt: is 1, so each answer is compared only with "
+                              "itself and every advantage is 0 (the AV cannot learn); set it to 2 or more, or "
+                              "rollout.uniform_groups: batch to compare answers across the batch")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+    # Against the batch, one answer per prompt still has an advantage: REINFORCE with a batch baseline.
+    assert RolloutArgs(samples_per_prompt=1, uniform_groups="batch").samples_per_prompt == 1
 
 
 def test_an_empty_text_corpus_names_the_text_column(tiny_model_dir, tmp_path, capsys):

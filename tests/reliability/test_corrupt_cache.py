@@ -131,8 +131,8 @@ def test_repair_re_extracts_only_the_damaged_shard(tiny_sft, tmp_path, capsys):
     flip_bytes(cache)
     # Rerunning `nla cache` on a finished cache checks it, and never recomputes statistics over damage.
     code, err = run_main(capsys, ["cache", "--config", config])
-    assert code == 2 and err.startswith(f"nla: error: cache.directory: shard {SHARD} of {cache} is damaged: ")
-    assert err.endswith("re-extract the damaged shards with cache.repair: true, or delete "
+    assert code == 2 and err.startswith(f"nla: error: source.cache.directory: shard {SHARD} of {cache} is damaged: ")
+    assert err.endswith("re-extract the damaged shards with source.cache.repair: true, or delete "
                         f"{cache / 'shards' / f'shard-{SHARD:05d}'}.* and rerun")
     assert run_main(capsys, ["cache", "--config", config, "--source.cache.repair", "true"])[0] is None
     after = snapshot(cache)
@@ -140,6 +140,20 @@ def test_repair_re_extracts_only_the_damaged_shard(tiny_sft, tmp_path, capsys):
     rewritten = {name for name in before if after[name][1] != before[name][1]}
     assert {name for name in rewritten if name.startswith("shards/")} == {
         f"shards/shard-{SHARD:05d}.{kind}" for kind in ("vectors.npy", "index.npy", "docs.jsonl", "json")}
+
+
+def test_deleting_a_damaged_shard_and_rerunning_re_extracts_it(tiny_sft, tmp_path, capsys):
+    root, model_dir, _ = tiny_sft
+    config = cache_config(tmp_path, model_dir, root / "docs.jsonl")
+    assert run_main(capsys, ["cache", "--config", config])[0] is None
+    cache = tmp_path / "cache"
+    before = snapshot(cache)
+    flip_bytes(cache)
+    # The second fix the damage line gives: delete the shard's files, rerun.
+    for path in (cache / "shards").glob(f"shard-{SHARD:05d}.*"):
+        path.unlink()
+    assert run_main(capsys, ["cache", "--config", config])[0] is None
+    assert {name: data for name, (data, _) in snapshot(cache).items()} == {name: data for name, (data, _) in before.items()}
 
 
 def test_a_full_disk_while_caching_is_one_line(tiny_sft, tmp_path, capsys, monkeypatch):

@@ -114,7 +114,7 @@ def test_nan_vectors_stop_sft_and_keep_the_checkpoint_and_export(tiny_sft, tmp_p
     cache, run = copy_cache(clean, tmp_path / "cache"), tmp_path / "run"
     argv = sft_argv(model_dir, root / "docs.jsonl", cache, run, "--trainer.val_check_interval", "2",
                     "--model.init_args.sample_every_n_steps", "0", "--model.init_args.training.max_nonfinite_steps", "2",
-                    "--trainer.callbacks.init_args.every_n_train_steps", "1")
+                    "--trainer.callbacks.init_args.every_n_train_steps", "1", "--model.init_args.schedule_steps", "8")
     # The first run has no checkpoint to resume: last_or_fresh starts fresh, `last` would refuse.
     assert run_main(capsys, [*argv, "--trainer.max_steps", "2", "--ckpt_path", "last_or_fresh"])[0] is None
     export = {p: p.read_bytes() for p in (run / "export").rglob("*") if p.is_file()}

@@ -1,10 +1,11 @@
 """The pre-flight stage stops a doomed run in seconds, before any cache is built or weights load: a GRPO
 ``sft_export`` that does not exist, an unset API key, an unreachable teacher, sequence lengths beyond
-the model's positions, a disk too small; and generation itself refuses to run past the position limit
+the model's positions (the extractive teacher's summaries included), a disk too small; and generation itself refuses to run past the position limit
 instead of crashing in the position embedding."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,17 +13,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
+from nla.commands.preflight_lengths import TYPICAL_REQUEST
 from nla.core.errors import ConfigError
-from nla.core.prompts import PromptArgs, Prompts
+from nla.core.prompts import PromptArgs, Prompts, explanation_text
+from nla.core.sizes import human_size
+from nla.data.cache_writer import vector_bytes
+from nla.data.datamodule import NLADataModule
+from nla.data.summaries import read_summaries
+from nla.data.teachers.extractive import describe, describe_briefly
 from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
 from nla.models.verbalizer import Verbalizer
-from tests.fixtures.commands import GRPO, run_main, sft_argv
-
-
-def grpo_argv(model_dir, corpus, cache, run, *extra: str) -> list[str]:
-    return ["fit", "--config", str(GRPO), "--data.init_args.source.target.name_or_path", str(model_dir),
-            "--data.init_args.source.corpus.path", str(corpus), "--data.init_args.source.cache.directory", str(cache),
-            "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run), *extra]
+from tests.fixtures.commands import grpo_argv, run_main, sft_argv, tiny_source
 
 
 def test_a_missing_sft_export_fails_before_caching(tiny_sft, tmp_path, capsys):
@@ -103,6 +104,31 @@ def test_sequences_beyond_the_position_limit_fail_before_caching(tiny_sft, tiny_
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("style, key, fix", [
+    (None, "teacher.model", "use data.source.teacher.model: brief, a shorter data.source.prompts.av_template or a "
+                            "model with more positions"),
+    ("brief", "prompts.av_template", "use a shorter data.source.prompts.av_template or a model with more positions"),
+])
+def test_extractive_summaries_beyond_the_position_limit_fail_before_caching(tiny_sft, tiny_model_dir, tmp_path, capsys,
+                                                                            style, key, fix):
+    # GPT-2's 256 learned positions: the AV's SFT examples, prompt and teacher summary, would not fit.
+    root, _, _ = tiny_sft
+    model = tiny_model_dir("gpt2")
+    extra = [] if style is None else ["--data.init_args.source.teacher.model", style]
+    code, err = run_main(capsys, sft_argv(model, root / "docs.jsonl", tmp_path / "cache", tmp_path / "run", *extra))
+    # Counted here as the run would count them, not read back from the message.
+    prompts = Prompts.build(load_tokenizer(ModelArgs(str(model))), PromptArgs())
+    summary = (describe if style is None else describe_briefly)(TYPICAL_REQUEST.context, TYPICAL_REQUEST.token)
+    answer = len(prompts.tokenizer.encode(prompts.av_target(explanation_text(summary)), add_special_tokens=False))
+    prompt = len(prompts.av_prompt_ids)
+    assert prompt + answer > 256
+    assert (code, err) == (2, f"nla: error: data.source.{key}: the AV prompt of {model} ({prompt} tokens) plus its "
+                              f"answer with a typical {style or 'full'} extractive summary (about {answer} tokens) "
+                              f"needs about {prompt + answer} positions but the model has 256 (max_position_embeddings); "
+                              f"{fix}")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_generation_refuses_to_run_past_the_position_limit(tiny_model_dir):
     args = ModelArgs(str(tiny_model_dir("gpt2")))
     tokenizer = load_tokenizer(args)
@@ -126,3 +152,38 @@ def test_a_disk_too_small_fails_before_caching(tiny_sft, tmp_path, capsys, monke
     assert err.startswith("nla: error: data.source.cache.directory, checkpoints, model.export_dir: needs about ")
     assert err.endswith(f"on {tmp_path} but 1000 B are free; free space or point it elsewhere")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_disk_too_small_for_an_unbounded_cache_says_how_much_in_fitting_units(tiny_sft, tmp_path, capsys, monkeypatch):
+    # Without corpus.max_documents the pre-flight cannot bound the cache; the writer checks once it is planned.
+    root, model_dir, _ = tiny_sft
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    code, err = run_main(capsys, ["cache", "--source.target.name_or_path", str(model_dir), "--source.corpus.path",
+                                  str(root / "docs.jsonl"), "--source.corpus.max_length", "128",
+                                  "--source.corpus.min_position", "8", "--source.cache.positions_per_document", "3",
+                                  "--source.cache.directory", str(tmp_path / "cache")])
+    # 40 documents of 3 positions: 120 rows of 32 float32 values and their index.
+    assert (code, err) == (2, f"nla: error: source.cache.directory: {tmp_path / 'cache'} needs "
+                              f"{human_size(vector_bytes(120, 32, 'float32'))} but has 1000 B free; free space or choose "
+                              "another directory")
+
+
+def test_summaries_past_the_position_limit_are_refused_once_read(tiny_sft, tiny_model_dir, tmp_path):
+    # The pre-flight estimates the extractive summaries from a typical one; once written, every one is counted.
+    root, _, _ = tiny_sft
+    model = tiny_model_dir("gpt2")
+    datamodule = NLADataModule(tiny_source(model, root / "docs.jsonl", tmp_path / "cache"), progress=False)
+    datamodule.prepare_data()
+    with pytest.raises(ConfigError) as refused:
+        datamodule.setup("fit")
+    prompts = Prompts.build(load_tokenizer(ModelArgs(str(model))), PromptArgs())
+    summaries = read_summaries(next((tmp_path / "cache" / "summaries").glob("*/av_sft.json")))
+    lengths = [len(prompts.av_prompt_ids) + len(prompts.tokenizer.encode(prompts.av_target(explanation_text(features)),
+                                                                         add_special_tokens=False))
+               for features in summaries.values()]
+    assert str(refused.value) == (
+        f"data.source.teacher.model: the longest AV example (prompt and answer) among the av_sft rows needs {max(lengths)} "
+        f"positions but the model has 256 (max_position_embeddings; {sum(n > 256 for n in lengths)} of {len(lengths)} "
+        "rows are too long); use data.source.teacher.model: brief, a shorter data.source.prompts.av_template or a "
+        "model with more positions")

@@ -21,6 +21,7 @@ from nla.evaluation.detail import prefix, spread_points, token_ends
 from nla.commands.explain.flags import final_token_contradiction
 from nla.commands.explain.page import check_page_path, read_steering, write_page
 from nla.commands.explain.table import render_table
+from nla.models.fingerprint import BaseModelMismatch
 from nla.models.pair_loading import load_pair, read_pair_sidecars
 from nla.core.maths import cosine, normalized_mse
 from nla.models.target import choose_positions, load_target, residuals, target_tokenizer, tokenize
@@ -88,10 +89,11 @@ def explain_text(
         tokenized = tokenize(target_tokenizer(target), text)
         chosen = choose_positions(len(tokenized.ids), tokenized.special, positions)
         # The target is freed before the pair loads, so the two never share memory.
-        vectors = residuals(load_target(target, av_sidecar.d_model, device, keep_layers=layer + 1), layer,
+        base = (av_sidecar.base_model, av_sidecar.base_model_fingerprint)
+        vectors = residuals(load_target(target, av_sidecar.d_model, device, keep_layers=layer + 1, base=base), layer,
                             tokenized.ids, chosen)
     except ConfigError as error:
-        if given is not None or not error.field.startswith("target"):
+        if given is not None or not error.field.startswith("target") or isinstance(error, BaseModelMismatch):
             raise
         raise ConfigError("target", f"the base model the sidecar names cannot be loaded ({error.detail}); pass "
                           "--target with the model the pair was trained on (a local copy)") from None

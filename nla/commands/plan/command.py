@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from nla.core.errors import NLAError
+from nla.core.errors import ConfigError, NLAError
 from nla.commands.plan.architectures import model_config
 from nla.commands.plan.estimate import Estimate, estimate
 from nla.commands.plan.memory import GIB
@@ -37,6 +37,7 @@ def plan(config: str, gpus: int | None = None, gpu_memory: float | None = None, 
         sampling_tokens_per_s: GRPO sampled tokens per second per device (default: 1000 for an 8B
             AV, scaled by the AV's size).
     """
+    _check_numbers(gpu_memory, mfu, sampling_tokens_per_s)
     run = read_run(config)
     if gpus is not None:
         if gpus < 1:
@@ -55,6 +56,16 @@ def plan(config: str, gpus: int | None = None, gpu_memory: float | None = None, 
             print(f"  - {line}")
         raise NLAError(f"plan: {config} needs {result.total / GIB:.1f} GiB per device, more than "
                        f"{HEADROOM:.0%} of {capacity / GIB:.0f} GiB; see the changes listed above")
+
+
+def _check_numbers(gpu_memory: float | None, mfu: float, sampling_tokens_per_s: float | None) -> None:
+    """Refuse numbers no device has: a plan against them would print figures that mean nothing."""
+    if gpu_memory is not None and not gpu_memory > 0:
+        raise ConfigError("gpu_memory", f"must be a positive number of GiB, got {gpu_memory:g}")
+    if not 0 < mfu <= 1:
+        raise ConfigError("mfu", f"must be a fraction in (0, 1], got {mfu:g}")
+    if sampling_tokens_per_s is not None and not sampling_tokens_per_s > 0:
+        raise ConfigError("sampling_tokens_per_s", f"must be positive, got {sampling_tokens_per_s:g}")
 
 
 def _shapes(model_cfg, run: Run) -> Shapes:

@@ -64,7 +64,7 @@ def steer_text(av: str, ar: str, text: str, position: int = -1, replace: list[st
     tokenizer = target_tokenizer(target)
     tokenized = tokenize(tokenizer, text)
     at = choose_positions(len(tokenized.ids), tokenized.special, [position])[0]
-    model = load_target(target, av_sidecar.d_model, device)
+    model = load_target(target, av_sidecar.d_model, device, base=(av_sidecar.base_model, av_sidecar.base_model_fingerprint))
     h = residuals(model, layer, tokenized.ids, [at])
     pair = load_pair(av, ar).to(device)
     answers = pair.explain(h, max_new_tokens=max_new_tokens)

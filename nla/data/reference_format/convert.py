@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from nla.data.cache_check import record_location
-from nla.data.cache_format import BOUNDS, INDEX_DTYPE, MEANS, META, write_shard
+from nla.data.cache_format import BOUNDS, INDEX_DTYPE, MEANS, META, PLAN, write_shard
 from nla.data.cache_plan import FORMAT_VERSION
 from nla.data.cache_stats import GROUPS, split_statistics
 from nla.data.reference_format.dataset import ReferenceDataset
@@ -31,6 +32,7 @@ from nla.data.splits import SPLITS
 from nla.data.storage import atomic_save_npy, atomic_write_json, file_sha256
 from nla.data.summaries import IMPORTED_SUMMARIES
 from nla.core.errors import ConfigError
+from nla.core.files import check_replaceable, swap_into_place
 
 STAGE_SPLIT = {"av_sft": "av_sft", "ar_sft": "ar_sft", "rl": "rl", "base": "rl"}
 
@@ -43,11 +45,22 @@ def heldout_documents(doc_ids: set[str], fraction: float, seed: int) -> set[str]
     return {doc_id for doc_id in doc_ids if draw(doc_id) < fraction}
 
 
+def is_cache(directory: Path) -> bool:
+    """Whether ``directory`` holds an nla cache (finished or not): ``meta.json`` or ``plan.json``."""
+    return (directory / META).is_file() or (directory / PLAN).is_file()
+
+
+def check_output(directory: Path, field: str = "output") -> None:
+    """One line naming ``field`` unless ``directory`` may be replaced by a cache (absent, empty, a cache)."""
+    check_replaceable(Path(os.path.abspath(directory)), field, is_cache, "an nla cache (meta.json)")
+
+
 def write_imported_cache(datasets: list[ReferenceDataset], directory: Path, model: dict, model_type: str,
                          num_layers: int, heldout_fraction: float, seed: int, shard_documents: int,
                          token_ids) -> dict:
     """Write the cache (shards, statistics, summaries, then ``meta.json`` last) into ``directory``,
-    replacing what is there only once it is complete; returns the meta.
+    replacing what is there only once it is complete; returns the meta. ``directory`` must be new,
+    empty or a cache (``check_output``).
 
     ``token_ids(text) -> list[int]`` tokenizes a document prefix; its last id is the row's token."""
     owner: dict[str, str] = {}
@@ -62,8 +75,9 @@ def write_imported_cache(datasets: list[ReferenceDataset], directory: Path, mode
     for dataset in datasets:
         for row, doc_id in enumerate(dataset.doc_ids):
             rows[doc_id].append((dataset, row))
-    # Written beside the target and renamed into place at the end: a failure leaves nothing half-written.
-    final, directory = directory, directory.with_name(f".{directory.name}.importing")
+    # Written beside the target and swapped into place at the end: a failure leaves nothing half-written.
+    final = Path(os.path.abspath(directory))
+    directory = final.with_name(f".{final.name}.importing")
     shutil.rmtree(directory, ignore_errors=True)
     order = sorted(rows)
     summaries: dict[str, dict[str, list[str]]] = {split: {} for split in SPLITS}
@@ -117,8 +131,6 @@ def write_imported_cache(datasets: list[ReferenceDataset], directory: Path, mode
         "stats_means": {"file": MEANS, "rows": list(GROUPS)},
     }
     atomic_write_json(directory / META, meta)
-    if final.exists():
-        shutil.rmtree(final)
-    directory.rename(final)
+    swap_into_place(directory, final)
     record_location(final)
     return meta

@@ -283,7 +283,7 @@ class GRPOModule(LightningModule):
         if self.trainer.strategy.broadcast(value > self.best_fve):
             self.best_fve = value
             if hp.best_export_dir is not None:
-                self._export(hp.best_export_dir, self.last_heldout)
+                self._export(hp.best_export_dir, self.last_heldout, "model.best_export_dir")
         return value
 
     def _heldout(self) -> dict:
@@ -301,11 +301,11 @@ class GRPOModule(LightningModule):
             # The final pair's own figure: measured now unless the last evaluation was at this step.
             if self.last_heldout is None or self.last_heldout["step"] != self.global_step:
                 self._heldout()
-            self._export(self.hparams.export_dir, self.last_heldout)
+            self._export(self.hparams.export_dir, self.last_heldout, "model.export_dir")
 
-    def _export(self, directory: str, result: dict | None = None) -> None:
-        """Write the pair to ``directory``, recording the held-out round trip ``result`` (from
-        ``_heldout``) it was measured with, if any."""
+    def _export(self, directory: str, result: dict | None, field: str) -> None:
+        """Write the pair to ``directory`` (the setting ``field``), recording the held-out round trip
+        ``result`` (from ``_heldout``) it was measured with, if any."""
         # Every process calls this: sharded weights are gathered together, then only rank 0 writes.
         verbalizer, reconstructor = fsdp.full_copies(self.verbalizer, self.reconstructor)
         if not self.trainer.is_global_zero:
@@ -319,9 +319,10 @@ class GRPOModule(LightningModule):
                 documents=dm.split_documents("validation", result["rows"]), variance=dm.heldout_variance,
                 step=result["step"], cosine=float(result["cosine"]), valid_rate=float(result["valid_rate"]),
                 max_new_tokens=int(self.rollout.max_new_tokens), decoding="greedy", add_generation_prompt=True)}
-        pair = Pair(verbalizer, reconstructor, self.prompts, self.layer, base_model=dm.target_args.name_or_path)
+        pair = Pair(verbalizer, reconstructor, self.prompts, self.layer, base_model=dm.target_args.name_or_path,
+                    base_fingerprint=dm.base_fingerprint)
         export_pair(directory, pair, stage="grpo", training=training,
-                    merge_adapters=lora.merge_on_export(self.training_args.verbalizer_lora))
+                    merge_adapters=lora.merge_on_export(self.training_args.verbalizer_lora), field=field)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nla_best_fve"] = self.best_fve

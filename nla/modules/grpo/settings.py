@@ -82,3 +82,10 @@ class RolloutArgs:
         if self.greedy_answer and self.samples_per_prompt < 2:
             raise ConfigError(f"{FIELD}.greedy_answer", "needs samples_per_prompt of at least 2 (one greedy answer and "
                               "the sampled ones it is compared with); set samples_per_prompt or turn it off")
+        # Both advantages centre each group on its own mean: a group of one answer always scores 0, and a
+        # run would go to its end without a single gradient for the AV. Only uniform_groups: batch
+        # (a uniform group against the batch) gives lone answers a signal.
+        if self.samples_per_prompt < 2 and self.uniform_groups == "zero":
+            raise ConfigError(f"{FIELD}.samples_per_prompt", f"is {self.samples_per_prompt}, so each answer is compared "
+                              "only with itself and every advantage is 0 (the AV cannot learn); set it to 2 or more, "
+                              "or rollout.uniform_groups: batch to compare answers across the batch")
