@@ -6,7 +6,7 @@ a user who bypasses permissions, root, always passes.)"""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 LIST = os.R_OK | os.X_OK
@@ -15,24 +15,29 @@ WRITE = os.W_OK | os.X_OK
 """What creating, replacing and removing files in a directory takes."""
 
 
+def _below(root: Path) -> Iterator[tuple[list[Path], list[Path]]]:
+    """The subfolders and files of each folder under ``root`` (itself included), sorted; hidden entries
+    (``.git``, temporary files) are passed over: neither a corpus nor a cache reads them. A subfolder
+    is listed by its parent, so one that cannot itself be listed is still seen."""
+    for current, directories, files in os.walk(root):
+        directories[:] = sorted(name for name in directories if not name.startswith("."))
+        yield ([Path(current, name) for name in directories],
+               [Path(current, name) for name in sorted(files) if not name.startswith(".")])
+
+
 def first_unreadable(root: Path, wanted: Callable[[Path], bool] = lambda path: True) -> Path | None:
     """The first directory under ``root`` (itself included) this user cannot list, or file among those
-    ``wanted`` it cannot read; None when all can be read. Hidden entries (``.git``, temporary files)
-    are passed over: neither a corpus nor a cache reads them."""
+    ``wanted`` it cannot read; None when all can be read."""
     root = Path(root)
     if not root.is_dir():
         return None if os.access(root, os.R_OK) else root
     if not os.access(root, LIST):
         return root
-    for current, directories, files in os.walk(root):
-        directories[:] = sorted(name for name in directories if not name.startswith("."))
-        for name in directories:
-            if not os.access(Path(current, name), LIST):
-                return Path(current, name)
-        for name in sorted(files):
-            path = Path(current, name)
-            if not name.startswith(".") and wanted(path) and not os.access(path, os.R_OK):
-                return path
+    for folders, files in _below(root):
+        denied = [p for p in folders if not os.access(p, LIST)] + [
+            p for p in files if wanted(p) and not os.access(p, os.R_OK)]
+        if denied:
+            return denied[0]
     return None
 
 
@@ -48,12 +53,7 @@ def first_unwritable(directory: Path) -> Path | None:
         return None if os.access(existing, WRITE) else existing
     if not os.access(directory, WRITE):
         return directory
-    for current, directories, _ in os.walk(directory):
-        directories[:] = sorted(name for name in directories if not name.startswith("."))
-        for name in directories:
-            if not os.access(Path(current, name), WRITE):
-                return Path(current, name)
-    return None
+    return next((p for folders, _ in _below(directory) for p in folders if not os.access(p, WRITE)), None)
 
 
 def unreadable_message(path: Path) -> str:
