@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nla.core.errors import ConfigError
 from nla.core.files import atomic_write_bytes
-from nla.models.loading import ModelArgs, cache_root, local_source
+from nla.models.loading import ModelArgs, cache_root, is_local_model, local_source
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 INDEX_FILE = "fingerprints.json"
@@ -101,17 +101,6 @@ def model_fingerprint(model: ModelArgs) -> str | None:
     return _local_fingerprint(directory, gguf_file)
 
 
-def fingerprint_of(name_or_path: str | None) -> str | None:
-    """The fingerprint of a model given by name alone (a sidecar's ``base_model``); None when it
-    cannot be found here."""
-    if not name_or_path:
-        return None
-    try:
-        return model_fingerprint(ModelArgs(name_or_path))
-    except (ConfigError, OSError):
-        return None
-
-
 class BaseModelMismatch(ConfigError):
     """Two things to be combined come from different base models."""
 
@@ -125,11 +114,8 @@ def check_same_base(field: str, first: tuple[str, str | None, str | None], secon
         differ = print_a != print_b
     else:
         # Without fingerprints only hub ids can be compared: one local path may be written many ways.
-        differ = bool(name_a and name_b and not _is_path(name_a) and not _is_path(name_b) and name_a != name_b)
+        differ = bool(name_a and name_b and not is_local_model(name_a) and not is_local_model(name_b) and name_a != name_b)
     if differ:
-        raise BaseModelMismatch(field, f"{what_a} comes from base model {name_a!r} ({print_a or 'no fingerprint'}) but "
-                          f"{what_b} from {name_b!r} ({print_b or 'no fingerprint'}); {fix}")
+        raise BaseModelMismatch(field, f"{what_a} comes from base model {name_a!r} ({print_a or 'no fingerprint'}) "
+                                f"but {what_b} from {name_b!r} ({print_b or 'no fingerprint'}); {fix}")
 
-
-def _is_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.path.exists(name) or name.endswith(".gguf")

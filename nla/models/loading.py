@@ -94,7 +94,8 @@ def cache_root() -> Path:
     return Path(os.environ.get("NLA_CACHE_DIR", Path.home() / ".cache" / "nla"))
 
 
-def _looks_local(name: str) -> bool:
+def is_local_model(name: str) -> bool:
+    """Whether ``name`` is a path (a directory or a .gguf file), not a hub id."""
     return name.startswith((".", "/", "~")) or name.endswith(".gguf") or os.path.exists(name)
 
 
@@ -108,7 +109,7 @@ def _source(args: ModelArgs) -> tuple[str, str | None]:
         if not path.is_file():
             raise ConfigError("name_or_path", f"GGUF file '{name}' does not exist; check the path")
         return str(path.parent), path.name
-    if _looks_local(name):
+    if is_local_model(name):
         path = Path(name).expanduser()
         if path.is_file():
             raise ConfigError("name_or_path", f"'{name}' is a file, not a model folder; give the folder that holds "
@@ -128,7 +129,7 @@ def _source(args: ModelArgs) -> tuple[str, str | None]:
 def local_source(args: ModelArgs) -> tuple[Path | None, str | None]:
     """(directory, GGUF file name or None) of a local or packaged model; (None, None) for a hub id."""
     name, gguf_file = _source(args)
-    return (Path(name), gguf_file) if _looks_local(name) else (None, None)
+    return (Path(name), gguf_file) if is_local_model(name) else (None, None)
 
 
 @contextmanager
