@@ -43,3 +43,15 @@ def test_every_stage_of_a_family_reads_its_one_data_block(family, capsys):
     # The file is the data block alone: stage settings stay in the stage configs.
     assert set(yaml.safe_load((folder / "data.yaml").read_text())) <= {"target", "corpus", "cache", "splits",
                                                                        "teacher", "prompts"}
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "GRPOModule" in p.read_text()],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_shipped_grpo_config_has_a_kl_term_that_pulls_nowhere(path):
+    # k1 as a loss on the policy's own samples has zero expected gradient: a coefficient on it is noise
+    # that the docs would describe as a KL to the SFT AV. Either a pulling estimator or no term at all.
+    from nla.modules.grpo.settings import RolloutArgs
+
+    rollout = yaml.safe_load(path.read_text())["model"]["init_args"].get("rollout") or {}
+    coef = rollout.get("kl_coef", RolloutArgs().kl_coef)
+    assert coef == 0 or rollout.get("kl_estimator", RolloutArgs().kl_estimator) != "k1"

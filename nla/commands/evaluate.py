@@ -21,12 +21,12 @@ from nla.evaluation import claims as claim_check
 from nla.evaluation import detail as detail_check
 from nla.evaluation import splice as splice_check
 from nla.evaluation import transforms as transform_check
-from nla.evaluation.bootstrap import difference_interval, document_resamples, fve_interval
+from nla.evaluation.bootstrap import RowVariance, difference_interval, document_resamples, fve_interval
 from nla.evaluation.heldout import HeldoutRows, cache_rows, splice_inputs, text_rows
 from nla.evaluation.report import markdown, write_report
 from nla.evaluation.round_trip import mean_predictor_mse, row_mse, shuffled_mse
-from nla.models.pair_loading import load_pair, pair_directories, read_pair_sidecars
-from nla.core.maths import ORTHOGONAL_MSE, derangement, fve_variance
+from nla.models.pair_loading import load_pair, load_reader, pair_directories, read_pair_sidecars
+from nla.core.maths import ORTHOGONAL_MSE, orthogonal_to
 from nla.models.sidecar import generation_settings
 from nla.models.target import load_target, target_tokenizer
 
@@ -88,6 +88,7 @@ def evaluate(
     av: str | None = None,
     ar: str | None = None,
     pair: str | None = None,
+    reconstructor: str | None = None,
     cache: str | None = None,
     split: str = "test",
     rows: int = 192,
@@ -116,6 +117,9 @@ def evaluate(
         av: Directory of the verbalizer (an ``nla`` export or a released ``-av`` checkpoint).
         ar: Directory of the reconstructor that pairs with it.
         pair: An export directory holding ``av/`` and ``ar/``, instead of ``av`` and ``ar``.
+        reconstructor: An AR directory that was not trained with this AV (the SFT stage's ``ar/``, or
+            one trained on teacher text only): it reads the same explanations, and the report puts its
+            FVE beside the co-trained AR's. A gain that only the co-adapted AR can read shows as a gap.
         cache: An activation cache (``nla cache``) at the pair's layer: its ``split`` is scored.
         split: What of the cache to score: ``test`` (the held-out half no training choice saw, the
             default), ``validation`` (the half training evaluated on), ``heldout`` (both) or another
@@ -147,6 +151,8 @@ def evaluate(
     checks, transform_kinds = _settings(checks, transforms, rewriter, cache, texts, rows, resamples, claim_window,
                                         claim_threshold, recurring_at)
     av_meta, ar_meta = read_pair_sidecars(av, ar)
+    if reconstructor is not None:
+        _check_frozen(av, reconstructor)
     layer, d = av_meta.extraction_layer_index, av_meta.d_model
     recorded = generation_settings(ar_meta.training) or generation_settings(av_meta.training)
     cap = max_new_tokens or (recorded or {}).get("max_new_tokens") or 150
@@ -168,24 +174,47 @@ def evaluate(
                                 base=(av_meta.base_model, av_meta.base_model_fingerprint))
             held = text_rows(model, target_tokenizer(target), layer, texts, positions)
         report = run_checks(av, ar, held, checks, transform_kinds, teachers, language, cap, micro_batch_size,
-                            resamples, seed, (claim_window, claim_threshold, recurring_at), target, model, device)
+                            resamples, seed, (claim_window, claim_threshold, recurring_at), target, model, device,
+                            reconstructor)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     report["pair"] = {"av": av, "ar": ar, "stage": av_meta.stage, "base_model": av_meta.base_model, "layer": layer,
-                      "d_model": d}
+                      "d_model": d, "frozen_reconstructor": reconstructor}
     report["settings"].update(target=target, checks=checks, recorded_generation=recorded)
     write_report(report, out)
     print(markdown(report))
     print(f"\nreport: {Path(out) / 'report.md'} (and report.json, *.svg, tensorboard/)")
 
 
+def _check_frozen(av: str, directory: str) -> None:
+    """The frozen AR must read what this AV writes (same layer, width, AR prompt and base model)."""
+    try:
+        read_pair_sidecars(av, directory)
+    except ConfigError as error:
+        raise ConfigError("reconstructor", f"{directory} cannot score this AV's explanations: {error.field} "
+                          f"{error.detail}") from None
+
+
+def _frozen_mse(av: str, directory: str, explanations: list, valid: np.ndarray, vectors: torch.Tensor,
+                micro: int, device) -> np.ndarray:
+    """Per-row MSE of the explanations read by the AR in ``directory`` (rows without an answer stay
+    orthogonal, MSE 2, as in the round trip)."""
+    frozen = load_reader(av, directory).to(device)
+    predictions = orthogonal_to(vectors)
+    kept = np.flatnonzero(valid)
+    if len(kept):
+        predictions[kept] = frozen.reconstruct([explanations[i] for i in kept], batch_size=micro).cpu().float()
+    return row_mse(predictions, vectors)
+
+
 def run_checks(av: str, ar: str, held: HeldoutRows, checks: list[str], transform_kinds: dict, teachers: dict,
                language: str, cap: int, micro: int, resamples: int, seed: int, claim_args: tuple, target: str | None,
-               model, device) -> dict:
+               model, device, frozen: str | None = None) -> dict:
     """The report's mapping: data, settings and one entry per check."""
     vectors = held.vectors.float()
-    variance = float(fve_variance(vectors))
+    # Each bootstrap draw divides by the variance of the rows it drew.
+    variance = RowVariance(vectors)
     draws = document_resamples(held.documents, resamples, seed)
     pair = load_pair(av, ar).to(device)
     _stage(f"round trip on {len(held)} rows (greedy, at most {cap} new tokens)")
@@ -197,11 +226,15 @@ def run_checks(av: str, ar: str, held: HeldoutRows, checks: list[str], transform
     def score(texts: list[str], wanted: torch.Tensor) -> np.ndarray:
         return row_mse(pair.reconstruct(texts, batch_size=micro).cpu(), wanted)
 
-    report = {"data": {"rows": len(held), "documents": len(set(held.documents.tolist())), "variance": variance,
+    frozen_mse = None
+    if frozen is not None and "round_trip" in checks:
+        _stage(f"the same explanations read by the frozen reconstructor {frozen}")
+        frozen_mse = _frozen_mse(av, frozen, explanations, valid, vectors, micro, device)
+    report = {"data": {"rows": len(held), "documents": len(set(held.documents.tolist())), "variance": variance(),
                        "source": held.source},
               "settings": {"max_new_tokens": cap, "decoding": "greedy", "micro_batch_size": micro,
                            "resamples": resamples, "seed": seed, "invalid_answer": "orthogonal prediction, MSE 2"},
-              "round_trip": _round_trip(mse, valid, predictions, vectors, held, variance, draws, seed)}
+              "round_trip": _round_trip(mse, valid, predictions, vectors, held, variance, draws, seed, frozen_mse)}
     if "transforms" in checks and valid.any():
         _stage(f"transforms: {', '.join(transform_kinds)}")
         report["transforms"] = _transforms(transform_kinds, explanations, valid, mse, vectors, held, variance,
@@ -221,21 +254,24 @@ def run_checks(av: str, ar: str, held: HeldoutRows, checks: list[str], transform
         _stage("causal splice")
         if model is None:
             model = load_target(target, vectors.shape[1], device, base=base)
-        report["splice"] = _splice(model, target_tokenizer(target), held, predictions, vectors, resamples, seed)
+        report["splice"] = _splice(model, target_tokenizer(target), held, predictions, valid, vectors, resamples, seed)
     return report
 
 
-def _round_trip(mse, valid, predictions, vectors, held, variance, draws, seed) -> dict:
+def _round_trip(mse, valid, predictions, vectors, held, variance, draws, seed, frozen_mse=None) -> dict:
     shuffled = shuffled_mse(predictions, vectors, seed)
     fves = {"pair (round trip)": fve_interval(mse, variance, draws),
             "shuffled (pair's reconstructions, vectors deranged)": fve_interval(shuffled, variance, draws)}
     differences = {"pair - shuffled": difference_interval(mse, shuffled, variance, draws)}
+    if frozen_mse is not None:
+        fves["AV's explanations, frozen reconstructor"] = fve_interval(frozen_mse, variance, draws)
+        differences["co-trained - frozen reconstructor"] = difference_interval(mse, frozen_mse, variance, draws)
     if held.mean is not None:
         mean = mean_predictor_mse(vectors, held.mean)
         fves["mean predictor (training split's mean)"] = fve_interval(mean, variance, draws)
         differences["pair - mean predictor"] = difference_interval(mse, mean, variance, draws)
     return {"fve": fves, "differences": differences, "valid_rate": float(valid.mean()),
-            "valid_fve": float(1 - mse[valid].mean() / variance) if valid.any() else None,
+            "valid_fve": float(1 - mse[valid].mean() / variance()) if valid.any() else None,
             "mse": float(mse.mean())}
 
 
@@ -243,19 +279,17 @@ def _transforms(kinds, explanations, valid, mse, vectors, held, variance, score,
                 seed) -> dict:
     kept = np.flatnonzero(valid)
     texts = [explanations[i] for i in kept]
-    transformed = {}
+    transformed, left_out = {}, {}
     for name in kinds:
         if name in transform_check.LOCAL:
             rewritten = transform_check.apply_local(name, texts, seed)
         else:
             rewritten = transform_check.apply_rewrite(name, texts, rewriter, language)
-        done = [i for i, text in enumerate(rewritten) if text is not None]
-        values = np.full(len(texts), np.nan)
-        if done:
-            values[done] = score([rewritten[i] for i in done], vectors[kept[done]])
-        transformed[name] = values
-    results = transform_check.differences(mse[kept], transformed, variance, held.documents[kept], resamples, seed)
-    return {name: {"kind": kinds[name], **result} for name, result in results.items()}
+        transformed[name], left_out[name] = transform_check.score_transformed(
+            texts, rewritten, lambda rows, new: score(new, vectors[kept[rows]]))
+    results = transform_check.differences(mse[kept], transformed, variance.subset(kept), held.documents[kept],
+                                          resamples, seed)
+    return {name: {"kind": kinds[name], **result, **left_out[name]} for name, result in results.items()}
 
 
 def _detail(explanations, valid, vectors, variance, draws, score, tokenizer) -> dict:
@@ -279,24 +313,27 @@ def _detail(explanations, valid, vectors, variance, draws, score, tokenizer) -> 
 def _claims(explanations, held, draws, judge, window: int, threshold: float, recurring_at: float) -> dict:
     found = [claim for row, text in enumerate(explanations) for claim in claim_check.split_claims(row, text)]
     claim_check.score_recurrence(found, claim_check.neighbours(held.documents, held.positions, window), threshold)
+    matches = claim_check.matching_rows(found, len(explanations), threshold)
+    claim_check.score_control(found, matches, held.documents)
     if judge is not None and found:
         claim_check.judge_claims(found, held.contexts, judge)
-    examples = [{"row": c.row, "claim": c.text, "recurrence": c.recurrence, "specific": c.specific,
-                 "supported": c.supported} for c in found[:40]]
+    examples = [{"row": c.row, "claim": c.text, "recurrence": c.recurrence, "control": c.control,
+                 "specific": c.specific, "supported": c.supported} for c in found[:40]]
     return {"window": window, "threshold": threshold, "recurring_at": recurring_at, "judged": judge is not None,
-            **claim_check.summary(found, len(explanations), draws, recurring_at), "examples": examples}
+            **claim_check.summary(found, len(explanations), draws, recurring_at),
+            "diversity": claim_check.diversity(found, matches, held.documents, draws), "examples": examples}
 
 
-def _splice(model, tokenizer, held, predictions, vectors, resamples, seed) -> dict:
+def _splice(model, tokenizer, held, predictions, valid, vectors, resamples, seed) -> dict:
     kept, ids = splice_inputs(held, tokenizer)
     if not kept:
         return {"rows": 0, "skipped": len(held)}
-    shuffled = predictions[derangement(len(predictions), seed)]
     mean = held.mean if held.mean is not None else (vectors / vectors.norm(dim=-1, keepdim=True)).mean(dim=0)
-    directions = {"nla": predictions[kept], "mean": mean, "shuffled": shuffled[kept]}
+    directions = splice_check.splice_directions(predictions[kept], valid[kept], mean, seed)
     scores = splice_check.splice_scores(model, held.layer, ids, [held.positions[i] for i in kept], directions)
     draws = document_resamples(held.documents[kept], resamples, seed)
-    return {"rows": len(kept), "skipped": len(held) - len(kept),
+    return {"rows": len(kept), "skipped": len(held) - len(kept), "without_answer": int((~valid[kept]).sum()),
             "ablation": ("the training split's mean direction" if held.mean is not None
                          else "these rows' mean direction"),
-            "variants": splice_check.summary(scores, draws)}
+            "without_answer_patch": "the ablation (no explanation carries nothing)",
+            **splice_check.summary(scores, draws, valid[kept])}

@@ -17,6 +17,7 @@ from nla.commands import legacy
 from nla.commands.config_errors import lift_config_error, located
 from nla.core.errors import ConfigError
 from nla.commands.preflight import preflight_fit
+from nla.modules.precision import check_precision
 from nla.commands.progress_bar import StepProgressBar
 from nla.commands.resume import check_fresh_start, check_unchanged_settings, resolve_ckpt_path
 
@@ -82,6 +83,8 @@ class NLALightningCLI(LightningCLI):
         self.trainer.fit(model, ckpt_path=ckpt_path, **kwargs)
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
+        # As written: the Trainer would quietly turn 16-mixed into bf16-mixed on CPU.
+        check_precision(config.get("precision"))
         # A bar of optimizer steps for step-bounded runs, unless the config picks its own or none.
         configured = config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]

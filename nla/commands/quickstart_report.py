@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nla.evaluation.bootstrap import Interval, difference_interval, document_resamples, fve_interval
+from nla.core.maths import orthogonal_to
+from nla.evaluation.bootstrap import Interval, RowVariance, difference_interval, document_resamples, fve_interval
 from nla.evaluation.round_trip import mean_predictor_mse, row_mse, shuffled_mse
-from nla.core.maths import fve_variance
 
 
 @dataclass
@@ -67,12 +67,34 @@ def _pair_round_trip(name: str, directory: str, datamodule, vectors, max_new_tok
     return result
 
 
+def _frozen_read(sft_export: str, grpo_export: str, trip, vectors: torch.Tensor, dtype: str, micro: int) -> np.ndarray:
+    """Per-row MSE of the GRPO AV's explanations read by the SFT stage's AR, which never trained on
+    them: a gain that only the co-adapted AR can read does not show here. Rows without an answer
+    stay orthogonal, as in the round trip."""
+    from nla.models.pair_loading import load_reader
+
+    reader = load_reader(Path(grpo_export) / "av", Path(sft_export) / "ar", dtype=dtype)
+    predictions = orthogonal_to(vectors)
+    kept = np.flatnonzero(trip.valid)
+    if len(kept):
+        predictions[kept] = reader.reconstruct([trip.explanations[i] for i in kept], batch_size=micro).cpu().float()
+    del reader
+    gc.collect()
+    return row_mse(predictions, vectors)
+
+
+FROZEN = "after GRPO, SFT's AR"
+"""The row of the GRPO AV's explanations read by the frozen SFT reconstructor."""
+
+
 def comparison_rows(datamodule, sft_export: str, grpo_export: str, max_new_tokens: int, micro: int,
                     eval_rows: int, resamples: int, seed: int, split: str = "test") -> Comparison:
-    """Mean predictor, shuffled control, SFT pair and GRPO pair on the same held-out rows."""
+    """Mean predictor, shuffled control, SFT pair, GRPO pair and the GRPO AV read by the SFT AR, on
+    the same held-out rows."""
     vectors, indices = heldout_rows(datamodule, eval_rows, split)
     documents = np.array([datamodule.cache.record(i)["doc_id"] for i in indices])
-    variance = float(fve_variance(vectors))
+    # Each bootstrap draw divides by the variance of the rows it drew.
+    variance = RowVariance(vectors)
     draws = document_resamples(documents, resamples, seed)
 
     sft = _pair_round_trip("SFT pair", sft_export, datamodule, vectors, max_new_tokens, micro)
@@ -82,20 +104,22 @@ def comparison_rows(datamodule, sft_export: str, grpo_export: str, max_new_token
         "shuffled (GRPO pair)": shuffled_mse(grpo.predictions, vectors, seed),
         "after SFT": row_mse(sft.predictions, vectors),
         "after GRPO": row_mse(grpo.predictions, vectors),
+        FROZEN: _frozen_read(sft_export, grpo_export, grpo, vectors, datamodule.target_args.dtype, micro),
     }
-    pairs = {"shuffled (GRPO pair)": grpo, "after SFT": sft, "after GRPO": grpo}
+    pairs = {"shuffled (GRPO pair)": grpo, "after SFT": sft, "after GRPO": grpo, FROZEN: grpo}
     rows = []
     for name, values in mse.items():
         trip = pairs.get(name)
         kept = None if trip is None else np.array(trip.valid)
-        valid_fve = None if kept is None or not kept.any() else float(1 - values[kept].mean() / variance)
+        valid_fve = None if kept is None or not kept.any() else float(1 - values[kept].mean() / variance())
         rows.append(Row(name, fve_interval(values, variance, draws), None if trip is None else trip.valid_rate,
                         valid_fve))
     differences = [
         Row("SFT - shuffled", difference_interval(mse["after SFT"], mse["shuffled (GRPO pair)"], variance, draws)),
         Row("GRPO - SFT", difference_interval(mse["after GRPO"], mse["after SFT"], variance, draws)),
+        Row("GRPO (SFT's AR) - SFT", difference_interval(mse[FROZEN], mse["after SFT"], variance, draws)),
     ]
-    return Comparison(rows, differences, len(vectors), len(set(documents.tolist())), variance, split)
+    return Comparison(rows, differences, len(vectors), len(set(documents.tolist())), variance(), split)
 
 
 def valid_rate_warning(comparison: Comparison) -> str | None:

@@ -9,6 +9,16 @@ adjacent tokens). A claim's *recurrence* is the share of its position's neighbou
 explanation holds a matching claim; it is *recurring* when that share is at least ``recurring_at``,
 and undefined for a position without neighbours.
 
+Recurrence alone rewards collapse: a claim the AV makes whatever the text (an opening clause it
+writes every time) recurs at every neighbour. Its *control* is the same share over the positions of
+the other documents: what the recurrence would be if a position's neighbours were positions of
+unrelated texts. All of those positions rather than a sample of as many as the neighbours: the
+sample's expected value without its noise, and no seed. *Excess recurrence* = recurrence − control:
+how much more a claim recurs where the text is the same than where it is not; a constant claim has
+recurrence 1, control 1, excess 0. Two diversity figures show collapse directly: the mean
+content-word Jaccard overlap between explanations of different documents (1: every document gets
+the same words) and the share of documents holding the most widespread claim.
+
 A claim is *specific* when it quotes text or names the final, last, current or next token, word or
 character; otherwise *thematic* (topic, genre, register). With a judge provider, each claim is put
 to the judge beside the text read so far, and *supported* is its YES or NO.
@@ -18,12 +28,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from nla.evaluation.bootstrap import bootstrap_interval
+from nla.evaluation.bootstrap import Interval, bootstrap_interval
 from nla.evaluation.text import content_words, sentences
 
 _SPECIFIC = re.compile(r"[\"“”‘]|(?<!\w)'\S|\b(final|last|current|next|this)\s+(token|word|character|char)s?\b",
@@ -54,6 +64,8 @@ class Claim:
     """Its content words."""
     specific: bool
     recurrence: float = float("nan")
+    control: float = float("nan")
+    """The recurrence's control (module docstring); undefined with a single document."""
     supported: bool | None = None
     """The judge's verdict; None without a judge or when its answer had no YES or NO."""
 
@@ -97,6 +109,91 @@ def score_recurrence(claims: list[Claim], around: list[list[int]], threshold: fl
             claim.recurrence = hits / len(others)
 
 
+def matching_rows(claims: list[Claim], rows: int, threshold: float) -> np.ndarray:
+    """``[claims, rows]`` bool: whether row r's explanation holds a claim matching claim i (its own row
+    included). Vectorised over the distinct word sets (a collapsed AV repeats few), since every claim
+    is compared with every other: Jaccard = shared / (|a| + |b| − shared), shared from a product of
+    float32 word-indicator matrices (word counts are exact there), divided in float64 so the threshold
+    compares exactly as ``overlap`` does."""
+    sets = sorted({c.words for c in claims}, key=sorted)
+    index = {words: i for i, words in enumerate(sets)}
+    vocabulary = {word: j for j, word in enumerate(sorted(set().union(*sets)))}
+    indicator = np.zeros((len(sets), len(vocabulary)), dtype=np.float32)
+    holds = np.zeros((len(sets), rows), dtype=np.float32)
+    for i, words in enumerate(sets):
+        indicator[i, [vocabulary[word] for word in words]] = 1
+    for claim in claims:
+        holds[index[claim.words], claim.row] = 1
+    size = indicator.sum(axis=1, dtype=np.float64)
+    found = np.zeros((len(sets), rows), dtype=bool)
+    for start in range(0, len(sets), 1024):  # chunks bound the memory of the set-by-set products
+        shared = (indicator[start : start + 1024] @ indicator.T).astype(np.float64)
+        match = shared / (size[start : start + 1024, None] + size[None, :] - shared) >= threshold
+        found[start : start + 1024] = match.astype(np.float32) @ holds > 0
+    return found[[index[c.words] for c in claims]]
+
+
+def score_control(claims: list[Claim], matches: np.ndarray, documents: Sequence) -> None:
+    """Set each claim's ``control`` in place: the share of the other documents' rows (with or without
+    an answer, as neighbours count) whose explanation holds a match (``matches``, ``matching_rows``)."""
+    documents = np.asarray(documents)
+    for claim, found in zip(claims, matches):
+        other = documents != documents[claim.row]
+        if other.any():
+            claim.control = float(found[other].mean())
+
+
+def _document_weights(documents: Sequence) -> tuple[np.ndarray, int, Callable[[np.ndarray | slice], np.ndarray]]:
+    """Document index of each row, the document count, and ``weights(rows)``: how many times a draw
+    holds each document (a draw holds all rows of every document it picks; 1 each on all rows)."""
+    names, of_row = np.unique(np.asarray(documents), return_inverse=True)
+    sizes = np.bincount(of_row, minlength=len(names))
+    return of_row, len(names), lambda rows: np.bincount(of_row[rows], minlength=len(names)) / sizes
+
+
+def diversity(claims: list[Claim], matches: np.ndarray, documents: Sequence, draws) -> dict:
+    """How alike the explanations of different documents are: their mean content-word Jaccard overlap
+    (each explanation's words: those of its claims; pairs of rows with claims from two documents),
+    and the most widespread claim with the share of the documents holding a match of it. An AV that
+    writes the same thing everywhere has overlap 1 and a claim in every document."""
+    if not claims:
+        return {}
+    of_row, count, weights = _document_weights(documents)
+    words: dict[int, set[str]] = defaultdict(set)
+    for claim in claims:
+        words[claim.row].update(claim.words)
+    rows = sorted(words)
+    vocabulary = {word: j for j, word in enumerate(sorted(set().union(*words.values())))}
+    indicator = np.zeros((len(rows), len(vocabulary)))
+    for i, row in enumerate(rows):
+        indicator[i, [vocabulary[word] for word in words[row]]] = 1
+    shared = indicator @ indicator.T
+    size = indicator.sum(axis=1)
+    jaccard = shared / (size[:, None] + size[None, :] - shared)
+    # Per pair of documents: the sum of their rows' overlaps and the number of row pairs.
+    member = np.zeros((len(rows), count))
+    member[np.arange(len(rows)), of_row[rows]] = 1
+    overlaps, pairs = member.T @ jaccard @ member, np.outer(member.sum(axis=0), member.sum(axis=0))
+    np.fill_diagonal(overlaps, 0)
+    np.fill_diagonal(pairs, 0)
+
+    def overlap_of(draw) -> float:
+        weight = weights(draw)
+        total = weight @ pairs @ weight
+        return float(weight @ overlaps @ weight / total) if total else float("nan")
+
+    # Documents holding a match of each claim; the widest is the first claim of most documents.
+    held = (matches.astype(float) @ np.eye(count)[of_row]) > 0
+    widest = int(np.argmax(held.sum(axis=1)))
+
+    def share_holding(draw) -> float:
+        weight = weights(draw)
+        return float(weight @ held[widest] / weight.sum())
+
+    return {"cross_document_overlap": bootstrap_interval(overlap_of, draws),
+            "widest_claim": {"claim": claims[widest].text, "documents": bootstrap_interval(share_holding, draws)}}
+
+
 def verdict(answer: str | None) -> bool | None:
     found = _VERDICT.search(answer or "")
     return None if found is None else found.group(1).upper() == "YES"
@@ -125,9 +222,31 @@ def _rate(claims: list[Claim], rows: int, draws, numerator, denominator) -> dict
     return {"claims": int(bottom.sum()), "rate": bootstrap_interval(share, draws)}
 
 
+def _mean(claims: list[Claim], rows: int, draws, value: Callable[[Claim], float]) -> Interval:
+    """Mean of ``value`` over the claims, with an interval over the draws (which resample rows)."""
+    at = [c.row for c in claims]
+    total = np.bincount(at, weights=[value(c) for c in claims], minlength=rows)
+    count = np.bincount(at, minlength=rows)
+    return bootstrap_interval(lambda index: float(total[index].sum() / count[index].sum())
+                              if count[index].sum() else float("nan"), draws)
+
+
+def _recurrence(scored: list[Claim], rows: int, draws) -> dict:
+    """Mean recurrence of the claims with neighbours and, with another document, its control and the
+    paired excess (recurrence − control, on the same draws)."""
+    if not scored:
+        return {"claims": 0}
+    result = {"claims": len(scored), "mean": _mean(scored, rows, draws, lambda c: c.recurrence)}
+    # Every claim has a control as soon as there are two documents, or none has.
+    if np.isfinite(scored[0].control):
+        result["control"] = _mean(scored, rows, draws, lambda c: c.control)
+        result["excess"] = _mean(scored, rows, draws, lambda c: c.recurrence - c.control)
+    return result
+
+
 def summary(claims: list[Claim], rows: int, draws, recurring_at: float) -> dict:
-    """The headline figures: claims per explanation, mean recurrence, share recurring and, judged,
-    the supported rate of recurring vs single and thematic vs specific claims."""
+    """The headline figures: claims per explanation, mean recurrence beside its control, share
+    recurring and, judged, the supported rate of recurring vs single and thematic vs specific claims."""
     scored = [c for c in claims if np.isfinite(c.recurrence)]
 
     def recurring(c: Claim) -> bool:
@@ -137,7 +256,7 @@ def summary(claims: list[Claim], rows: int, draws, recurring_at: float) -> dict:
         "claims": len(claims),
         "claims_per_explanation": len(claims) / max(rows, 1),
         "with_neighbours": len(scored),
-        "mean_recurrence": float(np.mean([c.recurrence for c in scored])) if scored else None,
+        "recurrence": _recurrence(scored, rows, draws),
         "recurring": _rate(scored, rows, draws, recurring, lambda c: True),
         "specific": _rate(claims, rows, draws, lambda c: c.specific, lambda c: True),
     }

@@ -8,7 +8,14 @@ costs: shuffling the words, keeping the first sentence only, replacing the conte
 Each local transform is a pure function ``(text, rng, pool) -> text`` (``pool``: content words of
 all the explanations evaluated, for replacements); the rewrites through a chat model (paraphrase,
 back-translation) are requests to any configured teacher provider. ``differences`` is the pure
-core: each transform's FVE and its paired difference against the untransformed explanations.
+core: each transform's FVE, its paired difference against the untransformed explanations and the
+share of their FVE it kept.
+
+Only rows a transform changed are compared. Reordering the sentences of a one-sentence explanation,
+or keeping the first sentence of one, gives it back as it was; so may a rewriter. Such a row says
+nothing about robustness, and counted as a difference of 0 it would pull the mean difference toward
+"nothing lost" by the share of such rows: toward "no hidden code", the very conclusion the check
+tests. Those rows are left out and counted, like the rows a rewriter failed to return.
 """
 
 from __future__ import annotations
@@ -19,7 +26,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from nla.evaluation.bootstrap import difference_interval, document_resamples, fve_interval
+from nla.core.maths import fve
+from nla.evaluation.bootstrap import (
+    Interval,
+    RowVariance,
+    Variance,
+    bootstrap_interval,
+    difference_interval,
+    document_resamples,
+    fve_interval,
+)
 from nla.evaluation.text import content_words, sentence_spans, sentences
 
 MEANING_PRESERVING = "meaning-preserving"
@@ -136,12 +152,45 @@ def apply_rewrite(name: str, texts: Sequence[str], teacher, language: str) -> li
     return result
 
 
-def differences(base_mse: np.ndarray, transformed: dict[str, np.ndarray], variance: float, documents: np.ndarray,
+def same_text(original: str, transformed: str) -> bool:
+    """The transform gave the original back: the same words in the same order, white space aside."""
+    return original.split() == transformed.split()
+
+
+def score_transformed(texts: Sequence[str], transformed: Sequence[str | None],
+                      score: Callable[[list[int], list[str]], np.ndarray]) -> tuple[np.ndarray, dict[str, int]]:
+    """The MSE of each row's transformed explanation, read by ``score(rows, texts)``, and the rows left
+    out of the comparison (NaN there): ``unchanged`` (the transform gave the text back, see the module
+    docstring) and ``failed`` (the rewriter returned no text)."""
+    changed = [i for i, (text, new) in enumerate(zip(texts, transformed))
+               if new is not None and not same_text(text, new)]
+    mse = np.full(len(texts), np.nan)
+    if changed:
+        mse[changed] = score(changed, [transformed[i] for i in changed])
+    failed = sum(new is None for new in transformed)
+    return mse, {"unchanged": len(texts) - len(changed) - failed, "failed": failed}
+
+
+def fve_kept(base_mse: np.ndarray, mse: np.ndarray, variance: Variance, draws: list[np.ndarray]) -> Interval:
+    """FVE of the transformed explanations over FVE of the untransformed ones on the same rows (the
+    public comparison: "kept 25% of its FVE under paraphrase"), paired over ``draws``. Undefined
+    (NaN) where the untransformed FVE is not above 0: there is no FVE to keep."""
+
+    def kept(rows) -> float:
+        baseline = variance(rows) if isinstance(variance, RowVariance) else variance
+        before = fve(base_mse[rows].mean(), baseline)
+        return float(fve(mse[rows].mean(), baseline) / before) if before > 0 else float("nan")
+
+    return bootstrap_interval(kept, draws)
+
+
+def differences(base_mse: np.ndarray, transformed: dict[str, np.ndarray], variance: Variance, documents: np.ndarray,
                 resamples: int, seed: int) -> dict[str, dict]:
     """Per transform: rows compared, FVE of the untransformed and of the transformed explanations on
-    those rows, and the paired difference (transformed − untransformed), each with a document-level
-    95% interval. NaN in a transform's MSE marks a row it could not rewrite; it is left out of that
-    transform's comparison only."""
+    those rows, the paired difference (transformed − untransformed) and the share of FVE kept, each
+    with a document-level 95% interval. NaN in a transform's MSE marks a row left out of that
+    transform's comparison only (``score_transformed``); a ``RowVariance`` baseline is narrowed to
+    the rows compared."""
     result = {}
     for name, mse in transformed.items():
         kept = np.isfinite(mse)
@@ -150,11 +199,13 @@ def differences(base_mse: np.ndarray, transformed: dict[str, np.ndarray], varian
             continue
         draws = document_resamples(documents[kept], resamples, seed)
         base, other = base_mse[kept], mse[kept]
+        baseline = variance.subset(np.flatnonzero(kept)) if isinstance(variance, RowVariance) else variance
         result[name] = {
             "rows": int(kept.sum()),
-            "untransformed_fve": fve_interval(base, variance, draws),
-            "fve": fve_interval(other, variance, draws),
-            "difference": difference_interval(other, base, variance, draws),
+            "untransformed_fve": fve_interval(base, baseline, draws),
+            "fve": fve_interval(other, baseline, draws),
+            "difference": difference_interval(other, base, baseline, draws),
+            "fve_kept": fve_kept(base, other, baseline, draws),
         }
     return result
 

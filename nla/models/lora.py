@@ -10,6 +10,8 @@ reads them too.
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 import warnings
 from contextlib import contextmanager
@@ -18,12 +20,16 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from nla.core.errors import ConfigError
+from nla.models import adapters
 
 TRAINED = "default"
+WARM_START = "warm_start"
+"""The name a warm-start adapter has while it is merged into the base weights (``merge_adapter``)."""
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # peft's saved keys: the wrapper's prefix, and no adapter name.
@@ -209,22 +215,96 @@ def is_adapter_dir(directory: Path) -> bool:
     return (Path(directory) / ADAPTER_CONFIG).is_file() and not (Path(directory) / "config.json").is_file()
 
 
-def load_adapter(model: nn.Module, directory: Path, trainable: bool) -> nn.Module:
-    """Put the adapter saved in ``directory`` on ``model`` (its base) as ``default``."""
-    peft = _peft()
-    config = peft.LoraConfig.from_pretrained(str(directory))
-    model.requires_grad_(False)
-    _inject(config, model, TRAINED, "lora")
-    saved = load_file(str(Path(directory) / ADAPTER_WEIGHTS))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, value in saved.items():
-            name = key.removeprefix(_SAVED_PREFIX)
-            for part in (".lora_A.", ".lora_B."):
-                name = name.replace(part, f"{part}{TRAINED}.")
-            if name not in params:
-                raise ConfigError("lora", f"{directory / ADAPTER_WEIGHTS} holds {key}, which this base model lacks")
-            params[name].copy_(value)
+def adapter_base(directory: Path) -> str | None:
+    """The base model an adapter's config names (peft's ``base_model_name_or_path``); None when none."""
+    path = Path(directory) / ADAPTER_CONFIG
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        raise ConfigError("lora", f"{path} is not a JSON mapping; is this a PEFT adapter directory?") from None
+    return str(name) if name else None
+
+
+def load_adapter(model: nn.Module, directory: Path, trainable: bool, keep_layers: int | None = None,
+                 field: str = "lora") -> nn.Module:
+    """Put the adapter saved in ``directory`` on ``model`` (its base) as ``default``. The file must hold
+    exactly the adapter's tensors: a layer whose tensors were missing would silently keep the fresh
+    adapter's values (an update of zero). ``keep_layers``: ``model`` holds only the first blocks of
+    the adapter's base (a truncated AR), and the file's tensors of the blocks above are not read."""
+    _put(model, directory, TRAINED, field, keep_layers)
     if not trainable:
         model.requires_grad_(False)
     return model
+
+
+def merge_adapter(model: nn.Module, directory: Path, field: str = "lora") -> None:
+    """Add the update of the adapter saved in ``directory`` to ``model``'s weights, in float32, and leave
+    no trace of it (no LoRA layer, no config): the warm start another adapter was trained on top of.
+    Call it before any adapter is put on ``model``."""
+    if has_lora(model):
+        raise ValueError("merge the warm-start adapter before putting another adapter on the model")
+    _put(model, directory, WARM_START, field)
+    layers = set(lora_layers(model))
+    with torch.no_grad():
+        for name, module in list(model.named_modules()):
+            if module in layers:
+                base = module.get_base_layer()
+                base.weight.copy_((base.weight.float() + module.get_delta_weight(WARM_START).float()).to(base.weight.dtype))
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, base)
+    model.peft_config.pop(WARM_START, None)
+
+
+def _put(model: nn.Module, directory: Path, name: str, field: str, keep_layers: int | None = None) -> None:
+    directory = Path(directory)
+    if not (directory / ADAPTER_CONFIG).is_file():
+        raise ConfigError(field, f"{directory / ADAPTER_CONFIG} is missing; a LoRA adapter directory needs it")
+    path = directory / ADAPTER_WEIGHTS
+    if not path.is_file():
+        raise ConfigError(field, f"{path} is missing; the adapter's weights are not there")
+    try:
+        config = _peft().LoraConfig.from_pretrained(str(directory))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(field, f"{directory / ADAPTER_CONFIG} is not a LoRA config ({str(error).splitlines()[0]})") \
+            from None
+    model.requires_grad_(False)
+    _inject(config, model, name, field)
+    block = re.compile(rf"\.{re.escape(adapters.family_of(model.config).layers)}\.(\d+)\.")
+
+    def above_kept(key: str) -> bool:
+        hit = block.search(key)
+        return keep_layers is not None and hit is not None and int(hit.group(1)) >= keep_layers
+
+    copy_adapter(model, read_tensors(path, field), lambda param: _SAVED_PREFIX + param.replace(f".{name}.", "."),
+                 path, name, field, above_kept)
+
+
+def read_tensors(path: Path, field: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged file is one line naming it."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise ConfigError(field, f"{path} cannot be read as safetensors ({str(error).splitlines()[0]})") from None
+
+
+def copy_adapter(model: nn.Module, saved: dict[str, torch.Tensor], file_key, path: Path, name: str, field: str,
+                 skip=None) -> None:
+    """Copy adapter ``name``'s tensors out of ``saved`` (a file's tensors, ``file_key`` mapping a model
+    parameter name to its key there): every one must be there with its shape, and nothing else but
+    what ``skip`` accepts; else one line naming ``path`` and the key."""
+    expected = {file_key(param): param for param in adapter_state(model, name)}
+    for key in saved:
+        if key not in expected and not (skip is not None and skip(key)):
+            raise ConfigError(field, f"{path} holds {key}, which this base model lacks")
+    missing = sorted(set(expected) - set(saved))
+    if missing:
+        raise ConfigError(field, f"{path} lacks {len(missing)} of the adapter's {len(expected)} tensors (first: "
+                          f"{', '.join(missing[:2])}); those layers would keep a zero update: export the adapter again")
+    params = dict(model.named_parameters())
+    for key, param in expected.items():
+        if saved[key].shape != params[param].shape:
+            raise ConfigError(field, f"{path} holds {key} of shape {tuple(saved[key].shape)} where this base model "
+                              f"needs {tuple(params[param].shape)}; made for another base model or rank?")
+    with torch.no_grad():
+        for key, param in expected.items():
+            params[param].copy_(saved[key])

@@ -134,6 +134,14 @@ def pair_directories(av: str | None, ar: str | None, pair: str | None) -> tuple[
     return av, ar
 
 
+def _pair(verbalizer: Verbalizer | None, reconstructor: Reconstructor, prompts: Prompts, av_sidecar: Sidecar,
+          ar_sidecar: Sidecar) -> Pair:
+    return Pair(verbalizer, reconstructor, prompts, layer=av_sidecar.extraction_layer_index,
+                base_model=av_sidecar.base_model or ar_sidecar.base_model,
+                base_fingerprint=av_sidecar.base_model_fingerprint or ar_sidecar.base_model_fingerprint,
+                sidecars={"av": av_sidecar, "ar": ar_sidecar})
+
+
 def load_pair(av_dir: str | Path, ar_dir: str | Path, dtype: str = "auto") -> Pair:
     """Both halves of a pair in eval mode, with their sidecars, checked to agree on K, d, marker and
     templates (``ConfigError`` naming the first field that differs). The prompts are the AV's, and
@@ -141,7 +149,15 @@ def load_pair(av_dir: str | Path, ar_dir: str | Path, dtype: str = "auto") -> Pa
     av_sidecar, ar_sidecar = read_pair_sidecars(av_dir, ar_dir)
     verbalizer, prompts = _load_verbalizer(Path(av_dir), av_sidecar, dtype, "av")
     reconstructor = Reconstructor.from_pretrained(ar_dir, dtype=dtype).eval()
-    return Pair(verbalizer, reconstructor, prompts, layer=av_sidecar.extraction_layer_index,
-                base_model=av_sidecar.base_model or ar_sidecar.base_model,
-                base_fingerprint=av_sidecar.base_model_fingerprint or ar_sidecar.base_model_fingerprint,
-                sidecars={"av": av_sidecar, "ar": ar_sidecar})
+    return _pair(verbalizer, reconstructor, prompts, av_sidecar, ar_sidecar)
+
+
+def load_reader(av_dir: str | Path, ar_dir: str | Path, dtype: str = "auto") -> Pair:
+    """A pair without a verbalizer: the AR of ``ar_dir`` reading what the AV of ``av_dir`` writes,
+    with the AV's prompts (checked to agree as in ``load_pair``; the AV's weights are not loaded).
+    Scores one AV's explanations with an AR it was not trained with."""
+    av_sidecar, ar_sidecar = read_pair_sidecars(av_dir, ar_dir)
+    tokenizer = load_tokenizer(ModelArgs(str(av_dir), dtype=dtype))
+    prompts = prompts_from_sidecar(av_sidecar, tokenizer, Path(av_dir) / SIDECAR_FILENAME)
+    reconstructor = Reconstructor.from_pretrained(ar_dir, dtype=dtype).eval()
+    return _pair(None, reconstructor, prompts, av_sidecar, ar_sidecar)

@@ -21,6 +21,7 @@ import yaml
 from nla.core.errors import ConfigError
 from nla.core.files import atomic_write_bytes
 from nla.core.marker import CJK_RANGE, Marker, marker_problem, render_av_content
+from nla.models.injection import INJECTION_MODES, INJECTION_NORMS, InjectionSite
 
 SIDECAR_FILENAME = "nla_meta.yaml"
 ROLE_ALIASES = {"av": "av", "ar": "ar", "actor": "av", "critic": "ar"}
@@ -30,10 +31,23 @@ SQRT_D = "sqrt_d_model"
 @dataclass
 class SidecarExtraction:
     injection_scale: float | None
-    """Norm the activation is rescaled to before it replaces the marker's embedding. None only in an
-    AR sidecar that does not record it: the AR never injects."""
+    """Norm the activation is rescaled to before it is injected (``injection_norm: fixed``). None in
+    an AR sidecar that does not record it (the AR never injects) and with ``injection_norm: matched``."""
     mse_scale: float
     """Norm both prediction and target are rescaled to before the MSE: sqrt(d_model)."""
+    injection_mode: str = "replace"
+    """``replace``: the vector replaces the residual at the marker's slot; ``add``: it is added to it.
+    Absent in released sidecars of the reference trainer, which replace."""
+    injection_layer: int | None = None
+    """Where: null at the output of the input embedding (the marker's embedding); N after decoder
+    block N (0-based), the residual entering block N + 1."""
+    injection_norm: str = "fixed"
+    """``fixed``: rescaled to ``injection_scale``; ``matched``: rescaled to the norm of the residual at
+    the slot it goes to (activation-oracle style)."""
+
+    @property
+    def site(self) -> InjectionSite:
+        return InjectionSite(self.injection_mode, self.injection_layer, self.injection_norm)
 
 
 @dataclass
@@ -67,8 +81,10 @@ class Sidecar:
     """``av`` (verbalizer) or ``ar`` (reconstructor)."""
     d_model: int
     """Hidden size d of the target model."""
-    extraction_layer_index: int
-    """K: activations are the output of decoder block K (0-based), ``hidden_states[K + 1]``."""
+    extraction_layer_index: int | None
+    """K: activations are the output of decoder block K (0-based), ``hidden_states[K + 1]``. None only
+    in the sidecar of a pair that serves several ``layers`` and records no default: the layer is
+    chosen when the pair loads."""
     extraction: SidecarExtraction
     """Scales used for injection and loss."""
     tokens: SidecarTokens
@@ -85,6 +101,12 @@ class Sidecar:
     base_model_fingerprint: str | None = None
     """``sha256:...`` of the base model's config and weights (``nla.models.fingerprint``): commands that
     combine an AV, an AR and a cache refuse different ones. None in released sidecars."""
+    layers: list[int] = field(default_factory=list)
+    """The layers a per-layer pair serves (one AR value head each; the prompts name the layer in a
+    ``{layer}`` slot); empty for a pair of the one layer K. Written only when not empty."""
+    warm_start_adapter: str | None = None
+    """For an AV given as a LoRA adapter: the directory (relative to the AV's) of the adapter it is
+    stacked on, the AV-SFT warm start, merged into the base weights before it. Written only when set."""
     training: dict = field(default_factory=dict)
     """Provenance: config, step, metrics, versions; free-form."""
     kind: str = "nla_model"
@@ -94,6 +116,10 @@ class Sidecar:
 
     def to_dict(self) -> dict:
         known = {"kind": self.kind, "role": self.role, **asdict(self)}
+        # Fields of some released layouts only: a sidecar of one layer without a warm start stays as it was.
+        for key, empty in (("layers", []), ("warm_start_adapter", None)):
+            if known[key] == empty:
+                known.pop(key)
         return _merge(known, known.pop("extra"))
 
 
@@ -178,8 +204,13 @@ def read_sidecar(directory_or_file: str | Path) -> Sidecar:
         raise ConfigError("role", f"is {raw['role']!r} in {file}; expected av or ar (older: actor, critic)")
     hf = _hf_text_config(file.parent)
     d_model = r.number(int, "d_model", "extraction.d_model", default=hf.get("hidden_size", _MISSING))
+    layers = r.get("layers", default=None) or []
+    if not isinstance(layers, list) or not all(isinstance(k, int) and k >= 0 for k in layers):
+        raise ConfigError("layers", f"is {layers!r} in {file}; expected a list of layer indices")
 
-    layer = r.number(int, "extraction_layer_index", "extraction.extraction_layer_index", default=None)
+    # ``extraction.layer_index``: the dataset sidecar's spelling, which EasyNLA-style trainers copy.
+    layer = r.number(int, "extraction_layer_index", "extraction.extraction_layer_index", "extraction.layer_index",
+                     default=None)
     # The released trainer's AR sections (critic.*, ar.*) are only read, so they stay in ``extra``.
     # Only an AR's config is truncated to K + 1 blocks; an AV's holds the full depth, whose last block
     # is not K, so an AV sidecar must say K.
@@ -188,13 +219,23 @@ def read_sidecar(directory_or_file: str | Path) -> Sidecar:
                          pop=False)
     if layer is None:
         depth = r.number(int, "critic.num_hidden_layers", "ar.num_hidden_layers", default=None, pop=False)
-        depth = hf.get("num_hidden_layers") if depth is None and role == "ar" else depth
-        if depth is None:
+        depth = hf.get("num_hidden_layers") if depth is None and role == "ar" and not layers else depth
+        if depth is None and not layers:
             raise ConfigError("extraction_layer_index", f"missing from {file}; set it to K")
-        layer = int(depth) - 1
+        layer = None if depth is None else int(depth) - 1
 
+    mode = str(r.get("extraction.injection_mode", default="replace"))
+    norm = str(r.get("extraction.injection_norm", default="fixed"))
+    for name, value, known in (("injection_mode", mode, INJECTION_MODES), ("injection_norm", norm, INJECTION_NORMS)):
+        if value not in known:
+            raise ConfigError(f"extraction.{name}", f"is {value!r} in {file}; expected one of {', '.join(known)}")
+    injection_layer = r.number(int, "extraction.injection_layer", default=None)
+    if injection_layer is not None and injection_layer < 0:
+        raise ConfigError("extraction.injection_layer", f"is {injection_layer} in {file}; expected a block index "
+                          "(0-based) or null for the embedding output")
     injection_scale = r.number(
-        float, "extraction.injection_scale", default=None if role == "ar" else _MISSING, d_model=d_model
+        float, "extraction.injection_scale", default=None if role == "ar" or norm == "matched" else _MISSING,
+        d_model=d_model
     )
     # Released sidecars may spell the default as null or "sqrt_d_model"; every NLA normalises to sqrt(d).
     mse_scale = r.number(float, "extraction.mse_scale", default=None, d_model=d_model) or math.sqrt(d_model)
@@ -212,6 +253,7 @@ def read_sidecar(directory_or_file: str | Path) -> Sidecar:
         av=str(r.get("prompt_templates.av", "prompt_templates.actor", default=None) or ""),
         ar=str(r.get("prompt_templates.ar", "prompt_templates.critic", default=None) or ""),
     )
+    warm_start = r.get("warm_start_adapter", default=None)
     training = r.get("training", default=None) or {}
     if not isinstance(training, dict):
         raise ConfigError("training", f"is {training!r} in {file}; expected a mapping")
@@ -226,13 +268,15 @@ def read_sidecar(directory_or_file: str | Path) -> Sidecar:
         role=role,
         d_model=d_model,
         extraction_layer_index=layer,
-        extraction=SidecarExtraction(injection_scale, mse_scale),
+        extraction=SidecarExtraction(injection_scale, mse_scale, mode, injection_layer, norm),
         tokens=SidecarTokens(char, **ids, critic_suffix_ids=suffix, marker_rule=rule),
         prompt_templates=templates,
         stage=None if stage is None else str(stage),
         base_model=None if base_model is None else str(base_model),
         base_model_source=source,
         base_model_fingerprint=None if base_fingerprint is None else str(base_fingerprint),
+        layers=layers,
+        warm_start_adapter=None if warm_start is None else str(warm_start),
         training=training,
         kind=kind,
         extra=extra,
@@ -245,6 +289,9 @@ FIGURES = {
     "round_trip": "the AV explaining held-out vectors (greedy, at most max_new_tokens new tokens, the AV prompt "
                   "rendered with the tokenizer's chat template and add_generation_prompt=true) and the AR reading "
                   "what it wrote; an answer without its closing tag counts as an orthogonal prediction (MSE 2)",
+    "round_trip_frozen_reconstructor": "round_trip's explanations read by a reconstructor that was not trained with "
+                                       "this AV (named by `reconstructor`, e.g. the SFT stage's): a gain that only "
+                                       "the co-adapted AR can read shows as a gap to round_trip",
 }
 """Held-out figures a sidecar's ``training.figures`` may record, by name, and what each measures."""
 

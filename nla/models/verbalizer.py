@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from nla.core.marker import Marker
 from nla.models import adapters, sampling
-from nla.models.injection import InjectionStats, Injector
+from nla.models.injection import InjectionSite, InjectionStats, Injector
 from nla.models.logprobs import chosen_logprobs, output_head
 from nla.models.packing import PackLayout, attention_kwargs, check_packed, pack, packed_slots, use_packing
 from nla.models.sampling import Sampler, SamplingRequest
@@ -67,17 +67,24 @@ class Samples:
 
 
 class Verbalizer(nn.Module):
-    """A HF causal LM whose marker slot receives ``rescale(vector, injection_scale)``."""
+    """A HF causal LM whose marker slot receives ``rescale(vector, injection_scale)``, or what another
+    ``site`` says (``nla.models.injection.InjectionSite``: added after a block, at a matched norm)."""
 
     def __init__(
-        self, model: nn.Module, tokenizer, marker: Marker, injection_scale: float, packed: bool | str = "auto"
+        self, model: nn.Module, tokenizer, marker: Marker, injection_scale: float | None, packed: bool | str = "auto",
+        site: InjectionSite = InjectionSite(),
     ) -> None:
         super().__init__()
         # ``auto`` packs the labelled (SFT) forward exactly when the attention has a variable-length kernel.
         self.packed = check_packed(packed, "verbalizer.packed")
         self.model, self.tokenizer, self.marker = model, tokenizer, marker
-        self.injection_scale = float(injection_scale)
-        self.injector = Injector(adapters.input_embeddings(model), marker, injection_scale)
+        self.injection_scale = None if injection_scale is None else float(injection_scale)
+        self.site = site
+        block = None
+        if site.layer is not None:
+            block = adapters.decoder_layers(model)[adapters.check_layer(model.config, site.layer,
+                                                                        "extraction.injection_layer")]
+        self.injector = Injector(adapters.input_embeddings(model), marker, injection_scale, site, block)
         self.stop_ids = _stop_ids(model, tokenizer)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, vectors: Tensor, labels: Tensor | None = None,

@@ -6,6 +6,8 @@
   (autocast) on one device, or from ``NLAFSDPStrategy``'s ``param_dtype``.
 - bf16 trained weights (the modules' ``dtype: bfloat16``, or ``trainer.precision: bf16-true``) are
   refused unless the optimizer compensates for bf16 rounding (``nla.modules.optim.COMPENSATED``).
+- float16 is refused in every form (``trainer.precision`` 16, 16-mixed, 16-true), as for weights and
+  caches: residual norms of Gemma-like models (6e4-8e4) overflow it.
 - Frozen models (the GRPO reference) are stored in the dtype the policy computes in, so the
   reference costs half the memory under bf16 and matches the policy exactly at the first step.
 - ``data.source.target.dtype`` is the dtype of frozen uses only: the target while caching, ``nla explain``.
@@ -20,9 +22,11 @@ from nla.core.errors import ConfigError
 from nla.models.loading import DTYPES
 from nla.modules.optim import COMPENSATED
 
-CAST_PRECISIONS = {"bf16-true": torch.bfloat16, "16-true": torch.float16}
-"""Lightning precisions that cast the whole LightningModule, trained weights included."""
-AUTOCAST_PRECISIONS = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+CAST_PRECISIONS = {"bf16-true": torch.bfloat16}
+"""Lightning precisions that cast the whole LightningModule, trained weights included (float16 ones are refused)."""
+AUTOCAST_PRECISIONS = {"bf16-mixed": torch.bfloat16}
+FLOAT16_PRECISIONS = ("16", "16-mixed", "16-true")
+"""``trainer.precision`` values that compute in float16 (``check_precision`` refuses them)."""
 
 FIX = ("keep float32 weights and compute in bf16 with trainer.precision: bf16-mixed (or NLAFSDPStrategy's "
        f"param_dtype: bfloat16), or set model.training.optimizer: {COMPENSATED[0]}")
@@ -41,12 +45,24 @@ def trained_dtype(dtype: str | None, optimizer: str, field: str = "model.trainin
     return dtype
 
 
+def check_precision(value) -> None:
+    """Refuse ``trainer.precision`` ``value`` when it computes in float16. The CLI judges the value as
+    written, before the Trainer is built: on CPU Lightning turns 16-mixed into bf16-mixed, so a config
+    passed there would overflow on a GPU."""
+    if str(value) in FLOAT16_PRECISIONS:
+        raise ConfigError("trainer.precision", f"is {value}: float16 overflows on the residuals of Gemma-like models "
+                          "(norms 6e4-8e4), as float16 weights and caches would; use bf16-mixed (float32 weights, "
+                          "bf16 compute) or 32-true")
+
+
 def check_trainer(trainer, optimizer: str) -> None:
-    """Refuse a fit whose precision plugin casts the trained weights: ``16-true`` always, ``bf16-true``
-    unless ``optimizer`` compensates for bf16 rounding. Other stages (validate, test) train nothing."""
+    """Refuse float16 (``check_precision``) and a fit whose precision plugin casts the trained weights
+    to bf16 (``bf16-true``) unless ``optimizer`` compensates for bf16 rounding. Other stages (validate,
+    test) train nothing."""
+    check_precision(trainer.precision)
     if trainer.state.fn != TrainerFn.FITTING or trainer.precision not in CAST_PRECISIONS:
         return
-    if trainer.precision == "16-true" or optimizer not in COMPENSATED:
+    if optimizer not in COMPENSATED:
         raise ConfigError("trainer.precision", f"is {trainer.precision}: it casts the trained weights, whose "
                           f"small-LR AdamW updates then round away; {FIX}")
 

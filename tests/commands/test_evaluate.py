@@ -34,7 +34,7 @@ def setting(tmp_path_factory, warm_model_dir):
     model, corpus, cache = cache_args(root, source, layer=LAYER)
     build_cache(model, corpus, cache, SplitArgs(av_sft=0.3, ar_sft=0.3, rl=0.2, heldout=0.2))
     return {"pair": str(root / "pair"), "av": str(out["av"]), "ar": str(out["ar"]), "cache": cache.directory,
-            "root": root}
+            "root": root, "source": source}
 
 
 def evaluate(setting, out, *extra):
@@ -67,6 +67,15 @@ def test_texts_every_check_and_the_report_files(setting, tmp_path, capsys):
     splice = report["splice"]
     assert splice["rows"] == 10 and splice["skipped"] == 2  # the last token of each text has no next token
     assert splice["variants"]["clean"]["kl"]["value"] == 0.0
+    # Rows without an answer that the splice reads: all of the round trip's but those it skipped.
+    invalid = round((1 - trip["valid_rate"]) * 12)
+    assert invalid - splice["skipped"] <= splice["without_answer"] <= invalid
+    for name in ("nla", "shuffled"):
+        assert {"loss_recovered", "kl_recovered"} <= set(splice["variants"][name])
+    paired = splice["differences"]["nla - shuffled"]["kl_recovered"]["value"]
+    assert paired == pytest.approx(splice["variants"]["nla"]["kl_recovered"]["value"]
+                                   - splice["variants"]["shuffled"]["kl_recovered"]["value"], abs=1e-9)
+    assert set(splice["valid_only"]) == {"loss_recovered", "kl_recovered"}
     claims = report["claims"]
     assert claims["window"] == 5 and claims["judged"] is False
     files = {path.name for path in (tmp_path / "report").iterdir()}
@@ -78,8 +87,27 @@ def test_texts_every_check_and_the_report_files(setting, tmp_path, capsys):
     assert tags["evaluate/round_trip/fve/pair (round trip)"] == [(0, pytest.approx(pair["value"], abs=1e-6))]
     assert [step for step, _ in tags["evaluate/detail/tokens_fve"]] == [p["n"] for p in report["detail"]["tokens"]]
     markdown = (tmp_path / "report" / "report.md").read_text()
-    assert "## Round trip (AV -> AR)" in markdown and "## Causal splice (loss recovered)" in markdown
+    assert "## Round trip (AV -> AR)" in markdown and "## Causal splice (loss and KL recovered)" in markdown
     assert markdown.strip() in printed
+
+
+def test_a_frozen_reconstructor_reads_the_same_explanations(setting, tmp_path, capsys):
+    # The pair's own AR as the "frozen" one scores exactly as the co-trained one; another AR does not.
+    evaluate(setting, tmp_path / "same", "--cache", setting["cache"], "--rows", "9", "--checks", '["round_trip"]',
+             "--reconstructor", setting["ar"])
+    other = export(tmp_path / "other", build_pair(setting["source"], seed=7))
+    evaluate(setting, tmp_path / "other-report", "--cache", setting["cache"], "--rows", "9", "--checks",
+             '["round_trip"]', "--reconstructor", str(other["ar"]))
+    capsys.readouterr()
+    same = json.loads((tmp_path / "same" / "report.json").read_text())["round_trip"]
+    frozen = same["fve"]["AV's explanations, frozen reconstructor"]
+    assert frozen["value"] == pytest.approx(same["fve"]["pair (round trip)"]["value"], abs=1e-12)
+    assert same["differences"]["co-trained - frozen reconstructor"]["value"] == pytest.approx(0, abs=1e-12)
+    trip = json.loads((tmp_path / "other-report" / "report.json").read_text())["round_trip"]
+    gap = trip["differences"]["co-trained - frozen reconstructor"]["value"]
+    assert gap == pytest.approx(trip["fve"]["pair (round trip)"]["value"]
+                                - trip["fve"]["AV's explanations, frozen reconstructor"]["value"], abs=1e-9)
+    assert abs(gap) > 1e-6
 
 
 def test_cache_rows_have_the_mean_predictor_and_a_rerun_replaces_the_scalars(setting, tmp_path, capsys):
@@ -102,7 +130,7 @@ def test_rewriter_and_judge_through_an_openai_compatible_server(setting, tmp_pat
         prompt = call.body["messages"][0]["content"]
         if prompt.startswith("Below is the beginning of a text"):
             return 200, {}, answer_body(call.path, "YES" if "sailor" in prompt.split("<claim>")[0] else "NO")
-        # Paraphrase and translation both give the text back unchanged: meaning kept exactly.
+        # Paraphrase and translation both give the text back unchanged: no row is compared, all are counted.
         return 200, {}, answer_body(call.path, f"<text>{_TAGGED.search(prompt).group(1)}</text>")
 
     fake_api.respond = respond
@@ -115,8 +143,8 @@ def test_rewriter_and_judge_through_an_openai_compatible_server(setting, tmp_pat
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     for name in ("paraphrase", "back_translation"):
         result = report["transforms"][name]
-        assert result["kind"] == "meaning-preserving" and result["rows"] > 0
-        assert result["difference"]["value"] == pytest.approx(0.0, abs=1e-5)
+        assert result["kind"] == "meaning-preserving" and result["rows"] == 0
+        assert result["unchanged"] > 0 and result["failed"] == 0
     prompts = [call.body["messages"][0]["content"] for call in fake_api.calls]
     assert any("Translate the text below into French" in p for p in prompts)
     assert any("Translate the text below into English" in p for p in prompts)
@@ -162,6 +190,7 @@ def test_a_released_layout_pair_with_its_target(setting, tiny_model_dir, tmp_pat
     (["--texts", '["a b"]', "--claim_threshold", "0"], "nla: error: claim_threshold: is 0.0; it must be in (0, 1]"),
     (["--cache", "/nonexistent/cache"], "nla: error: cache: /nonexistent/cache holds no finished cache"),
     (["--av", "x", "--texts", '["a b"]'], "nla: error: pair: names both halves"),
+    (["--texts", '["a b"]', "--reconstructor", "/nonexistent/ar"], "nla: error: reconstructor: /nonexistent/ar cannot"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_model_loads(setting, tmp_path, capsys, argv, prefix):
     with pytest.raises(SystemExit) as done:

@@ -61,7 +61,8 @@ def test_quickstart_runs_every_stage_and_prints_the_table(toy_configs, tmp_path,
                "--resamples", "200", "--examples", '["One small test sentence about the garden."]']
     main(command)
     out = capsys.readouterr().out
-    for name in ("mean predictor", "shuffled (GRPO pair)", "after SFT", "after GRPO", "GRPO - SFT"):
+    for name in ("mean predictor", "shuffled (GRPO pair)", "after SFT", "after GRPO", "GRPO - SFT",
+                 "after GRPO, SFT's AR", "GRPO (SFT's AR) - SFT"):
         assert re.search(rf"{re.escape(name)}\s+[+-]\d\.\d{{3}} \[[+-]\d\.\d{{3}}, [+-]\d\.\d{{3}}\]", out), name
     assert "12 rows from" in out and "FVE on valid answers only" in out
     assert "cache + summaries  " in out and "(reused)" not in out

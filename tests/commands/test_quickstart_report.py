@@ -3,8 +3,15 @@ the note when GRPO did not beat SFT beyond noise."""
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from nla.evaluation.bootstrap import Interval
-from nla.commands.quickstart_report import Comparison, Row, no_gain_note, print_report, valid_rate_warning
+from nla.evaluation.round_trip import row_mse
+from nla.commands.quickstart_report import (Comparison, Row, _frozen_read, no_gain_note, print_report,
+                                            valid_rate_warning)
+from nla.models.pair_loading import load_pair
+from tests.fixtures.pairs import build_pair, export
 
 
 def comparison(sft_valid: float, grpo_valid: float, split: str = "test",
@@ -46,3 +53,14 @@ def test_no_note_when_grpo_gained_beyond_noise(capsys):
     print_report(gained, {"total": 61.0}, [], {"GRPO pair": "x"})
     out = capsys.readouterr().out
     assert "beyond noise" in out and "note:" not in out and "warning:" not in out
+
+
+def test_the_frozen_read_of_a_pairs_own_explanations_is_its_round_trip(warm_model_dir, tmp_path):
+    # With the same pair as "SFT" and "GRPO", the frozen AR is the co-trained one: the same MSE per row.
+    written = export(tmp_path / "pair", build_pair(warm_model_dir))
+    pair = load_pair(written["av"], written["ar"], dtype="float32")
+    vectors = torch.randn(6, pair.d_model, generator=torch.Generator().manual_seed(0))
+    trip = pair.round_trip(vectors, max_new_tokens=12, batch_size=6)
+    assert any(trip.valid)
+    frozen = _frozen_read(tmp_path / "pair", tmp_path / "pair", trip, vectors, "float32", micro=2)
+    np.testing.assert_allclose(frozen, row_mse(trip.predictions, vectors), rtol=0, atol=1e-6)

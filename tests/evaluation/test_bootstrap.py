@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nla.evaluation.bootstrap import difference_interval, document_resamples, fve_interval
+from nla.evaluation.bootstrap import RowVariance, difference_interval, document_resamples, fve_interval
 from nla.core.maths import derangement
 from nla.evaluation.round_trip import mean_predictor_mse, row_mse
 
@@ -101,3 +101,24 @@ def test_percentile_intervals_over_fixed_draws_of_three_documents_by_hand():
     assert gain.value == pytest.approx(0.2 * 2 / 4)
     assert gain.low == pytest.approx(per_draw[0] + 0.075 * (per_draw[1] - per_draw[0]))
     assert gain.high == pytest.approx(per_draw[2] + 0.925 * (per_draw[3] - per_draw[2]))
+
+
+def test_each_draw_divides_by_the_variance_of_the_rows_it_drew():
+    # d = 2, one row per document: e1, e2 and -e1, normalised to norm sqrt(2). rawvar = 1 - ||mu||^2 / d.
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 3.0], [-2.0, 0.0]])
+    variance = RowVariance(vectors)
+    assert variance() == pytest.approx(8 / 9)                      # mu = (0, sqrt2 / 3)
+    draws = [np.array([0, 0, 1]),                                  # mu = (2 sqrt2 / 3, sqrt2 / 3): Var 4/9
+             np.array([0, 2, 2]),                                  # mu = (-sqrt2 / 3, 0): Var 8/9
+             np.array([1, 1, 1])]                                  # one direction: Var 0 -> FVE undefined
+    assert variance(draws[0]) == pytest.approx(4 / 9)
+    mse = np.array([0.2, 0.4, 0.6])
+    interval = fve_interval(mse, variance, draws)
+    # Draws: 1 - (0.8 / 3) / (4/9) = 0.4, 1 - (1.4 / 3) / (8/9) = 0.475; the third (x / 0) drops out.
+    assert interval.value == pytest.approx(1 - 0.4 / (8 / 9))
+    assert interval.low == pytest.approx(0.4 + 0.025 * 0.075)
+    assert interval.high == pytest.approx(0.4 + 0.975 * 0.075)
+    # The paired difference divides by the same per-draw variance.
+    gain = difference_interval(mse, mse + 0.1, variance, draws[:2])
+    assert gain.low == pytest.approx(0.1 / (8 / 9) + 0.025 * (0.1 / (4 / 9) - 0.1 / (8 / 9)))
+    assert variance.subset(np.array([0, 2]))() == pytest.approx(1.0)  # e1 and -e1: mu = 0

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from nla.evaluation.bootstrap import document_resamples
-from nla.evaluation.splice import loss_recovered, splice_scores, summary
+from nla.core.maths import orthogonal_to
+from nla.evaluation.splice import kl_recovered, loss_recovered, splice_directions, splice_scores, summary
 from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
 from nla.models.target import residuals
 
@@ -24,6 +25,62 @@ def test_loss_recovered_on_hand_computed_values():
     assert loss_recovered(clean, ablate, np.array([2.0, 3.0])) == 0.5
     assert loss_recovered(clean, ablate, np.array([4.0, 5.0])) == -0.5  # worse than the ablation
     assert np.isnan(loss_recovered(clean, clean, ablate))
+
+
+def test_kl_recovered_on_hand_computed_values():
+    ablate = np.array([0.4, 0.8])
+    assert kl_recovered(ablate, np.zeros(2)) == 1.0
+    assert kl_recovered(ablate, ablate) == 0.0
+    assert kl_recovered(ablate, np.array([0.1, 0.2])) == pytest.approx(0.75)
+    assert kl_recovered(ablate, np.array([0.9, 0.9])) == pytest.approx(-0.5)
+    assert np.isnan(kl_recovered(np.zeros(2), ablate))
+
+
+def test_rows_without_an_answer_are_spliced_as_the_ablation_never_as_the_stand_in():
+    # The round trip predicts a row without an answer as a vector orthogonal to it: a basis vector at
+    # the full norm, which must never be patched into the model, in the nla splice or the control.
+    targets = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    valid = np.array([True, False, True, True, False, True])
+    predictions = targets + 0.1
+    predictions[~torch.as_tensor(valid)] = orthogonal_to(targets[~torch.as_tensor(valid)])
+    mean = torch.full((8,), 0.5)
+    directions = splice_directions(predictions, valid, mean, seed=3)
+    for row in np.flatnonzero(~valid):
+        assert torch.equal(directions["nla"][row], mean) and torch.equal(directions["shuffled"][row], mean)
+    stand_ins = predictions[~torch.as_tensor(valid)]
+    for row in np.flatnonzero(valid):
+        assert torch.equal(directions["nla"][row], predictions[row])
+        # Another valid row's reconstruction: never its own, never a stand-in.
+        source = [j for j in np.flatnonzero(valid) if torch.equal(directions["shuffled"][row], predictions[j])]
+        assert len(source) == 1 and source[0] != row
+        assert not any(torch.equal(directions["shuffled"][row], s) for s in stand_ins)
+    # One valid row has no other to take: the control falls back to the ablation.
+    lone = splice_directions(predictions, np.array([True] + [False] * 5), mean, seed=0)
+    assert torch.equal(lone["shuffled"][0], mean)
+
+
+def test_summary_pairs_nla_against_shuffled_and_reads_valid_rows_alone():
+    # Rows 0-3, documents a a b b. CE: clean 1, ablation 3; nla recovers rows 0-2 fully and row 3 not
+    # at all; shuffled recovers half everywhere. KL: ablation 1, nla 0 on rows 0-2 and 1 on row 3.
+    ce = {"clean": np.ones(4), "mean": np.full(4, 3.0), "nla": np.array([1.0, 1.0, 1.0, 3.0]),
+          "shuffled": np.full(4, 2.0)}
+    kl = {"clean": np.zeros(4), "mean": np.ones(4), "nla": np.array([0.0, 0.0, 0.0, 1.0]),
+          "shuffled": np.full(4, 0.5)}
+    scores = {name: {"ce": ce[name], "kl": kl[name]} for name in ce}
+    draws = [np.array([0, 1, 0, 1]), np.array([2, 3, 2, 3])]
+    valid = np.array([True, True, True, False])
+    report = summary(scores, draws, valid)
+    result = report["variants"]
+    assert result["nla"]["loss_recovered"].value == pytest.approx(0.75)
+    assert result["nla"]["kl_recovered"].value == pytest.approx(0.75)
+    assert result["shuffled"]["kl_recovered"].value == pytest.approx(0.5)
+    difference = report["differences"]["nla - shuffled"]["loss_recovered"]
+    # Draw a a: 1 - 0.5; draw b b: 0.5 - 0.5; paired on the same rows.
+    assert difference.value == pytest.approx(0.25)
+    assert (difference.low, difference.high) == pytest.approx((0.0125, 0.4875))
+    only = report["valid_only"]
+    assert only["loss_recovered"].value == pytest.approx(1.0) and only["kl_recovered"].value == pytest.approx(1.0)
+    assert only["loss_recovered"].low == pytest.approx(1.0)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +116,7 @@ def test_the_original_vector_recovers_all_and_the_mean_none(rows):
                                                             "shuffled": shuffled})
     assert loss_recovered(as_mean["clean"]["ce"], as_mean["mean"]["ce"], as_mean["nla"]["ce"]) == pytest.approx(
         0.0, abs=1e-5)
-    report = summary(scores, document_resamples(np.array([0, 0, 0, 1, 1, 1]), 100, 0))
+    report = summary(scores, document_resamples(np.array([0, 0, 0, 1, 1, 1]), 100, 0))["variants"]
     assert report["nla"]["loss_recovered"].value == pytest.approx(1.0, abs=1e-5)
     assert report["clean"]["kl"].value == 0.0 and report["shuffled"]["kl"].value > 0
 

@@ -148,6 +148,31 @@ def test_adapter_export_loads_in_plain_peft(pair, tmp_path):
         assert torch.equal(plain(input_ids=ids).logits, verbalizer.model(input_ids=ids).logits)
 
 
+@pytest.mark.parametrize("damage", ["missing", "unexpected"])
+def test_an_adapter_file_must_hold_exactly_the_adapters_tensors(pair, tmp_path, damage):
+    """A tensor missing from the adapter file would leave its layer at the fresh adapter's values (the
+    identity) without a word; one the base model has no place for would be dropped. Either is one line
+    naming the file and the key."""
+    from safetensors.torch import save_file
+
+    from nla.core.errors import ConfigError
+
+    export_pair(tmp_path, pair, stage="sft", training={}, merge_adapters=False)
+    path = tmp_path / "av" / lora.ADAPTER_WEIGHTS
+    saved = load_file(str(path))
+    key = sorted(saved)[len(saved) // 2]
+    if damage == "missing":
+        del saved[key]
+    else:
+        key = key.replace(".layers.", ".extra_layers.")
+        saved[key] = torch.zeros(1)
+    save_file(saved, str(path))
+    with pytest.raises(ConfigError) as refused:
+        load_pair(tmp_path / "av", tmp_path / "ar", dtype="float32")
+    message = str(refused.value)
+    assert str(path) in message and key in message and "\n" not in message
+
+
 # ---- end to end through the CLI -----------------------------------------------------------------
 
 CONFIGS = ROOT / "configs"

@@ -127,6 +127,20 @@ def test_one_sample_per_prompt_under_per_group_advantages_is_refused(tiny_sft, t
     assert RolloutArgs(samples_per_prompt=1, uniform_groups="batch").samples_per_prompt == 1
 
 
+@pytest.mark.parametrize("argv", [sft_argv, grpo_argv], ids=["sft", "grpo"])
+@pytest.mark.parametrize("value", ["16-mixed", "16", "16-true"])
+def test_float16_precisions_are_refused_before_any_work(tiny_sft, tmp_path, capsys, argv, value):
+    """float16 weights are refused, and so is float16 compute: on CPU Lightning quietly turns 16-mixed
+    into bf16-mixed, so the config as written is what is judged, or it would pass here and overflow there."""
+    root, model_dir, _ = tiny_sft
+    code, err = run_main(capsys, argv(model_dir, root / "docs.jsonl", tmp_path / "cache", tmp_path / "run",
+                                      "--trainer.precision", value))
+    assert (code, err) == (2, f"nla: error: trainer.precision: is {value}: float16 overflows on the residuals of "
+                              "Gemma-like models (norms 6e4-8e4), as float16 weights and caches would; use bf16-mixed "
+                              "(float32 weights, bf16 compute) or 32-true")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
 def test_an_empty_text_corpus_names_the_text_column(tiny_model_dir, tmp_path, capsys):
     corpus = tmp_path / "empty.jsonl"
     corpus.write_text("".join(json.dumps({"text": "", "body": "real words here"}) + "\n" for _ in range(5)))

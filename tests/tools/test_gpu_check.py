@@ -28,11 +28,24 @@ def test_check_script_dry_run_on_cpu(tmp_path):
     assert difference < 1e-5
     grpo = [e for e in entries if e["step"] == "grpo"]
     assert all(e["ar_update_s"] > 0 and e["generated_tokens"] == e["rows"] * e["new_tokens"] for e in grpo)
-    # The 7B steps' settings ran too: 8-bit AdamW over float32 masters (SFT) and over bf16 weights (GRPO).
-    settings = {(e["step"], e["masters"], e["optimizer"]) for e in entries if "optimizer" in e}
-    assert settings == {(step, "float32", "adamw") for step in ("sft_av", "sft_ar", "grpo")} | {
-        ("sft_av", "float32", "adamw8bit"), ("sft_ar", "float32", "adamw8bit"), ("grpo", "bfloat16", "adamw8bit")}
+    # The 7B steps' settings ran too, as training accepts them: 8-bit AdamW over float32 masters, in full
+    # (SFT) and with LoRA on both models (GRPO: both 7B models in full need more than one GPU).
+    settings = {(e["step"], e["masters"], e["optimizer"], e["lora"]) for e in entries if "optimizer" in e}
+    assert settings == {(step, "float32", "adamw", None) for step in ("sft_av", "sft_ar", "grpo")} | {
+        ("sft_av", "float32", "adamw8bit", None), ("sft_ar", "float32", "adamw8bit", None),
+        ("grpo", "float32", "adamw8bit", 4)}
     assert "## sft_av" in (tmp_path / "results.md").read_text()
+
+
+def test_the_check_refuses_what_training_refuses(tmp_path):
+    # Its settings go through training's own checks (TrainingArgs), before any model is built: bf16
+    # weights under plain 8-bit AdamW, which training refuses, cannot be timed as if a user could run them.
+    done = subprocess.run([sys.executable, "tools/gpu/check.py", "grpo", "--device", "cpu", "--shape", "tiny",
+                           "--prompts", "2", "--group", "2", "--tokens", "5", "--micro", "2", "--repeats", "1",
+                           "--no-masters", "--optimizer", "adamw8bit", "--out", str(tmp_path / "results.jsonl")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and not (tmp_path / "results.jsonl").exists()
+    assert done.stderr.strip().splitlines()[-1].startswith("check: model.training.dtype: is bfloat16: AdamW updates")
 
 
 def test_prepare_refuses_a_python_without_the_projects_packages(tmp_path):

@@ -13,8 +13,11 @@ Steps (each appends one JSON line per measurement to ``--out``):
 - ``varlen``: the AR's forward and backward, packed through ``nla_varlen`` against padded SDPA.
 - ``report``: ``--out`` rendered as markdown (``--markdown``), led by the targets (``report.py``).
 
-Random-weight models of real shapes (``tools/gpu/shapes.py``); bf16 compute. ``--device cpu`` with
-``--shape tiny`` is the dry run the test suite makes, so the script keeps working.
+Random-weight models of real shapes (``tools/gpu/shapes.py``); bf16 compute. The trained weights'
+dtype, the optimizer and LoRA (``--masters``, ``--optimizer``, ``--lora``) are built as training
+builds them (``TrainingArgs``, ``nla.modules.optim``), so a combination training refuses is refused
+here too. ``--device cpu`` with ``--shape tiny`` is the dry run the test suite makes, so the script
+keeps working.
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools" / "gpu")]
 
-from nla.modules import flops  # noqa: E402
-
-from nla.models import sampling, varlen
+from nla.core.errors import ConfigError  # noqa: E402
+from nla.models import lora, sampling, varlen  # noqa: E402
 from nla.models.packing import pack_layout  # noqa: E402
 from nla.models.reconstructor import Reconstructor  # noqa: E402
 from nla.models.verbalizer import Verbalizer  # noqa: E402
 from nla.core.prompts import PromptArgs, Prompts  # noqa: E402
+from nla.modules import flops, optim  # noqa: E402
+from nla.modules.settings import TrainingArgs  # noqa: E402
 import report  # noqa: E402
 from shapes import LAYERS, build_model, tokenizer_for  # noqa: E402
 
@@ -158,12 +162,22 @@ def ours_once(verbalizer, ids, mask, vectors, group, tokens):
 # ---- SFT MFU -----------------------------------------------------------------------------------------------
 
 
-def optimizer_for(params, args):
-    if args.optimizer == "adamw8bit":
-        import bitsandbytes
+def training_of(args) -> TrainingArgs:
+    """The command line's trained-weight dtype, optimizer and LoRA as a fit config would give them,
+    checked by training's own rules (bf16 weights only with the stochastic-rounding AdamW, ...)."""
+    adapter = lora.LoraArgs(r=args.lora, alpha=2.0 * args.lora) if args.lora else None
+    return TrainingArgs(optimizer=args.optimizer, dtype="float32" if args.masters else "bfloat16",
+                        verbalizer_lora=adapter, reconstructor_lora=adapter)
 
-        return bitsandbytes.optim.AdamW8bit(params, lr=1e-5, betas=(0.9, 0.95))
-    return torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), fused=torch.cuda.is_available())
+
+def master_dtype(training: TrainingArgs) -> torch.dtype:
+    return torch.float32 if training.trained_dtype == "float32" else torch.bfloat16
+
+
+def optimizer_for(name: str, module, training: TrainingArgs):
+    """Training's optimizer (``nla.modules.optim.adamw``) over ``module``'s trainable parameters."""
+    group = optim.param_group(name, module, 1e-5)
+    return optim.adamw([group], training.betas, training.weight_decay, training.optimizer)
 
 
 def synthetic_rows(prompts, count: int, explanation_tokens: int, seed: int) -> list[list[int]]:
@@ -173,8 +187,8 @@ def synthetic_rows(prompts, count: int, explanation_tokens: int, seed: int) -> l
                           generator=generator).tolist() for _ in range(count)]
 
 
-def train_steps(module, forward, params, args, device) -> float:
-    optimizer = optimizer_for(params, args)
+def train_steps(name: str, module, forward, training: TrainingArgs, args, device) -> float:
+    optimizer = optimizer_for(name, module, training)
 
     def step():
         with autocast(device):
@@ -189,8 +203,12 @@ def train_steps(module, forward, params, args, device) -> float:
 def step_sft(args, out: Path) -> None:
     from nla.core.padding import pad
 
+    if args.lora:
+        # Its MFU counts every weight as trained (6 P FLOPs per token).
+        raise ConfigError("--lora", "is for the grpo step; the sft step trains every weight")
+    training = training_of(args)
     device, tokenizer, attn = setup(args)
-    master = torch.float32 if args.masters else torch.bfloat16
+    master = master_dtype(training)
     peak = flops.peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     verbalizer, prompts = make_verbalizer(args, device, tokenizer, attn, master)
     examples = [prompts.av_example(prompts.tokenizer.decode(row)) for row in
@@ -203,8 +221,9 @@ def step_sft(args, out: Path) -> None:
     ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
     vectors = torch.randn(len(examples), verbalizer.model.config.hidden_size, device=device)
     verbalizer.model.train()
-    seconds = train_steps(verbalizer, lambda: verbalizer(ids, mask, vectors, labels, slots=slots, layout=layout).loss,
-                          verbalizer.parameters(), args, device)
+    seconds = train_steps("verbalizer", verbalizer,
+                          lambda: verbalizer(ids, mask, vectors, labels, slots=slots, layout=layout).loss,
+                          training, args, device)
     report_mfu(out, "sft_av", args, device, peak, seconds, mask, flops.model_counts(verbalizer.model), attn)
     del verbalizer
     torch.cuda.empty_cache() if device.type == "cuda" else None
@@ -218,8 +237,9 @@ def step_sft(args, out: Path) -> None:
     layout, last = pack_layout(mask), mask.sum(dim=1) - 1
     ids, mask = ids.to(device), mask.to(device)
     target = torch.randn(len(rows), reconstructor.d_model, device=device)
-    seconds = train_steps(reconstructor, lambda: Reconstructor.loss(reconstructor(ids, mask, last, layout), target),
-                          reconstructor.parameters(), args, device)
+    seconds = train_steps("reconstructor", reconstructor,
+                          lambda: Reconstructor.loss(reconstructor(ids, mask, last, layout), target),
+                          training, args, device)
     report_mfu(out, "sft_ar", args, device, peak, seconds, mask, flops.model_counts(model, reconstructor.head), attn)
 
 
@@ -229,7 +249,7 @@ def report_mfu(out, name, args, device, peak, seconds, mask, counts, attn) -> No
     record(out, step=name, shape=args.shape, micro_batch=len(lengths), tokens=sum(lengths), seconds=seconds,
            tokens_per_s=sum(lengths) / seconds, tflops=step_flops / seconds / 1e12,
            mfu=None if peak is None else step_flops / seconds / (peak * 1e12), peak_tflops=peak, attention=attn,
-           masters="float32" if args.masters else "bfloat16", optimizer=args.optimizer,
+           masters="float32" if args.masters else "bfloat16", optimizer=args.optimizer, lora=None,
            peak_memory_gb=peak_memory_gb(device))
 
 
@@ -240,14 +260,18 @@ def step_grpo(args, out: Path) -> None:
     spec = importlib.util.spec_from_file_location("grpo_bench", ROOT / "tools" / "bench" / "grpo_step.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    from nla.modules.grpo.reference import FrozenCopy
+    from nla.modules.grpo.reference import build_reference
     from nla.modules.grpo.settings import RolloutArgs
 
+    training = training_of(args)
     device, tokenizer, attn = setup(args)
-    master = torch.float32 if args.masters else torch.bfloat16
+    master = master_dtype(training)
     verbalizer, prompts = make_verbalizer(args, device, tokenizer, attn, master)
     layer = LAYERS[args.shape]
     reconstructor = Reconstructor(build_model(args.shape, tokenizer, str(device), master, attn, layers=layer + 1), layer)
+    if training.uses_lora:
+        lora.wrap(verbalizer.model, training.verbalizer_lora, "--lora")
+        lora.wrap(reconstructor.model, training.reconstructor_lora, "--lora")
     collect = verbalizer._collect
 
     def with_explanations(generated, stats):
@@ -261,8 +285,11 @@ def step_grpo(args, out: Path) -> None:
     rollout_args = RolloutArgs(samples_per_prompt=args.group, micro_batch_size=args.micro, max_new_tokens=args.tokens,
                                sampler="static")  # what "auto" picks on CUDA; the dry run samples with it too
     batch = bench.rl_batch(prompts, args.prompts, reconstructor.d_model, verbalizer.injection_scale, device, 0)
-    reference = FrozenCopy(verbalizer, "same")
-    optimizers = [optimizer_for(module.parameters(), args) for module in (verbalizer, reconstructor)]
+    # As GRPOModule builds it under bf16 compute: a frozen copy stored in bf16, or with LoRA a frozen
+    # copy of the adapter on the shared base.
+    reference = build_reference(verbalizer, None, "none", "same", torch.bfloat16)
+    optimizers = [optimizer_for(name, module, training)
+                  for name, module in (("verbalizer", verbalizer), ("reconstructor", reconstructor))]
     for step in range(1 + args.repeats):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -274,7 +301,7 @@ def step_grpo(args, out: Path) -> None:
                sampling_s=seconds["generate"], scoring_s=seconds["score"] + seconds["logprobs"],
                ar_scoring_s=seconds["score"], av_update_s=seconds["av_update"], ar_update_s=seconds["ar_update"],
                total_s=seconds["total"], peak_memory_gb=peak_memory_gb(device), attention=attn,
-               masters="float32" if args.masters else "bfloat16", optimizer=args.optimizer)
+               masters="float32" if args.masters else "bfloat16", optimizer=args.optimizer, lora=args.lora or None)
 
 
 # ---- packed varlen against padded SDPA ---------------------------------------------------------------------
@@ -339,9 +366,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--micro", type=int, default=8, help="sequences per forward/backward pass")
     parser.add_argument("--explanation-tokens", type=int, default=150, help="about the SFT answer length")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up (best kept)")
-    parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit"])
+    parser.add_argument("--optimizer", default="adamw", choices=optim.OPTIMIZERS,
+                        help="model.training.optimizer (sft, grpo)")
     parser.add_argument("--masters", action=argparse.BooleanOptionalAction, default=True,
-                        help="float32 master weights under bf16 autocast (else bf16 weights)")
+                        help="float32 master weights under bf16 autocast (else bf16 weights, which training "
+                             "accepts only with adamw_bf16_stochastic)")
+    parser.add_argument("--lora", type=int, default=0,
+                        help="grpo: LoRA rank on both models (alpha 2 x rank; 0: every weight trains)")
     parser.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True, help="sampler: time HF generate")
     parser.add_argument("--loop", action="store_true", help="sampler: time the plain loop too")
     parser.add_argument("--hbm-tbps", type=float, default=4.8, help="memory bandwidth for the decode floor (H200)")
@@ -351,7 +382,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.manual_seed(0)
-    STEPS[args.step](args, Path(args.out))
+    try:
+        STEPS[args.step](args, Path(args.out))
+    except ConfigError as error:
+        raise SystemExit(f"check: {error}") from None
 
 
 if __name__ == "__main__":

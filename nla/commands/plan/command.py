@@ -91,7 +91,7 @@ def _report(config: str, run: Run, shapes: Shapes, source: str, result: Estimate
     else:
         lines.append(f"  AV (whole model):          {shapes.av.params / 1e9:.3f}B{lora(shapes.av, run.av_lora)}")
         lines.append(f"  AR (K+1 blocks + head):    {shapes.ar.params / 1e9:.3f}B{lora(shapes.ar, run.ar_lora)}")
-        if run.stage == "grpo":
+        if run.stage == "grpo" and s.reference != "none":
             lines.append(f"  reference AV (frozen):     {shapes.av.params / 1e9:.3f}B ({s.reference})")
     lines.append(f"memory per device ({result.phase} peak):")
     lines += [f"  {name:<22}{gib(value)}" for name, value in result.memory.items() if value]

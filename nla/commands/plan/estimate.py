@@ -115,7 +115,10 @@ def _grpo_time(run: Run, shapes: Shapes, mfu: float, rate: float | None) -> tupl
     av_tokens = sequences * (run.prompt_tokens + completion)
     ar_tokens = sequences * (run.ar_prompt_tokens + completion)
     av, ar = shapes.av, shapes.ar
-    flops = av_tokens * (_flops_per_token(av.params, av.grad_params, run.av_lora is not None) + 2 * 2 * av.params)
+    # Passes without gradients: the policy's log-probs, and the reference's unless there is none.
+    frozen_passes = 1 if run.setting.reference == "none" else 2
+    flops = av_tokens * (_flops_per_token(av.params, av.grad_params, run.av_lora is not None)
+                         + frozen_passes * 2 * av.params)
     flops += ar_tokens * (_flops_per_token(ar.params, ar.grad_params, run.ar_lora is not None) + 2 * ar.params)
     rate = rate or SAMPLING_TOKENS_PER_S_8B * 8e9 / av.params
     seconds = sampled / (rate * run.processes) + flops / (run.processes * run.peak_tflops * 1e12 * mfu)

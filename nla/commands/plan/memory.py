@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from nla.commands.plan.shapes import ModelShape
 
 GIB = 1024**3
-OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0, "paged_adamw8bit": 2.0}
+OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0, "paged_adamw8bit": 2.0, "adamw_bf16_stochastic": 8.0}
 """Optimizer state per trained parameter: AdamW's two float32 moments, or two 8-bit moments."""
 QUANTIZED_BYTES = {"8bit": 1.0, "4bit": 0.5}
 
@@ -55,7 +55,7 @@ class Setting:
     """The attention kernel never materialises the score matrix (flash / memory-efficient SDPA)."""
     reference: str = "copy"
     """GRPO reference: ``copy`` (frozen copy on the device), ``cpu`` (in host memory), ``8bit``,
-    ``4bit`` or ``adapter`` (a frozen copy of the LoRA adapters)."""
+    ``4bit``, ``adapter`` (a frozen copy of the LoRA adapters) or ``none`` (``kl_coef: 0``: not built)."""
     cpu_offload: bool = False
     """FSDP keeps shards, gradients and optimizer state in host memory."""
 
@@ -73,7 +73,7 @@ def model_state(shape: ModelShape, lora: bool, s: Setting) -> dict[str, float]:
 
 def reference_state(shape: ModelShape, s: Setting) -> float:
     """The frozen GRPO reference AV, bytes per device."""
-    if s.reference == "cpu":
+    if s.reference in ("cpu", "none"):
         return 0.0
     if s.reference == "adapter":
         return shape.lora_params * s.trained_bytes

@@ -130,8 +130,8 @@ def read_run(path: str | Path) -> Run:
     reference = "copy"
     if stage == "grpo":
         quantized = hp.get("reference_quantization", "none")
-        reference = ("adapter" if av_lora else quantized if quantized != "none"
-                     else "cpu" if hp.get("reference_device") == "cpu" else "copy")
+        reference = ("none" if (hp.get("rollout") or {}).get("kl_coef", 0.01) == 0 else "adapter" if av_lora
+                     else quantized if quantized != "none" else "cpu" if hp.get("reference_device") == "cpu" else "copy")
     accelerator = str(trainer.get("accelerator", "auto"))
     setting = Setting(
         shards=processes if fsdp else 1,

@@ -128,13 +128,18 @@ def aggregate(
     return values.sum() / (per_token.shape[0] * max_len)
 
 
-def policy_loss(logprobs: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor, advantages: Tensor, mask: Tensor, *,
-                clip_epsilon: float, kl_coef: float, kl_estimator: str = KL_DEFAULT, mode: str = "token_mean",
-                max_len: int | None = None) -> tuple[Tensor, Tensor]:
+def policy_loss(logprobs: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor | None, advantages: Tensor,
+                mask: Tensor, *, clip_epsilon: float, kl_coef: float, kl_estimator: str = KL_DEFAULT,
+                mode: str = "token_mean", max_len: int | None = None) -> tuple[Tensor, Tensor]:
     """The AV's GRPO loss: the clipped surrogate plus ``kl_coef`` x the KL penalty to the reference,
-    per token, aggregated over ``mask`` (``aggregate``). Returns the scalar loss and where the clip
-    was active (``clipped_surrogate``)."""
+    per token, aggregated over ``mask`` (``aggregate``); ``ref_logprobs`` None (no reference) leaves the
+    KL term out and needs ``kl_coef`` 0. Returns the scalar loss and where the clip was active
+    (``clipped_surrogate``)."""
     surrogate, clipped = clipped_surrogate(logprobs, old_logprobs, advantages, mask, clip_epsilon)
+    if ref_logprobs is None:
+        if kl_coef:
+            raise ValueError(f"kl_coef: {kl_coef} weighs a KL term, which needs the reference's log-probs")
+        return aggregate(surrogate, mask, mode, max_len), clipped
     kl = kl_penalty(logprobs, ref_logprobs, kl_estimator, mask)
     return aggregate(surrogate + kl_coef * kl, mask, mode, max_len), clipped
 

@@ -11,7 +11,11 @@ the update's log-probs to the sampling log-probs is then exactly 1 at the update
 Sampling draws from a generator seeded by (seed, global_step, global rank), so a resumed run samples
 exactly what the uninterrupted one would, and data-parallel processes draw different samples; the
 data position, both models and both optimizers come back from the checkpoint. The reference AV (KL
-penalty) is rebuilt from the starting weights on every start.
+penalty) is rebuilt from the starting weights on every start; with ``rollout.kl_coef: 0`` there is none.
+
+Every held-out evaluation (before the first step, inside steps, of the final pair) computes in the
+precision context the training steps run in (``trainer.precision``'s autocast), so the curve, the
+figure it starts from and the exports' figures are measured alike.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from nla.core.errors import ConfigError, field_scope
 from nla.core.maths import fve, fve_variance
 from nla.models import lora
-from nla.models.loading import check_trainable, load_causal_lm
+from nla.models.loading import QUANTIZATIONS, check_trainable, load_causal_lm
 from nla.models.pair import Pair
 from nla.models.pair_export import export_pair
 from nla.models.pair_loading import load_verbalizer
@@ -37,7 +41,7 @@ from nla.models.reconstructor import Reconstructor
 from nla.models.sidecar import figure
 from nla.models.verbalizer import Verbalizer, cjk_rate
 from nla.modules import fsdp, optim, precision
-from nla.modules.grpo.evaluation import heldout_fve, memory_probe
+from nla.modules.grpo.evaluation import frozen_fve, heldout_fve, memory_probe
 from nla.modules.grpo.loss import fraction_zero_spread
 from nla.modules.grpo.reference import DEVICES, build_reference
 from nla.modules.grpo.rollout import ar_loss, av_loss, collect
@@ -82,7 +86,8 @@ class GRPOModule(LightningModule):
             gradient_clip: Max gradient norm, per model.
             reference_device: ``same`` (beside the policy) or ``cpu`` (moved in for its pass only).
             reference_quantization: ``none``, ``8bit`` or ``4bit``: load the frozen reference AV from
-                ``sft_export`` in that precision instead of copying the policy (bitsandbytes).
+                ``sft_export`` in that precision instead of copying the policy (bitsandbytes). Neither
+                reference setting is used with ``rollout.kl_coef: 0``, which builds no reference.
             injection_scale: Only without ``sft_export``: the AV's injection norm, or ``auto`` (the
                 75th percentile of the cached activation norms).
             eval_every_n_steps: Held-out greedy AV -> AR evaluation (``val/fve``) every N steps; 0 turns
@@ -106,7 +111,8 @@ class GRPOModule(LightningModule):
         self.hparams.update(rollout=saved(rollout), training=saved(training))
         self.automatic_optimization = False
         self.rollout, self.training_args = rollout, training
-        choices = {"reference_device": (reference_device, DEVICES)}
+        choices = {"reference_device": (reference_device, DEVICES),
+                   "reference_quantization": (reference_quantization, QUANTIZATIONS)}
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"model.{name}", f"must be one of {', '.join(allowed)}, got {value!r}")
@@ -123,9 +129,9 @@ class GRPOModule(LightningModule):
         self.last_heldout: dict | None = None
 
     def configure_model(self) -> None:
-        """Build both models (once; a checkpoint's weights are loaded over them afterwards) and the
-        frozen reference from the starting AV. Sharding strategies (``nla.modules.fsdp``) shard them
-        right after this hook."""
+        """Build both models (once; a checkpoint's weights are loaded over them afterwards) and, unless
+        ``rollout.kl_coef`` is 0, the frozen reference from the starting AV. Sharding strategies
+        (``nla.modules.fsdp``) shard them right after this hook."""
         if self.verbalizer is not None:
             return
         dm, hp = self.trainer.datamodule, self.hparams
@@ -154,8 +160,10 @@ class GRPOModule(LightningModule):
         if training.reconstructor_lora is not None:
             lora.wrap(reconstructor.model, training.reconstructor_lora, "model.training.reconstructor_lora")
         self.verbalizer, self.reconstructor = verbalizer, reconstructor
-        self.reference = build_reference(verbalizer, hp.sft_export, hp.reference_quantization, hp.reference_device,
-                                         *precision.frozen_storage(self.trainer))
+        # Without a KL term the reference would cost a model's memory and a forward per rollout for nothing.
+        self.reference = None if not self.rollout.kl_coef else build_reference(
+            verbalizer, hp.sft_export, hp.reference_quantization, hp.reference_device,
+            *precision.frozen_storage(self.trainer))
 
     @property
     def pair(self) -> Pair:
@@ -236,7 +244,7 @@ class GRPOModule(LightningModule):
         variance = self.trainer.datamodule.heldout_variance
         metrics = {
             "train/reward_mean": rewards.mean(), "train/reward_std": rewards.std(correction=0),
-            "train/frac_reward_zero_std": fraction_zero_spread(rewards), "train/kl": stats["kl"],
+            "train/frac_reward_zero_std": fraction_zero_spread(rewards),
             "train/entropy": rollout.entropy[mask].mean() if mask.any() else 0.0,
             "train/clip_ratio": stats["clip_ratio"], "train/av_loss": stats["loss"],
             "train/completion_length_mean": lengths.mean(), "train/completion_length_max": lengths.max(),
@@ -247,6 +255,8 @@ class GRPOModule(LightningModule):
             "time/update_s": update_s,
             "train/generated_tokens_per_s": float(lengths.sum()) / max(rollout.seconds["generate"], 1e-9),
         }
+        if "kl" in stats:
+            metrics["train/kl"] = stats["kl"]
         if ar is not None:
             baseline = variance if variance else fve_variance(rollout.vectors[valid].float())
             metrics["train/ar_loss"] = ar
@@ -287,13 +297,16 @@ class GRPOModule(LightningModule):
         return value
 
     def _heldout(self) -> dict:
-        """The held-out round trip now (``heldout_fve``); also kept, with its step, for the exports."""
+        """The held-out round trip now (``heldout_fve``); also kept, with its step, for the exports.
+        Inside a training step it already runs in the step's precision context; entering it again
+        here gives the evaluations outside steps (the starting pair's, the final pair's) the same."""
         dm = self.trainer.datamodule
-        with fsdp.gathered(self.verbalizer, self.reconstructor):
-            result = heldout_fve(self.pair, dm.val_dataloader(), dm.heldout_variance, self.rollout.max_new_tokens,
-                                 self.rollout.micro_batch_size, self.hparams.eval_max_batches)
+        with fsdp.gathered(self.verbalizer, self.reconstructor), self.trainer.precision_plugin.forward_context():
+            result, trip = heldout_fve(self.pair, dm.val_dataloader(), dm.heldout_variance,
+                                       self.rollout.max_new_tokens, self.rollout.micro_batch_size,
+                                       self.hparams.eval_max_batches)
         rows = result.pop("rows")
-        self.last_heldout = {**result, "rows": rows, "step": int(self.global_step)}
+        self.last_heldout = {**result, "rows": rows, "step": int(self.global_step), "trip": trip}
         return result
 
     def on_fit_end(self) -> None:
@@ -314,15 +327,32 @@ class GRPOModule(LightningModule):
         training = {"steps": self.global_step, "heldout_variance": dm.heldout_variance,
                     "sft_export": self.hparams.sft_export}
         if result is not None:
-            training["figures"] = {"round_trip": figure(
-                "round_trip", fve=result["fve"], mse=result["mse"], rows=result["rows"],
-                documents=dm.split_documents("validation", result["rows"]), variance=dm.heldout_variance,
-                step=result["step"], cosine=float(result["cosine"]), valid_rate=float(result["valid_rate"]),
-                max_new_tokens=int(self.rollout.max_new_tokens), decoding="greedy", add_generation_prompt=True)}
+            measured = dict(rows=result["rows"], documents=dm.split_documents("validation", result["rows"]),
+                            variance=dm.heldout_variance, step=result["step"], valid_rate=float(result["valid_rate"]),
+                            max_new_tokens=int(self.rollout.max_new_tokens), decoding="greedy",
+                            add_generation_prompt=True)
+            training["figures"] = {"round_trip": figure("round_trip", fve=result["fve"], mse=result["mse"],
+                                                        cosine=float(result["cosine"]), **measured)}
+            if self.hparams.sft_export is not None:
+                frozen = self._frozen_figures(result["trip"])
+                training["figures"]["round_trip_frozen_reconstructor"] = figure(
+                    "round_trip_frozen_reconstructor", fve=frozen["fve"], mse=frozen["mse"],
+                    cosine=frozen["cosine"], reconstructor=str(Path(self.hparams.sft_export) / "ar"), **measured)
         pair = Pair(verbalizer, reconstructor, self.prompts, self.layer, base_model=dm.target_args.name_or_path,
                     base_fingerprint=dm.base_fingerprint)
         export_pair(directory, pair, stage="grpo", training=training,
                     merge_adapters=lora.merge_on_export(self.training_args.verbalizer_lora), field=field)
+
+    def _frozen_figures(self, trip) -> dict[str, float]:
+        """The round trip's explanations read by the SFT stage's AR, which never trained on the AV's own
+        answers: a gain that only the co-adapted AR can read shows as a gap to the round trip."""
+        ar = Reconstructor.from_pretrained(Path(self.hparams.sft_export) / "ar", dtype=self.training_args.trained_dtype)
+        reader = Pair(None, ar.eval().to(self.device), self.prompts, self.layer)
+        with self.trainer.precision_plugin.forward_context():
+            figures = frozen_fve(reader, trip, self.trainer.datamodule.heldout_variance,
+                                 self.rollout.micro_batch_size)
+        del reader, ar
+        return figures
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nla_best_fve"] = self.best_fve

@@ -4,7 +4,8 @@ A reference only has to answer ``logprobs(rollout, micro)``: the log-probs it gi
 sampled tokens, with the vectors injected as in every other pass. ``FrozenCopy`` holds a full frozen
 copy of the starting AV; a LoRA variant can answer the same call by switching the shared base to a
 frozen copy of the starting adapter, with no change to the rollout code (``AdapterReference``), and
-``FrozenModel`` holds a separately loaded AV (the SFT export in 8 or 4 bits).
+``FrozenModel`` holds a separately loaded AV (the SFT export in 8 or 4 bits). With ``kl_coef: 0`` the
+module builds no reference at all (``collect`` then runs no reference pass).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """One GRPO rollout over an AV (``Verbalizer``) and an AR (``Reconstructor``), as plain functions.
 
 ``collect`` samples G answers per prompt, scores them with the AR as it is now (before this step's
-update), turns the scores into rewards and advantages, and records the sampling policy's and the
-reference's log-probs of every sampled token. ``av_loss`` and ``ar_loss`` then run the two updates'
-forward and backward passes in micro-batches; the caller owns the optimizers.
+update), turns the scores into rewards and advantages, and records the sampling policy's and (with a
+KL term) the reference's log-probs of every sampled token. ``av_loss`` and ``ar_loss`` then run the
+two updates' forward and backward passes in micro-batches; the caller owns the optimizers.
 
 Sequences are scored right-padded (each row: its real prompt tokens, then its completion), so the
 default position ids of a plain forward are the positions the tokens had while sampling.
@@ -55,6 +55,9 @@ class Rollout:
     """[N] bool: no end-of-turn token before the cap."""
     valid: Tensor
     """[N] bool: an explanation was parsed (not truncated, tags present)."""
+    sampled: Tensor
+    """[N] bool: the answer was drawn from the policy; False for the greedy answer of
+    ``greedy_answer``, whose reward counts in its group but whose tokens stay out of the AV's loss."""
     explanations: list[str | None]
     """The parsed explanations (None when invalid)."""
     texts: list[str]
@@ -67,8 +70,8 @@ class Rollout:
     """[N] one advantage per answer."""
     old_logprobs: Tensor
     """[N, L] the sampling policy's log-probs of the sampled tokens."""
-    ref_logprobs: Tensor
-    """[N, L] the reference AV's log-probs of the same tokens."""
+    ref_logprobs: Tensor | None
+    """[N, L] the reference AV's log-probs of the same tokens; None without a KL term (``kl_coef: 0``)."""
     entropy: Tensor
     """[N, L] the sampling policy's entropy at each sampled position."""
     injected_fraction: float
@@ -101,7 +104,7 @@ def token_logprobs(verbalizer: Verbalizer, input_ids: Tensor, attention_mask: Te
     return verbalizer.completion_logprobs(input_ids, attention_mask, vectors, positions, targets, entropy, slots)
 
 
-def _part(values: Tensor | None, part: slice) -> Tensor | None:
+def _part(values: Tensor | None, part: slice | Tensor) -> Tensor | None:
     return None if values is None else values[part]
 
 
@@ -121,7 +124,8 @@ def policy_logprobs(verbalizer: Verbalizer, rollout: Rollout, micro: int, entrop
 
 def collect(pair: Pair, reference, batch: dict, args: RolloutArgs, seed: int | None) -> Rollout:
     """Sample, score and prepare one rollout from an ``rl`` batch (left-padded prompts and vectors).
-    ``reference`` has ``logprobs(rollout, micro)`` (see ``nla.modules.grpo.reference``)."""
+    ``reference`` has ``logprobs(rollout, micro)`` (see ``nla.modules.grpo.reference``); None (only
+    with ``kl_coef: 0``) runs no reference pass."""
     verbalizer, reconstructor = pair.verbalizer, pair.reconstructor
     pad_id = pad_token_id(pair.prompts.tokenizer)
     group = args.samples_per_prompt
@@ -170,11 +174,13 @@ def collect(pair: Pair, reference, batch: dict, args: RolloutArgs, seed: int | N
         advantages = uniform_group_advantages(rewards, advantages)
     advantages = advantages.reshape(-1)
     start = torch.tensor([len(p) for p in prompts_real], device=device)
-    rollout = Rollout(vectors, input_ids, attention_mask, start, completion_ids, mask, truncated, valid,
+    drawn = torch.arange(len(explanations), device=device) % group >= int(args.greedy_answer)
+    rollout = Rollout(vectors, input_ids, attention_mask, start, completion_ids, mask, truncated, valid, drawn,
                       explanations, samples.texts, mse, rewards, advantages, None, None, None,
                       samples.injection.injected_fraction, {"generate": sampled - began}, slots)
     rollout.old_logprobs, rollout.entropy = policy_logprobs(verbalizer, rollout, args.micro_batch_size, entropy=True)
-    rollout.ref_logprobs = reference.logprobs(rollout, args.micro_batch_size)
+    if reference is not None:
+        rollout.ref_logprobs = reference.logprobs(rollout, args.micro_batch_size)
     rollout.seconds["score"] = time.perf_counter() - sampled
     return rollout
 
@@ -190,27 +196,33 @@ def _share(mode: str, mask: Tensor, part: slice) -> float:
 def av_loss(verbalizer: Verbalizer, rollout: Rollout, args: RolloutArgs,
             backward: Callable[[Tensor], None]) -> dict[str, float]:
     """Clipped surrogate plus ``kl_coef`` x the KL penalty (``args.kl_estimator``) to the reference,
-    aggregated over the trimmed tokens; ``backward`` is called once per micro-batch on its weighted
-    loss. Returns the batch's loss, clip fraction and ``kl``: the token mean of the k3 estimate of
-    KL(policy || reference), unbiased and never negative, whichever estimator the loss uses."""
+    aggregated over the trimmed tokens of the answers drawn from the policy (``Rollout.sampled``): a
+    greedy answer's log-prob ratio and score function are not those of a draw from the policy, so it
+    has no place in a policy gradient. ``backward`` is called once per micro-batch on its weighted
+    loss. Returns the batch's loss, clip fraction and, with a reference, ``kl``: the token mean of
+    the k3 estimate of KL(policy || reference), unbiased and never negative, whichever estimator the
+    loss uses."""
     mode, width = args.loss_aggregation, rollout.completion_ids.shape[1]
-    totals = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
-    tokens = max(1, int(rollout.mask.sum()))
+    rows = rollout.sampled.nonzero().squeeze(1)
+    drawn = rollout.mask[rows]
+    totals = {"loss": 0.0, "clip_ratio": 0.0, **({} if rollout.ref_logprobs is None else {"kl": 0.0})}
+    tokens = max(1, int(drawn.sum()))
     with verbalizer.keeping_vectors():
-        for part in micro_batches(len(rollout.start), args.micro_batch_size):
-            mask = rollout.mask[part]
-            logprobs, _ = token_logprobs(verbalizer, rollout.input_ids[part], rollout.attention_mask[part],
-                                         rollout.vectors[part], rollout.start[part], width,
-                                         slots=_part(rollout.slots, part))
-            loss, clipped = policy_loss(logprobs, rollout.old_logprobs[part], rollout.ref_logprobs[part],
-                                        rollout.advantages[part], mask, clip_epsilon=args.clip_epsilon,
-                                        kl_coef=args.kl_coef, kl_estimator=args.kl_estimator, mode=mode,
-                                        max_len=args.max_new_tokens)
-            loss = loss * _share(mode, rollout.mask, part)
+        for part in micro_batches(len(rows), args.micro_batch_size):
+            index, mask = rows[part], drawn[part]
+            reference = _part(rollout.ref_logprobs, index)
+            logprobs, _ = token_logprobs(verbalizer, rollout.input_ids[index], rollout.attention_mask[index],
+                                         rollout.vectors[index], rollout.start[index], width,
+                                         slots=_part(rollout.slots, index))
+            loss, clipped = policy_loss(logprobs, rollout.old_logprobs[index], reference, rollout.advantages[index],
+                                        mask, clip_epsilon=args.clip_epsilon, kl_coef=args.kl_coef,
+                                        kl_estimator=args.kl_estimator, mode=mode, max_len=args.max_new_tokens)
+            loss = loss * _share(mode, drawn, part)
             backward(loss)
             totals["loss"] += float(loss.detach())
-            measured = kl_penalty(logprobs.detach(), rollout.ref_logprobs[part], "k3", mask)
-            totals["kl"] += float(torch.where(mask, measured, 0.0).sum()) / tokens
+            if reference is not None:
+                measured = kl_penalty(logprobs.detach(), reference, "k3", mask)
+                totals["kl"] += float(torch.where(mask, measured, 0.0).sum()) / tokens
             totals["clip_ratio"] += float(clipped.sum()) / tokens
     return totals
 

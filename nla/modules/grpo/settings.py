@@ -33,7 +33,8 @@ class RolloutArgs:
     clip_epsilon: float = 0.2
     """PPO clip range of the probability ratio."""
     kl_coef: float = 0.01
-    """Weight of the KL penalty to the reference AV."""
+    """Weight of the KL penalty to the reference AV. 0 is no KL at all: no reference is built or run,
+    and ``train/kl`` (which would need it) is not logged."""
     kl_estimator: str = KL_DEFAULT
     """``k2`` (pulls towards the reference: its expected gradient is that of KL(policy || reference)),
     ``k1`` (zero expected gradient as a loss: noise only) or ``k3`` (the gradient of the reverse
@@ -60,8 +61,10 @@ class RolloutArgs:
     is pushed down; ``nla.modules.grpo.loss.uniform_group_advantages``)."""
     greedy_answer: bool = False
     """Decode answer 0 of each group greedily (the answer evaluation and ``nla explain`` write) and
-    sample the other G - 1. A greedy repetition loop, which sampled answers rarely show, is then
-    scored like any unfinished answer and pushed down by its advantage."""
+    sample the other G - 1. The greedy answer is scored (a greedy repetition loop, which sampled
+    answers rarely show, like any unfinished answer) and counts in its group's rewards, the baseline
+    the sampled answers are compared with. It was not drawn from the policy, so its tokens enter
+    neither the policy-gradient nor the KL term (nor ``train/kl`` and ``train/clip_ratio``)."""
 
     def __post_init__(self) -> None:
         choices = {"reward": REWARD_KINDS, "advantage": ("group", "batch"), "kl_estimator": KL_ESTIMATORS,

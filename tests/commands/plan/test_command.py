@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 
 import pytest
+import yaml
 
 from nla.commands.cli import main
 from tests.fixtures.paths import ROOT
@@ -28,6 +30,24 @@ def test_a_fitting_config_prints_counts_memory_tokens_and_time(capsys):
                  "reference AV (frozen):     7.616B", "FSDP over 8", "optimizer", "working set",
                  "tokens per step: sampled", "time per step:", ": fits"):
         assert text in out, text
+
+
+def test_without_a_kl_term_the_plan_holds_no_reference(capsys, tmp_path):
+    family = CONFIGS / "qwen2.5-7b"
+    shutil.copy(family / "data.yaml", tmp_path / "data.yaml")
+    config = yaml.safe_load((family / "grpo.yaml").read_text())
+    config["model"]["init_args"]["rollout"]["kl_coef"] = 0.0
+    (tmp_path / "grpo.yaml").write_text(yaml.safe_dump(config))
+    _, with_kl, _ = plan(capsys, "--config", str(family / "grpo.yaml"))
+    code, without, _ = plan(capsys, "--config", str(tmp_path / "grpo.yaml"))
+    assert code == 0 and "reference AV (frozen)" in with_kl and "reference AV (frozen)" not in without
+    assert "reference" in with_kl.split("memory per device")[1] and "reference " not in without.split(
+        "memory per device")[1]
+
+    def seconds(out):
+        return float(out.split("time per step:")[1].split()[0].rstrip("s"))
+
+    assert seconds(without) < seconds(with_kl)
 
 
 def test_a_config_that_does_not_fit_exits_2_with_the_cheapest_fixes(capsys):

@@ -27,6 +27,12 @@ def test_reference_placements():
     assert reference_state(SHAPE, Setting(shards=4, reference="8bit")) == 1000  # quantized: never sharded
     assert reference_state(SHAPE, Setting(reference="4bit")) == 500
     assert reference_state(SHAPE, Setting(reference="adapter")) == 40
+    assert reference_state(SHAPE, Setting(reference="none")) == 0
+
+
+def test_the_stochastic_rounding_adamw_keeps_float32_moments():
+    state = model_state(SHAPE, lora=False, s=Setting(trained_bytes=2, optimizer="adamw_bf16_stochastic"))
+    assert state["optimizer"] == SHAPE.grad_params * 8
 
 
 def test_activations_per_token_and_block_logits_checkpointing_and_scores():

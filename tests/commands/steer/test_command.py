@@ -76,3 +76,25 @@ def test_repeated_replacements_all_apply(pair, capsys):
     result = steer_json(capsys, pair, "--replace", f"{first}=@1@", "--replace", f"{second}=@2@")
     assert result["edits"] == [[first, "@1@"], [second, "@2@"]]
     assert result["edited_explanation"] == explanation.replace(first, "@1@").replace(second, "@2@")
+
+
+def test_replacing_with_the_original_vector_reproduces_the_clean_run(pair, capsys, monkeypatch):
+    # An AR that reconstructs the residual exactly: replace mode then writes h back where it was read
+    # (block K's output at the position), so the "original" run is the clean run. A patch on any
+    # other block writes block K's output into the wrong place and moves the distribution.
+    from nla.commands.steer import command
+    from nla.models.pair import Pair
+
+    read: dict = {}
+    real_residuals = command.residuals
+
+    def residuals(*args, **kwargs):
+        read["h"] = real_residuals(*args, **kwargs)
+        return read["h"]
+
+    monkeypatch.setattr(command, "residuals", residuals)
+    monkeypatch.setattr(Pair, "reconstruct", lambda self, texts, batch_size=16: read["h"].expand(len(texts), -1))
+    result = steer_json(capsys, pair, "--watch", "sailor,storm,night", "--explanation", FAR)
+    assert result["continuations"]["original"] == result["continuations"]["clean"]
+    for item in result["watch"]:
+        assert item["original"] == pytest.approx(item["clean"], rel=1e-6, abs=0)

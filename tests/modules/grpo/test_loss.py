@@ -278,3 +278,19 @@ def test_policy_loss_is_the_clipped_surrogate_plus_kl_coef_times_the_kl_by_hand(
     by_sequence, _ = policy_loss(logprobs, old, reference, advantages, mask, clip_epsilon=0.2, kl_coef=kl_coef,
                                  kl_estimator="k2", mode="sequence_mean")
     assert float(by_sequence) == pytest.approx(((-2.2 + kl_coef * 0.025) / 2 + (1.5 + kl_coef * 0.045) / 3) / 2)
+
+
+def test_policy_loss_without_a_reference_is_the_surrogate_alone():
+    """No reference (``kl_coef: 0``, none built): the loss and gradient of the surrogate by hand, as in
+    the test above; a KL weight without reference log-probs is a caller's mistake."""
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-1.5, -0.2, -3.0]], requires_grad=True)
+    old = logprobs.detach() - torch.tensor([[0.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    advantages = torch.tensor([1.0, -0.5])
+    loss, clipped = policy_loss(logprobs, old, None, advantages, mask, clip_epsilon=0.2, kl_coef=0.0)
+    assert float(loss) == pytest.approx((-1.0 - 1.2 + 3 * 0.5) / 5)
+    assert clipped.tolist() == [[False, True, False], [False, False, False]]
+    loss.backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([[-1.0, 0.0, 0.0], [0.5, 0.5, 0.5]]) / 5)
+    with pytest.raises(ValueError, match="needs the reference's log-probs"):
+        policy_loss(logprobs, old, None, advantages, mask, clip_epsilon=0.2, kl_coef=0.01)

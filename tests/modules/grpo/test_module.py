@@ -95,7 +95,15 @@ def test_exports_record_their_round_trip_with_what_reproduces_it(uninterrupted):
         for role in ("av", "ar"):
             meta = read_sidecar(uninterrupted / directory / role)
             trip = meta.training["figures"]["round_trip"]
-            assert set(meta.training["figures"]) == {"round_trip"} and "heldout_fve" not in meta.training
+            assert set(meta.training["figures"]) == {"round_trip", "round_trip_frozen_reconstructor"}
+            assert "heldout_fve" not in meta.training
+            frozen = meta.training["figures"]["round_trip_frozen_reconstructor"]
+            # The same rows and explanations, read by the SFT stage's AR (the run trained its own away
+            # from it): another figure, with everything else that reproduces it the same.
+            assert frozen["reconstructor"] == str(Path(hparams["sft_export"]) / "ar")
+            assert {k: frozen[k] for k in ("rows", "step", "valid_rate", "max_new_tokens")} == {
+                k: trip[k] for k in ("rows", "step", "valid_rate", "max_new_tokens")}
+            assert frozen["fve"] != pytest.approx(trip["fve"], abs=1e-6) and "not trained" in frozen["what"]
             assert trip["max_new_tokens"] == hparams["rollout"]["max_new_tokens"] and trip["decoding"] == "greedy"
             assert trip["fve"] == pytest.approx(logged[trip["step"]], abs=1e-5)
             assert trip["rows"] > 0 and 0 < trip["documents"] <= trip["rows"] and 0 <= trip["valid_rate"] <= 1
@@ -218,3 +226,40 @@ def test_nan_rollouts_stop_grpo_and_keep_the_checkpoint(setting, monkeypatch, ca
     assert kept["global_step"] == 2, "the checkpoint of step 2, not of the step that stopped the run"
     assert all(bool(torch.isfinite(value).all()) for value in kept["state_dict"].values() if value.is_floating_point())
     assert not (run / "export").exists() and not (run / "final").exists()
+
+
+def test_every_heldout_evaluation_computes_in_the_precision_of_the_steps(setting, monkeypatch):
+    """bf16-mixed: the evaluation of the starting pair, those inside training steps and the final pair's
+    (after the last step, for its export) all run under the steps' autocast, so ``val/fve``, the
+    baseline it is compared with, the best-pair choice and the export's figure are comparable."""
+    from nla.modules.grpo import module as grpo_module
+
+    seen, evaluate = [], grpo_module.heldout_fve
+
+    def recording(*args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(grpo_module, "heldout_fve", recording)
+    run = fit(setting, "precision", "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "3",
+              "--model.init_args.memory_probe", "false")
+    assert sorted(step for step, _ in scalars(run)["val/fve"]) == [0, 2], "the start, then step 2"
+    assert read_sidecar(run / "final" / "av").training["figures"]["round_trip"]["step"] == 3
+    assert seen == [(True, torch.bfloat16)] * 3
+
+
+@pytest.mark.parametrize("kl_coef", ["0", "0.01"])
+def test_without_a_kl_term_no_reference_is_built(setting, monkeypatch, kl_coef):
+    """``kl_coef: 0`` means no KL at all: no frozen reference is built or run, no ``train/kl`` (it would
+    need the reference), and training runs as usual."""
+    from nla.modules.grpo import module as grpo_module
+
+    built, build = [], grpo_module.build_reference
+    monkeypatch.setattr(grpo_module, "build_reference", lambda *args, **kwargs: built.append(1) or build(*args, **kwargs))
+    run = fit(setting, f"kl-{kl_coef}", "--model.init_args.rollout.kl_coef", kl_coef, "--trainer.max_steps", "2",
+              "--model.init_args.eval_every_n_steps", "0", "--model.init_args.best_export_dir", "null",
+              "--model.init_args.memory_probe", "false")
+    metrics = scalars(run)
+    assert checkpoint(run)["global_step"] == 2
+    assert sorted(step for step, _ in metrics["train/reward_mean"]) == [0, 1]
+    assert (len(built), "train/kl" in metrics) == ((0, False) if kl_coef == "0" else (1, True))

@@ -89,10 +89,11 @@ def grads(module):
     return {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("greedy", [False, True], ids=["sampled", "greedy"])
 @pytest.mark.parametrize("mode", AGGREGATION_MODES)
-def test_micro_batch_one_gives_the_full_batch_gradients(pair, mode):
+def test_micro_batch_one_gives_the_full_batch_gradients(pair, mode, greedy):
     verbalizer, reconstructor = pair.verbalizer, pair.reconstructor
-    rollout, args = rollout_of(pair, loss_aggregation=mode, kl_estimator="k3")
+    rollout, args = rollout_of(pair, loss_aggregation=mode, kl_estimator="k3", greedy_answer=greedy)
     # Move the policy off the reference and the old policy so the KL and the ratio are not trivial.
     with torch.no_grad():
         for p in verbalizer.model.parameters():
@@ -204,3 +205,52 @@ def test_a_greedy_answer_leads_each_group(pair):
     assert [mixed.texts[i] for i in (0, 4, 8)] == greedy.texts
     sampled = [i for i in range(12) if i % 4]
     assert [mixed.texts[i] for i in sampled] == [plain.texts[i] for i in sampled]
+
+
+@pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
+def test_only_answers_drawn_from_the_policy_enter_the_av_loss(pair, greedy):
+    """The greedy answer was not drawn from the policy: its reward is a member of its group's baseline,
+    but its tokens enter neither the surrogate nor the KL term, nor the clip and KL figures."""
+    verbalizer = pair.verbalizer
+    rollout, args = rollout_of(pair, greedy_answer=greedy, kl_estimator="k3")
+    # Move the policy off the old policy and the reference so the ratio and the KL are not trivial.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in verbalizer.model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 1e-3)
+    first = [0, 4, 8]
+    moved = replace(rollout, advantages=rollout.advantages.clone(), old_logprobs=rollout.old_logprobs.clone(),
+                    ref_logprobs=rollout.ref_logprobs.clone())
+    moved.advantages[first] += 3.0
+    moved.old_logprobs[first] -= 0.5
+    moved.ref_logprobs[first] += 0.5
+    results = []
+    for each in (rollout, moved):
+        verbalizer.model.zero_grad()
+        stats = av_loss(verbalizer, each, args, lambda loss: loss.backward())
+        results.append((stats, grads(verbalizer.model)))
+    (stats, before), (stats_moved, after) = results
+    assert stats["kl"] > 0 and stats["clip_ratio"] < 1
+    unchanged = stats == stats_moved and all(torch.equal(before[name], after[name]) for name in before)
+    assert unchanged == greedy
+
+
+def test_without_a_kl_term_no_reference_is_needed(pair):
+    """``kl_coef: 0``: the rollout runs without a reference, and the AV's loss and gradients are those
+    of the same rollout scored against one at weight 0; the KL figure, which would need it, is left out."""
+    verbalizer = pair.verbalizer
+    args = RolloutArgs(samples_per_prompt=4, micro_batch_size=5, max_new_tokens=12, kl_coef=0.0)
+    alone = collect(pair, None, rl_batch(pair.prompts), args, 3)
+    referenced = collect(pair, FrozenCopy(verbalizer), rl_batch(pair.prompts), args, 3)
+    assert alone.ref_logprobs is None and alone.texts == referenced.texts
+    results = []
+    for each in (alone, referenced):
+        verbalizer.model.zero_grad()
+        stats = av_loss(verbalizer, each, args, lambda loss: loss.backward())
+        results.append((stats, grads(verbalizer.model)))
+    (stats, without), (stats_with, with_reference) = results
+    assert "kl" not in stats and "kl" in stats_with
+    assert stats["loss"] == stats_with["loss"] and stats["clip_ratio"] == stats_with["clip_ratio"]
+    assert without.keys() == with_reference.keys()
+    for name in without:
+        assert torch.equal(without[name], with_reference[name]), name
