@@ -38,6 +38,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "import": ("nla.commands.import_reference:import_datasets",
                "convert reference-format parquet datasets (.nla_meta.yaml) into an activation cache"),
     "plan": ("nla.commands.plan.command:plan", "parameters, memory per GPU and time per step of a config, before any download"),
+    "audit": ("nla.commands.audit.run:audit", "explain chosen positions of every text of a dataset into a resumable table"),
+    "audit query": ("nla.commands.audit.query:query",
+                    "how often an audit's explanations match a pattern or a judged claim, with intervals"),
+    "audit page": ("nla.commands.audit.page:page", "one self-contained HTML page to search and filter an audit"),
 }
 # Subcommands whose --config names the config they examine, not a file of their own options.
 CONFIG_IS_INPUT = {"plan"}
@@ -166,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         print_overview()
         return
     name, rest = argv[0], argv[1:]
+    # A two-word subcommand (``nla audit query``) is registered under both words.
+    if rest and f"{name} {rest[0]}" in SUBCOMMANDS:
+        name, rest = f"{name} {rest[0]}", rest[1:]
     configure_jsonargparse()
     try:
         if name in SUBCOMMANDS:

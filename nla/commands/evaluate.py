@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from nla.data.teachers import Teacher, TeacherArgs, build_teacher
+from nla.data.teachers import TeacherArgs, chat_teacher
 from nla.core.errors import ConfigError
 from nla.evaluation import claims as claim_check
 from nla.evaluation import detail as detail_check
@@ -67,22 +67,6 @@ def _settings(checks, transforms, rewriter, cache, texts, rows, resamples, windo
     return checks, {name: known[name] for name in names}
 
 
-def _teacher(args: TeacherArgs | None, field: str) -> Teacher | None:
-    """The configured chat model, checked before any model loads (a rule-based teacher cannot answer)."""
-    if args is None:
-        return None
-    try:
-        teacher = build_teacher(args)
-    except ConfigError as error:
-        # The registry names the warm start's key (teacher.*); here the settings are --rewriter/--judge.
-        raise ConfigError(f"{field}.{error.field.removeprefix('teacher.')}",
-                          error.detail.replace("teacher.", f"{field}.")) from None
-    if type(teacher).answer is Teacher.answer:
-        raise ConfigError(f"{field}.provider", f"the {teacher.name} teacher builds features from rules and cannot "
-                          "rewrite or judge; use hf, openai or anthropic")
-    return teacher
-
-
 def evaluate(
     out: str,
     av: str | None = None,
@@ -107,6 +91,8 @@ def evaluate(
     micro_batch_size: int = 16,
     resamples: int = 2000,
     seed: int = 0,
+    base: str | None = None,
+    layer: int | None = None,
 ) -> None:
     """The paper's checks of an NLA pair on held-out data, with document-level bootstrap intervals:
     the round trip and its controls, transform robustness, the detail curve, the causal splice and
@@ -144,13 +130,16 @@ def evaluate(
         micro_batch_size: Rows per AV and AR forward pass.
         resamples: Bootstrap draws over documents for every interval.
         seed: Seed of the bootstrap, the shuffled pairing and the local transforms.
+        base: The base model a released pair's adapters (or truncated AR) go on, when the path their
+            files name is not on this machine; also the default target.
+        layer: The layer to evaluate with a pair that serves several (one AR head per layer).
     """
     av, ar = pair_directories(av, ar, pair)
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError("out", f"'{out}' is a file; give a directory for the report")
     checks, transform_kinds = _settings(checks, transforms, rewriter, cache, texts, rows, resamples, claim_window,
                                         claim_threshold, recurring_at)
-    av_meta, ar_meta = read_pair_sidecars(av, ar)
+    av_meta, ar_meta = read_pair_sidecars(av, ar, layer)
     if reconstructor is not None:
         _check_frozen(av, reconstructor)
     layer, d = av_meta.extraction_layer_index, av_meta.d_model
@@ -158,10 +147,10 @@ def evaluate(
     cap = max_new_tokens or (recorded or {}).get("max_new_tokens") or 150
     if cap < 1 or micro_batch_size < 1:
         raise ConfigError("max_new_tokens" if cap < 1 else "micro_batch_size", "must be at least 1")
-    target = target or av_meta.base_model or ar_meta.base_model
+    target = target or base or av_meta.base_model or ar_meta.base_model
     if not target and (texts is not None or "splice" in checks):
         raise ConfigError("target", "the sidecars name no base_model; pass --target with the model the pair explains")
-    teachers = {"rewriter": _teacher(rewriter, "rewriter"), "judge": _teacher(judge, "judge")}
+    teachers = {"rewriter": chat_teacher(rewriter, "rewriter"), "judge": chat_teacher(judge, "judge")}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -175,7 +164,7 @@ def evaluate(
             held = text_rows(model, target_tokenizer(target), layer, texts, positions)
         report = run_checks(av, ar, held, checks, transform_kinds, teachers, language, cap, micro_batch_size,
                             resamples, seed, (claim_window, claim_threshold, recurring_at), target, model, device,
-                            reconstructor)
+                            reconstructor, base_model=base, layer=layer)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -210,13 +199,14 @@ def _frozen_mse(av: str, directory: str, explanations: list, valid: np.ndarray, 
 
 def run_checks(av: str, ar: str, held: HeldoutRows, checks: list[str], transform_kinds: dict, teachers: dict,
                language: str, cap: int, micro: int, resamples: int, seed: int, claim_args: tuple, target: str | None,
-               model, device, frozen: str | None = None) -> dict:
+               model, device, frozen: str | None = None, base_model: str | None = None,
+               layer: int | None = None) -> dict:
     """The report's mapping: data, settings and one entry per check."""
     vectors = held.vectors.float()
     # Each bootstrap draw divides by the variance of the rows it drew.
     variance = RowVariance(vectors)
     draws = document_resamples(held.documents, resamples, seed)
-    pair = load_pair(av, ar).to(device)
+    pair = load_pair(av, ar, base=base_model, layer=layer).to(device)
     _stage(f"round trip on {len(held)} rows (greedy, at most {cap} new tokens)")
     trip = pair.round_trip(vectors, max_new_tokens=cap, batch_size=micro)
     predictions, explanations = trip.predictions.cpu(), trip.explanations

@@ -144,10 +144,10 @@ def no_gain_note(comparison: Comparison) -> str | None:
     gain = next((row.fve for row in comparison.differences if row.name == "GRPO - SFT"), None)
     if gain is None or gain.low > 0:
         return None
-    return ("GRPO did not beat SFT beyond noise in this run; at this size that varies with the seed and the corpus: "
-            "the shipped GRPO config gained beyond noise in each of three seeds x two corpora, and shorter or "
-            "other settings missed some (docs/benchmarks.md, 'GRPO across seeds and corpora'). Run other "
-            "seeds (--training_seed N) before reading one run.")
+    return ("GRPO did not beat SFT beyond noise in this run; at this size that varies with the seed and the corpus "
+            "(docs/benchmarks.md, 'GRPO across seeds and corpora': the config before the KL term and the greedy "
+            "answer left the loss gained in all six seed x corpus runs; today's has not been run over seeds yet). "
+            "Run other seeds (--training_seed N) before reading one run.")
 
 
 def _signed(value: float | None) -> str:

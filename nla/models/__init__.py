@@ -4,6 +4,7 @@ the reconstructor (AR), the ``Pair`` they form, and the files a pair is exported
 Loading (``loading``, ``packaged``, ``base_model``) and the per-family table (``adapters``); the
 target (``target``, ``residual``, ``patching``); the AV (``verbalizer``, ``injection``, ``sampling``,
 ``logprobs``) and the AR (``reconstructor``); attention and batch layout (``packing``, ``varlen``),
-LoRA (``lora``); the pair (``pair``), its sidecar (``sidecar``) and model card (``card``).
+LoRA (``lora``); the pair (``pair``), its sidecar (``sidecar``) and model card (``card``); the layouts
+published pairs come in (``released``), all read by ``pair_loading``.
 Imports only ``nla.core``.
 """

@@ -110,6 +110,8 @@ def model_card(meta: Sidecar) -> str:
     ]
     if meta.extraction.injection_scale is not None:
         lines.append(f"| injection scale | {meta.extraction.injection_scale:g} |")
+    if meta.role == "av":
+        lines.append(f"| injection | the vector {meta.extraction.site.describe()} |")
     lines += [
         "",
         "## Data",

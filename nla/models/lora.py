@@ -255,13 +255,18 @@ def merge_adapter(model: nn.Module, directory: Path, field: str = "lora") -> Non
     model.peft_config.pop(WARM_START, None)
 
 
+def check_adapter_files(directory: Path, field: str) -> None:
+    """One line naming ``field`` and the file unless ``directory`` holds peft's two adapter files."""
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (Path(directory) / name).is_file():
+            raise ConfigError(field, f"{Path(directory) / name} is missing; a LoRA adapter directory holds "
+                              f"{ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
+
+
 def _put(model: nn.Module, directory: Path, name: str, field: str, keep_layers: int | None = None) -> None:
     directory = Path(directory)
-    if not (directory / ADAPTER_CONFIG).is_file():
-        raise ConfigError(field, f"{directory / ADAPTER_CONFIG} is missing; a LoRA adapter directory needs it")
+    check_adapter_files(directory, field)
     path = directory / ADAPTER_WEIGHTS
-    if not path.is_file():
-        raise ConfigError(field, f"{path} is missing; the adapter's weights are not there")
     try:
         config = _peft().LoraConfig.from_pretrained(str(directory))
     except (TypeError, ValueError) as error:

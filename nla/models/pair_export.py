@@ -31,6 +31,7 @@ from nla.core.prompts import Prompts
 from nla.models import adapters, lora
 from nla.models.base_model import describe_base_model
 from nla.models.card import CARD_FILENAME, model_card
+from nla.models.injection import InjectionSite
 from nla.models.pair import Pair
 from nla.models.sidecar import (SIDECAR_FILENAME, PromptTemplates, Sidecar, SidecarExtraction, sidecar_tokens,
                                 write_sidecar)
@@ -38,13 +39,16 @@ from nla.models.sidecar import (SIDECAR_FILENAME, PromptTemplates, Sidecar, Side
 SIDES = ("av", "ar")
 
 def pair_sidecar(role: str, *, prompts: Prompts, layer: int, d_model: int, injection_scale: float | None,
-                 base_model: str, base_fingerprint: str | None, stage: str, training: dict) -> Sidecar:
-    """The sidecar of one side of a pair; both sides share everything but ``role`` and the injection scale."""
+                 base_model: str, base_fingerprint: str | None, stage: str, training: dict,
+                 site: InjectionSite = InjectionSite()) -> Sidecar:
+    """The sidecar of one side of a pair; both sides share everything but ``role`` and the injection
+    (scale and site: the AV's, as it runs; an AR sidecar records the default site and no scale)."""
     return Sidecar(
         role=role,
         d_model=d_model,
         extraction_layer_index=layer,
-        extraction=SidecarExtraction(injection_scale=injection_scale, mse_scale=math.sqrt(d_model)),
+        extraction=SidecarExtraction(injection_scale=injection_scale, mse_scale=math.sqrt(d_model),
+                                     injection_mode=site.mode, injection_layer=site.layer, injection_norm=site.norm),
         tokens=sidecar_tokens(prompts.marker, prompts.ar_suffix_ids()),
         prompt_templates=PromptTemplates(av=prompts.args.av_template, ar=prompts.args.ar_template),
         stage=stage,
@@ -96,7 +100,8 @@ def export_pair(directory: str | Path, pair: Pair, *, stage: str, training: dict
     def write(staging: Path) -> None:
         if verbalizer is not None:
             d_model = adapters.hidden_size(verbalizer.model.config)
-            sidecar = pair_sidecar("av", d_model=d_model, injection_scale=verbalizer.injection_scale, **common)
+            sidecar = pair_sidecar("av", d_model=d_model, injection_scale=verbalizer.injection_scale,
+                                   site=verbalizer.site, **common)
             lora.save_model(verbalizer.model, staging / "av", merge_adapters, pair.base_model)
             verbalizer.tokenizer.save_pretrained(staging / "av")
             write_sidecar(sidecar, staging / "av")

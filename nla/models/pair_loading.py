@@ -1,4 +1,5 @@
-"""Loading a ``Pair`` back from disk: ours (``nla.models.pair_export``) or a released one.
+"""Loading a ``Pair`` back from disk: ours (``nla.models.pair_export``) or a released one, in any of
+the layouts of ``nla.models.released``.
 
 Loading rebuilds ``Prompts`` from the AV sidecar alone (templates and marker), never from today's
 defaults: a checkpoint keeps working after nla's default wording changes. Both sidecars are read and
@@ -13,12 +14,16 @@ from pathlib import Path
 from nla.core.errors import ConfigError
 from nla.core.marker import PLACEHOLDER, render_av_content
 from nla.core.prompts import PromptArgs, Prompts
-from nla.models import adapters, lora
-from nla.models.base_model import locate_base_model
+from nla.models import adapters
 from nla.models.fingerprint import check_same_base
-from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
+from nla.models.injection import InjectionSite
+from nla.models.loading import ModelArgs, load_tokenizer
 from nla.models.pair import Pair
 from nla.models.reconstructor import Reconstructor
+from nla.models.released import ar_lora
+from nla.models.released.ar import load_reconstructor, prepare_ar
+from nla.models.released.av import load_av_model, prepare_av
+from nla.models.released.per_layer import choose_layer
 from nla.models.sidecar import SIDECAR_FILENAME, Sidecar, marker_from_sidecar, read_sidecar, validate_sidecar
 from nla.models.verbalizer import Verbalizer
 
@@ -65,29 +70,51 @@ def _side(directory: str | Path, role: str, field: str) -> Sidecar:
     return sidecar
 
 
-def _load_verbalizer(directory: Path, sidecar: Sidecar, dtype: str, field: str, quantization: str = "none",
-                     trainable: bool = False) -> tuple[Verbalizer, Prompts]:
+def _av_side(directory: str | Path, layer: int | None) -> Sidecar:
+    return choose_layer(_side(directory, "av", "av"), layer, Path(directory) / SIDECAR_FILENAME)
+
+
+def _ar_side(directory: str | Path, av: Sidecar, layer: int | None) -> Sidecar:
+    """The AR's sidecar at the AV's layer; an AR given as ``ar_meta.json`` gets one built from it and the
+    AV's (any ``nla_meta.yaml`` beside it is the trainer's copy of its dataset's sidecar)."""
+    directory = Path(directory)
+    if directory.is_dir() and ar_lora.is_lora_ar(directory):
+        sidecar = ar_lora.sidecar_for(ar_lora.read_ar_meta(directory), av)
+    else:
+        sidecar = _side(directory, "ar", "ar")
+    # A per-layer AR follows the AV's choice; a one-layer AR is checked against the AV's below.
+    chosen = layer if layer is not None or not sidecar.layers else av.extraction_layer_index
+    return choose_layer(sidecar, chosen, directory / SIDECAR_FILENAME)
+
+
+def _load_verbalizer(directory: Path, sidecar: Sidecar, dtype: str, quantization: str = "none",
+                     trainable: bool = False, base: str | None = None) -> tuple[Verbalizer, Prompts]:
     tokenizer = load_tokenizer(ModelArgs(str(directory), dtype=dtype))
     prompts = prompts_from_sidecar(sidecar, tokenizer, directory / SIDECAR_FILENAME)
-    if lora.is_adapter_dir(directory):
-        base = ModelArgs(locate_base_model(sidecar.base_model, sidecar.base_model_source, f"{field}.base_model"),
-                         dtype=dtype, quantization=quantization)
-        model = lora.load_adapter(load_causal_lm(base), directory, trainable).eval()
-    else:
-        model = load_causal_lm(ModelArgs(str(directory), dtype=dtype, quantization=quantization)).eval()
+    site = sidecar.extraction.site
+    if trainable and site != InjectionSite():
+        raise ConfigError("extraction.injection_mode", f"in {directory / SIDECAR_FILENAME}: the vector "
+                          f"{site.describe()}; nla trains only AVs whose vector replaces the embedding output at "
+                          "injection_scale: use this AV with explain, evaluate and steer")
+    adapter_base = prepare_av(directory, sidecar, base, quantization)
+    model = load_av_model(directory, sidecar, adapter_base, dtype, quantization, trainable).eval()
     if adapters.hidden_size(model.config) != sidecar.d_model:
         raise ConfigError("d_model", f"is {sidecar.d_model} in {directory} but the model's hidden size is "
                           f"{adapters.hidden_size(model.config)}")
-    return Verbalizer(model, tokenizer, prompts.marker, sidecar.extraction.injection_scale), prompts
+    return Verbalizer(model, tokenizer, prompts.marker, sidecar.extraction.injection_scale, site=site), prompts
 
 
 def load_verbalizer(directory: str | Path, dtype: str = "auto", quantization: str = "none",
-                    trainable_adapter: bool = False) -> tuple[Verbalizer, Prompts]:
+                    trainable_adapter: bool = False, *, base: str | None = None,
+                    layer: int | None = None) -> tuple[Verbalizer, Prompts]:
     """The AV of an exported or released checkpoint directory, in eval mode, and its prompts.
     ``quantization`` (``none``, ``8bit``, ``4bit``) is for frozen uses; an adapter-only export gets
-    its adapter back on the base model, trainable with ``trainable_adapter``."""
-    sidecar = _side(directory, "av", "av")
-    return _load_verbalizer(Path(directory), sidecar, dtype, "av", quantization, trainable_adapter)
+    its adapter back on the base model (``base``, else the one the sidecar or the adapter names),
+    trainable with ``trainable_adapter``, which also asks for an AV nla can train: one whose vector
+    replaces the embedding output at ``injection_scale`` (other injection sites are refused).
+    ``layer``: the layer of an AV that serves several (``nla.models.released.per_layer``)."""
+    sidecar = _av_side(directory, layer)
+    return _load_verbalizer(Path(directory), sidecar, dtype, quantization, trainable_adapter, base)
 
 
 def _av_content(sidecar: Sidecar) -> str:
@@ -106,10 +133,12 @@ _AGREE = {
 }
 
 
-def read_pair_sidecars(av_dir: str | Path, ar_dir: str | Path) -> tuple[Sidecar, Sidecar]:
-    """Both sidecars, checked to describe one pair (``ConfigError`` naming the first field that
-    differs), without loading any weights."""
-    av, ar = _side(av_dir, "av", "av"), _side(ar_dir, "ar", "ar")
+def read_pair_sidecars(av_dir: str | Path, ar_dir: str | Path, layer: int | None = None) -> tuple[Sidecar, Sidecar]:
+    """Both sidecars at ``layer`` (for a pair that serves several; ``nla.models.released.per_layer``),
+    checked to describe one pair (``ConfigError`` naming the first field that differs), without
+    loading any weights."""
+    av = _av_side(av_dir, layer)
+    ar = _ar_side(ar_dir, av, layer)
     for field, value in _AGREE.items():
         # An AR sidecar may leave the AV's fields out; only what both record must agree.
         if value(ar) != "" and value(av) != value(ar):
@@ -134,22 +163,34 @@ def pair_directories(av: str | None, ar: str | None, pair: str | None) -> tuple[
     return av, ar
 
 
+def pair_bases(av_dir: str | Path, ar_dir: str | Path, av_sidecar: Sidecar, ar_sidecar: Sidecar,
+               base: str | None = None) -> tuple[str | None, str | None]:
+    """The base models the AV's adapter and the AR go on (None for a side that is a full directory),
+    each side's files checked: what ``load_pair`` checks before any weights load, for commands that
+    read the target first. A base that is not here asks for ``--base`` (``base``)."""
+    return prepare_av(Path(av_dir), av_sidecar, base), prepare_ar(Path(ar_dir), ar_sidecar, base)
+
+
 def _pair(verbalizer: Verbalizer | None, reconstructor: Reconstructor, prompts: Prompts, av_sidecar: Sidecar,
-          ar_sidecar: Sidecar) -> Pair:
+          ar_sidecar: Sidecar, base: str | None = None) -> Pair:
     return Pair(verbalizer, reconstructor, prompts, layer=av_sidecar.extraction_layer_index,
-                base_model=av_sidecar.base_model or ar_sidecar.base_model,
+                base_model=base or av_sidecar.base_model or ar_sidecar.base_model,
                 base_fingerprint=av_sidecar.base_model_fingerprint or ar_sidecar.base_model_fingerprint,
                 sidecars={"av": av_sidecar, "ar": ar_sidecar})
 
 
-def load_pair(av_dir: str | Path, ar_dir: str | Path, dtype: str = "auto") -> Pair:
+def load_pair(av_dir: str | Path, ar_dir: str | Path, dtype: str = "auto", *, base: str | None = None,
+              layer: int | None = None) -> Pair:
     """Both halves of a pair in eval mode, with their sidecars, checked to agree on K, d, marker and
-    templates (``ConfigError`` naming the first field that differs). The prompts are the AV's, and
-    serve the AR too."""
-    av_sidecar, ar_sidecar = read_pair_sidecars(av_dir, ar_dir)
-    verbalizer, prompts = _load_verbalizer(Path(av_dir), av_sidecar, dtype, "av")
-    reconstructor = Reconstructor.from_pretrained(ar_dir, dtype=dtype).eval()
-    return _pair(verbalizer, reconstructor, prompts, av_sidecar, ar_sidecar)
+    templates (``ConfigError`` naming the first field that differs), in any layout of
+    ``nla.models.released``. ``base`` (``--base``) replaces the base model an adapter or a truncated AR
+    goes on; ``layer`` picks the layer of a pair that serves several. Both sides' files and bases are
+    checked before any weights load. The prompts are the AV's, and serve the AR too."""
+    av_sidecar, ar_sidecar = read_pair_sidecars(av_dir, ar_dir, layer)
+    _, ar_base = pair_bases(av_dir, ar_dir, av_sidecar, ar_sidecar, base)
+    verbalizer, prompts = _load_verbalizer(Path(av_dir), av_sidecar, dtype, base=base)
+    reconstructor = load_reconstructor(Path(ar_dir), ar_sidecar, ar_base, dtype)
+    return _pair(verbalizer, reconstructor, prompts, av_sidecar, ar_sidecar, base)
 
 
 def load_reader(av_dir: str | Path, ar_dir: str | Path, dtype: str = "auto") -> Pair:

@@ -205,7 +205,7 @@ def read_sidecar(directory_or_file: str | Path) -> Sidecar:
     hf = _hf_text_config(file.parent)
     d_model = r.number(int, "d_model", "extraction.d_model", default=hf.get("hidden_size", _MISSING))
     layers = r.get("layers", default=None) or []
-    if not isinstance(layers, list) or not all(isinstance(k, int) and k >= 0 for k in layers):
+    if not isinstance(layers, list) or not all(type(k) is int and k >= 0 for k in layers):
         raise ConfigError("layers", f"is {layers!r} in {file}; expected a list of layer indices")
 
     # ``extraction.layer_index``: the dataset sidecar's spelling, which EasyNLA-style trainers copy.

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 
 from nla.core.errors import ConfigError
 from nla.core.marker import choose_marker
+from nla.models.injection import InjectionSite
 from nla.models.sidecar import (
     SIDECAR_FILENAME,
     SidecarExtraction,
@@ -233,3 +234,31 @@ def test_validation_rejects_another_tokenizer_and_broken_templates(tiny_tokenize
     for templates, pattern in cases:
         with pytest.raises(ConfigError, match=pattern):
             validate_sidecar(dataclasses.replace(meta, prompt_templates=templates), tiny_tokenizer)
+
+
+def test_the_injection_site_is_recorded_and_defaults_to_replacing_the_embedding(tmp_path, tiny_tokenizer):
+    released = read_sidecar(write_yaml(tmp_path, {**released_sidecar(tiny_tokenizer), "role": "actor"}))
+    assert released.extraction.site == InjectionSite("replace", None, "fixed")
+    assert released.layers == [] and released.warm_start_adapter is None
+    # Our default sidecar writes the site and none of the per-layer or stacked-adapter fields.
+    on_disk = yaml.safe_load(write_sidecar(make_meta(tiny_tokenizer), tmp_path / "plain").read_text(encoding="utf-8"))
+    assert on_disk["extraction"]["injection_mode"] == "replace" and on_disk["extraction"]["injection_layer"] is None
+    assert "layers" not in on_disk and "warm_start_adapter" not in on_disk
+    added = make_meta(tiny_tokenizer, extraction=SidecarExtraction(None, math.sqrt(32), "add", 1, "matched"),
+                      layers=[1, 2], warm_start_adapter="sft_adapter")
+    assert read_sidecar(write_sidecar(added, tmp_path / "added")) == added
+    assert added.extraction.site == InjectionSite("add", 1, "matched")
+
+
+@pytest.mark.parametrize("extraction, pattern", [
+    ({"injection_mode": "insert"}, r"^extraction\.injection_mode: is 'insert' in .*; expected one of replace, add"),
+    ({"injection_norm": "unit"}, r"^extraction\.injection_norm: is 'unit' in .*; expected one of fixed, matched"),
+    ({"injection_layer": -1}, r"^extraction\.injection_layer: is -1 in .*; expected a block index"),
+    ({"injection_norm": "fixed", "injection_scale": None}, r"^extraction\.injection_scale: missing from"),
+])
+def test_a_wrong_injection_site_is_one_line(tmp_path, tiny_tokenizer, extraction, pattern):
+    raw = {**released_sidecar(tiny_tokenizer), "role": "actor"}
+    raw["extraction"] = {key: value for key, value in {**raw["extraction"], **extraction}.items() if value is not None}
+    with pytest.raises(ConfigError, match=pattern) as caught:
+        read_sidecar(write_yaml(tmp_path, raw))
+    assert str(tmp_path / SIDECAR_FILENAME) in str(caught.value) and "\n" not in str(caught.value)

@@ -6,7 +6,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nla.models import adapters
 from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
-from nla.models.injection import Injector
+from nla.models.injection import InjectionSite, Injector
 from nla.models.verbalizer import Verbalizer, cjk_rate
 from nla.core.prompts import PromptArgs, Prompts
 
@@ -40,14 +40,14 @@ def vectors(d, rows=2, seed=0):
     return torch.randn(rows, d, generator=torch.Generator().manual_seed(seed))
 
 
-def capture_block0_inputs(model):
-    """Every hidden state entering the first block, one tensor per call."""
+def capture_block_inputs(model, block=0):
+    """Every hidden state entering ``block`` (the first by default), one tensor per call."""
     seen = []
 
     def hook(module, args, kwargs):
         seen.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
 
-    return seen, adapters.decoder_layers(model)[0].register_forward_pre_hook(hook, with_kwargs=True)
+    return seen, adapters.decoder_layers(model)[block].register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def marker_slots(ids, marker):
@@ -60,7 +60,7 @@ def test_marker_slot_enters_block0_as_the_rescaled_vector(family, side, tiny_mod
     verbalizer, prompts = build(family, tiny_model_dir)
     ids, mask, _ = batch(prompts, side)
     v = vectors(adapters.hidden_size(verbalizer.model.config))
-    seen, handle = capture_block0_inputs(verbalizer.model)
+    seen, handle = capture_block_inputs(verbalizer.model)
     with torch.no_grad():
         verbalizer(ids, mask, v)
         # The vectors stay loaded after a forward (for checkpointed recomputes); unload for the baseline.
@@ -145,7 +145,7 @@ def test_sample_injects_once_per_row_at_prefill(family, tiny_model_dir):
     verbalizer, prompts = build(family, tiny_model_dir)
     short = prompts.av_prompt_ids
     rows = [short, prompts.tokenizer.encode("Describe", add_special_tokens=False) + short]
-    seen, handle = capture_block0_inputs(verbalizer.model)
+    seen, handle = capture_block_inputs(verbalizer.model)
     out = verbalizer.sample(vectors(adapters.hidden_size(verbalizer.model.config)), rows, max_new_tokens=6, greedy=True)
     handle.remove()
     assert len(seen) == 6 and seen[0].shape[1] == len(rows[1]) and all(s.shape[1] == 1 for s in seen[1:])
@@ -253,3 +253,31 @@ def test_smollm2_samples_with_injection(smollm2_dir):
     assert len(out.texts) == 2 and all(isinstance(t, str) and t for t in out.texts)
     assert out.injection.injected_rows == 2 and out.injection.injected_calls == 1
     assert all(len(t) <= 16 for t in out.tokens)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_an_add_site_adds_the_norm_matched_vector_after_its_block_and_only_at_prefill(family, tiny_model_dir):
+    plain, prompts = build(family, tiny_model_dir)
+    plain.injector.remove()
+    model = plain.model
+    adding = Verbalizer(model, plain.tokenizer, prompts.marker, None, site=InjectionSite("add", 1, "matched"))
+    ids, mask, _ = batch(prompts, "left")
+    v = vectors(adapters.hidden_size(model.config))
+    seen, handle = capture_block_inputs(model, 2)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, use_cache=False)
+        adding(ids, mask, v)
+    clean, injected = seen
+    slots = marker_slots(ids, prompts.marker)
+    for row, slot in enumerate(slots):
+        expected = clean[row, slot] + v[row] * (clean[row, slot].norm() / v[row].norm())
+        torch.testing.assert_close(injected[row, slot], expected)
+    # Only the slots change: the vector enters after block 1, so nothing before it saw the vector.
+    changed = (injected != clean).any(dim=-1)
+    assert changed.nonzero().tolist() == [[row, slot] for row, slot in enumerate(slots)]
+    seen.clear()
+    out = adding.sample(v, [prompts.av_prompt_ids] * 2, max_new_tokens=5, greedy=True)
+    handle.remove()
+    stats = out.injection
+    assert (stats.injected_calls, stats.injected_rows, stats.passed_calls) == (1, 2, len(seen) - 1)
+    assert len(seen) > 1 and not adding.injector.loaded

@@ -22,7 +22,7 @@ from nla.commands.explain.flags import final_token_contradiction
 from nla.commands.explain.page import check_page_path, read_steering, write_page
 from nla.commands.explain.table import render_table
 from nla.models.fingerprint import BaseModelMismatch
-from nla.models.pair_loading import load_pair, read_pair_sidecars
+from nla.models.pair_loading import load_pair, pair_bases, read_pair_sidecars
 from nla.core.maths import cosine, normalized_mse
 from nla.models.target import choose_positions, load_target, residuals, target_tokenizer, tokenize
 
@@ -67,6 +67,8 @@ def explain_text(
     seed: int = 0,
     temperature: float = 0.0,
     detail_points: int = 8,
+    base: str | None = None,
+    layer: int | None = None,
 ) -> tuple[list[ExplainedToken], float | None, str]:
     """The rows ``nla explain`` prints, the FVE baseline it used (None when none is recorded) and
     the target model it read."""
@@ -78,9 +80,12 @@ def explain_text(
         raise ConfigError("temperature", f"is {temperature}; use 0 for greedy decoding or a positive value")
     if detail_points < 0:
         raise ConfigError("detail_points", f"is {detail_points}; use 0 for no detail curve or a positive count")
-    av_sidecar, ar_sidecar = read_pair_sidecars(av, ar)
-    given = target
-    target = target or locate_base_model(av_sidecar.base_model, av_sidecar.base_model_source) or ar_sidecar.base_model
+    av_sidecar, ar_sidecar = read_pair_sidecars(av, ar, layer)
+    # A released adapter's base is the target too; one that is not here asks for --base at once.
+    av_base, ar_base = pair_bases(av, ar, av_sidecar, ar_sidecar, base)
+    given = target or base
+    target = (given or locate_base_model(av_sidecar.base_model, av_sidecar.base_model_source)
+              or ar_sidecar.base_model or av_base or ar_base)
     if not target:
         raise ConfigError("target", "the sidecars name no base_model; pass --target with the model the pair explains")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,15 +94,15 @@ def explain_text(
         tokenized = tokenize(target_tokenizer(target), text)
         chosen = choose_positions(len(tokenized.ids), tokenized.special, positions)
         # The target is freed before the pair loads, so the two never share memory.
-        base = (av_sidecar.base_model, av_sidecar.base_model_fingerprint)
-        vectors = residuals(load_target(target, av_sidecar.d_model, device, keep_layers=layer + 1, base=base), layer,
-                            tokenized.ids, chosen)
+        recorded = (av_sidecar.base_model, av_sidecar.base_model_fingerprint)
+        vectors = residuals(load_target(target, av_sidecar.d_model, device, keep_layers=layer + 1, base=recorded),
+                            layer, tokenized.ids, chosen)
     except ConfigError as error:
         if given is not None or not error.field.startswith("target") or isinstance(error, BaseModelMismatch):
             raise
         raise ConfigError("target", f"the base model the sidecar names cannot be loaded ({error.detail}); pass "
                           "--target with the model the pair was trained on (a local copy)") from None
-    pair = load_pair(av, ar).to(device)
+    pair = load_pair(av, ar, base=base, layer=layer).to(device)
     variance = pair.heldout_variance
 
     def scores(predicted: torch.Tensor, wanted: torch.Tensor) -> list[dict]:
@@ -136,6 +141,8 @@ def explain(
     html: str | None = None,
     steering: str | None = None,
     detail_points: int = 8,
+    base: str | None = None,
+    layer: int | None = None,
 ) -> None:
     """Explain the activations of TEXT token by token with an NLA pair: for each position, the AV's
     explanation of the target model's layer-K residual, and how well the AR rebuilds the residual from
@@ -159,6 +166,9 @@ def explain(
             its original and steered continuations (needs ``html``).
         detail_points: Prefixes of each explanation the AR also reads alone (the detail curve, shown
             on the page and in ``--json``); 0 skips it.
+        base: The base model a released pair's adapters (or truncated AR) go on, when the path their
+            files name is not on this machine; also the default target.
+        layer: The layer to explain with a pair that serves several (one AR head per layer).
     """
     if steering is not None and html is None:
         raise ConfigError("steering", "is shown on the explorer page only; pass --html too")
@@ -171,7 +181,7 @@ def explain(
     hf_logging.disable_progress_bar()
     try:
         rows, variance, target = explain_text(av, ar, text, positions, target, max_new_tokens, seed, temperature,
-                                              detail_points)
+                                              detail_points, base, layer)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -180,6 +190,6 @@ def explain(
     else:
         print(render_table(rows, variance, target))
     if html is not None:
-        page = write_page(html, av, ar, text, rows, variance, target, panel)
+        page = write_page(html, av, ar, text, rows, variance, target, panel, layer)
         if not json:
             print(f"page: {page}")

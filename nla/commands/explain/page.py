@@ -60,6 +60,7 @@ def run_fields(av: str, ar: str, av_sidecar, target: str, variance: float | None
         ("AV", av), ("AR", ar), ("target", target), ("base model", av_sidecar.base_model or "-"),
         ("layer K", str(av_sidecar.extraction_layer_index)), ("d", str(av_sidecar.d_model)),
         ("injection scale", _fmt(av_sidecar.extraction.injection_scale)),
+        ("injection", f"the vector {av_sidecar.extraction.site.describe()}"),
         ("marker", f"{marker.injection_char!r} (id {marker.injection_token_id})"),
         ("stage", av_sidecar.stage or "-"),
         ("FVE baseline", "not recorded" if variance is None else f"{variance:.4g} (held-out rawvar)"),
@@ -207,10 +208,11 @@ def check_page_path(path: str) -> Path:
 
 
 def write_page(path: str, av: str, ar: str, text: str, rows, variance: float | None, target: str,
-               steering: dict | None = None) -> Path:
-    """Render ``nla explain``'s results for ``text`` and write the page atomically."""
+               steering: dict | None = None, layer: int | None = None) -> Path:
+    """Render ``nla explain``'s results for ``text`` and write the page atomically (``layer``: the one
+    explained, for a pair that serves several)."""
     page = check_page_path(path)
-    av_sidecar, _ = read_pair_sidecars(av, ar)
+    av_sidecar, _ = read_pair_sidecars(av, ar, layer)
     tokenizer = load_tokenizer(ModelArgs(target))
     # Tokenized as nla.models.target reads the target (default special tokens), so positions line up.
     tokens = tokenize(tokenizer, text).tokens

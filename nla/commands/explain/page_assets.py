@@ -6,13 +6,16 @@ colour, and every negative token also gets a dashed outline, so "worse than the 
 for a middling score.
 """
 
-STYLE = """
+HEADER_STYLE = """
 body{margin:0;font-family:system-ui,sans-serif;color:#222;background:#fafafa}
 header{padding:12px 20px;background:#fff;border-bottom:1px solid #ddd}
 header h1{font-size:18px;margin:0 0 8px}
 dl.run{display:grid;grid-template-columns:max-content 1fr max-content 1fr;gap:2px 12px;margin:0;font-size:13px}
 dl.run dt{color:#666}dl.run dd{margin:0;font-family:ui-monospace,monospace;word-break:break-all}
-main{display:flex;gap:20px;padding:16px 20px}
+"""
+"""The page header and run description, shared with the audit page."""
+
+STYLE = HEADER_STYLE + """main{display:flex;gap:20px;padding:16px 20px}
 #text{flex:3;line-height:2;white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:15px}
 #text span{border-radius:3px;padding:1px 0}
 #text .tok{cursor:pointer;border:1px solid #bbb}

@@ -23,7 +23,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from nla.core.errors import ConfigError
-from nla.models.pair_loading import load_pair, pair_directories, read_pair_sidecars
+from nla.models.pair_loading import load_pair, pair_bases, pair_directories, read_pair_sidecars
 from nla.core.maths import normalized_mse
 from nla.models.patching import greedy_continuation, rescaled
 from nla.models.target import choose_positions, load_target, residuals, target_tokenizer, tokenize
@@ -42,7 +42,8 @@ def _replacements(h_norm: torch.Tensor, original: torch.Tensor, edited: torch.Te
 
 def steer_text(av: str, ar: str, text: str, position: int = -1, replace: list[str] | None = None,
                explanation: str | None = None, mode: str = "replace", tokens: int = 20, watch: str | None = None,
-               target: str | None = None, max_new_tokens: int = 150) -> dict:
+               target: str | None = None, max_new_tokens: int = 150, base: str | None = None,
+               layer: int | None = None) -> dict:
     """Everything ``nla steer`` prints, as a JSON-ready mapping."""
     if not text.strip():
         raise ConfigError("text", "is empty; give the text to steer")
@@ -56,8 +57,10 @@ def steer_text(av: str, ar: str, text: str, position: int = -1, replace: list[st
         raise ConfigError("explanation", "is empty; give the edited explanation's text")
     edits = parse_replacements(replace)
     words = watched_words(watch)
-    av_sidecar, ar_sidecar = read_pair_sidecars(av, ar)
-    target = target or av_sidecar.base_model or ar_sidecar.base_model
+    av_sidecar, ar_sidecar = read_pair_sidecars(av, ar, layer)
+    # A released adapter's base is the target too; one that is not here asks for --base at once.
+    av_base, ar_base = pair_bases(av, ar, av_sidecar, ar_sidecar, base)
+    target = target or base or av_sidecar.base_model or ar_sidecar.base_model or av_base or ar_base
     if not target:
         raise ConfigError("target", "the sidecars name no base_model; pass --target with the model the pair explains")
     layer, device = av_sidecar.extraction_layer_index, torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,7 +69,7 @@ def steer_text(av: str, ar: str, text: str, position: int = -1, replace: list[st
     at = choose_positions(len(tokenized.ids), tokenized.special, [position])[0]
     model = load_target(target, av_sidecar.d_model, device, base=(av_sidecar.base_model, av_sidecar.base_model_fingerprint))
     h = residuals(model, layer, tokenized.ids, [at])
-    pair = load_pair(av, ar).to(device)
+    pair = load_pair(av, ar, base=base, layer=layer).to(device)
     answers = pair.explain(h, max_new_tokens=max_new_tokens)
     original = answers.shown[0]
     edited = explanation if explanation is not None else apply_edits(original, edits)
@@ -126,7 +129,8 @@ def render(result: dict) -> str:
 
 def steer(text: str, av: str | None = None, ar: str | None = None, pair: str | None = None, position: int = -1,
           replace: list[str] | None = None, explanation: str | None = None, mode: str = "replace", tokens: int = 20,
-          watch: str | None = None, target: str | None = None, max_new_tokens: int = 150, json: bool = False) -> None:
+          watch: str | None = None, target: str | None = None, max_new_tokens: int = 150, json: bool = False,
+          base: str | None = None, layer: int | None = None) -> None:
     """Edit what an explanation says and see what the target does differently: explain POSITION of
     TEXT, apply the edit, patch the edited explanation's reconstruction into the target's residual
     after block K at that position, and print the clean, original and steered continuations.
@@ -149,12 +153,16 @@ def steer(text: str, av: str | None = None, ar: str | None = None, pair: str | N
         target: The model to steer; default the AV sidecar's ``base_model``.
         max_new_tokens: Cap on the explanation's length in tokens.
         json: Print the result as JSON (``nla explain --steering FILE`` shows it on the explorer page).
+        base: The base model a released pair's adapters (or truncated AR) go on, when the path their
+            files name is not on this machine; also the default target.
+        layer: The layer to steer with a pair that serves several (one AR head per layer).
     """
     av, ar = pair_directories(av, ar, pair)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        result = steer_text(av, ar, text, position, replace, explanation, mode, tokens, watch, target, max_new_tokens)
+        result = steer_text(av, ar, text, position, replace, explanation, mode, tokens, watch, target, max_new_tokens,
+                            base, layer)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -13,7 +13,7 @@ from nla.data.teachers.base import (
     render_instruction,
 )
 from nla.data.teachers.cache import SummaryCache, TeacherReport, cache_key, summarize_all
-from nla.data.teachers.registry import PROVIDERS, build_teacher
+from nla.data.teachers.registry import PROVIDERS, build_teacher, chat_teacher
 
 __all__ = [
     "INSTRUCTION",
@@ -28,6 +28,7 @@ __all__ = [
     "TeacherRequest",
     "build_teacher",
     "cache_key",
+    "chat_teacher",
     "clean_feature",
     "parse_features",
     "render_instruction",

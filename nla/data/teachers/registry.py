@@ -52,3 +52,21 @@ def build_teacher(args: TeacherArgs) -> Teacher:
     from nla.data.teachers.remote import AnthropicTeacher, OpenAITeacher
 
     return (OpenAITeacher if args.provider == "openai" else AnthropicTeacher)(args)
+
+
+def chat_teacher(args: TeacherArgs | None, field: str) -> Teacher | None:
+    """The chat model configured under ``field`` (``--judge``, ``--rewriter``: a teacher put to other
+    use than the warm start), checked before anything loads: errors name ``field``'s keys, and a
+    rule-based teacher, which cannot answer, is refused. None when ``args`` is None."""
+    if args is None:
+        return None
+    try:
+        teacher = build_teacher(args)
+    except ConfigError as error:
+        # The checks name the warm start's key (teacher.*); here the settings are under ``field``.
+        raise ConfigError(f"{field}.{error.field.removeprefix('teacher.')}",
+                          error.detail.replace("teacher.", f"{field}.")) from None
+    if type(teacher).answer is Teacher.answer:
+        raise ConfigError(f"{field}.provider", f"the {teacher.name} teacher builds features from rules and cannot "
+                          "rewrite or judge; use hf, openai or anthropic")
+    return teacher

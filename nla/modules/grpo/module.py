@@ -321,6 +321,10 @@ class GRPOModule(LightningModule):
         ``result`` (from ``_heldout``) it was measured with, if any."""
         # Every process calls this: sharded weights are gathered together, then only rank 0 writes.
         verbalizer, reconstructor = fsdp.full_copies(self.verbalizer, self.reconstructor)
+        # Every process reads its own rows, as in the held-out round trip: the metric gathers them all.
+        frozen = None
+        if result is not None and self.hparams.sft_export is not None:
+            frozen = self._frozen_figures(result["trip"])
         if not self.trainer.is_global_zero:
             return
         dm = self.trainer.datamodule
@@ -333,8 +337,7 @@ class GRPOModule(LightningModule):
                             add_generation_prompt=True)
             training["figures"] = {"round_trip": figure("round_trip", fve=result["fve"], mse=result["mse"],
                                                         cosine=float(result["cosine"]), **measured)}
-            if self.hparams.sft_export is not None:
-                frozen = self._frozen_figures(result["trip"])
+            if frozen is not None:
                 training["figures"]["round_trip_frozen_reconstructor"] = figure(
                     "round_trip_frozen_reconstructor", fve=frozen["fve"], mse=frozen["mse"],
                     cosine=frozen["cosine"], reconstructor=str(Path(self.hparams.sft_export) / "ar"), **measured)

@@ -15,6 +15,7 @@ from nla.core.maths import cosine
 from nla.models.loading import ModelArgs, load_causal_lm, load_tokenizer
 from nla.models.residual import read_residual
 from tests.fixtures.pairs import LAYER, TRAINING, build_pair, export, write_released_pair
+from tests.fixtures.released_layouts import CLUSTER_BASE, write_easynla_release
 
 TEXT = "The sailor counts the waves before the storm arrives at night."
 
@@ -157,3 +158,28 @@ def test_missing_or_mismatched_directories_exit_2(pairs, capsys, tmp_path):
     assert code == 2 and out.err.startswith("nla: error: av: directory") and out.err.count("\n") == 1
     code, out = run(capsys, "explain", "--av", str(pair["av"]), "--ar", str(pairs["released"]["ar"]), "--text", TEXT)
     assert code == 2 and out.err.startswith("nla: error: prompt_templates.") and out.err.count("\n") == 1
+
+
+def test_a_release_whose_adapter_names_a_cluster_path_asks_for_and_takes_base(tmp_path, tiny_model_dir, capsys):
+    source = tiny_model_dir("llama")
+    layout = write_easynla_release(tmp_path, source)
+    argv = ["explain", "--av", str(layout.av), "--ar", str(layout.ar), "--text", TEXT, "--max_new_tokens", "3",
+            "--positions", "[-1]"]
+    code, out = run(capsys, *argv)
+    assert code == 2 and out.err == (f"nla: error: base: the adapter's base model '{CLUSTER_BASE}' does not exist "
+                                     "here; pass --base NAME_OR_DIR\n")
+    rows = explain_json(capsys, {"av": layout.av, "ar": layout.ar}, "--base", str(source), "--positions", "[-1]",
+                        "--max_new_tokens", "3")
+    # The base is the target too; the row matches the pair loaded with it.
+    pair = load_pair(layout.av, layout.ar, base=str(source))
+    assert len(rows) == 1 and rows[0]["explanation"] == pair.explain(reference_vector(source, -1),
+                                                                      max_new_tokens=3).shown[0]
+
+
+def reference_vector(source, position: int) -> torch.Tensor:
+    """The target's residual after block LAYER at ``position`` of TEXT."""
+    tokenizer = load_tokenizer(ModelArgs(str(source)))
+    ids = torch.tensor([tokenizer(TEXT)["input_ids"]])
+    target = load_causal_lm(ModelArgs(str(source)), keep_layers=LAYER + 1).eval()
+    at = position % ids.shape[1]
+    return read_residual(target, LAYER, ids, torch.ones_like(ids), torch.tensor([0]), torch.tensor([at]))

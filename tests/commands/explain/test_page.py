@@ -8,7 +8,6 @@ import html
 import json
 import math
 import re
-import shutil
 
 import pytest
 
@@ -16,6 +15,7 @@ from nla.commands.cli import main
 from nla.commands.explain.command import ExplainedToken
 from nla.commands.explain.page import embed_json, render_page
 from nla.models.loading import ModelArgs, load_tokenizer
+from tests.fixtures.browser import headless_chromium
 from tests.fixtures.pairs import LAYER
 
 HOSTILE = "<script>alert(1)</script>"
@@ -121,27 +121,6 @@ def test_explain_writes_the_page_with_every_token_and_the_run(pair, capsys, tmp_
     assert page.count("<script") == 2 and not list(tmp_path.glob(".out.html.*"))
 
 
-def _browser():
-    """A headless Chromium through Debian's chromedriver; a skip (a failure in CI, which sets
-    NLA_NO_SKIPS=1: tests/conftest.py) when either or selenium is missing."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        webdriver = None
-    if webdriver is None or chromium is None or driver is None:
-        reason = ("the explorer browser test needs selenium, chromium and chromedriver "
-                  "(apt-get install chromium chromium-driver)")
-        pytest.skip(reason)
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
 def _rgb(css: str) -> tuple[int, ...]:
     return tuple(int(v) for v in re.findall(r"\d+", css)[:3])
 
@@ -179,7 +158,7 @@ def test_fixed_scale_flags_detail_slider_and_steering_in_headless_chromium(tmp_p
               ExplainedToken(position=2, token=" t1", explanation="y", parsed=True, cosine=0.5, mse=1.0, fve=0.55)]
     (tmp_path / "wide.html").write_text(render_page(rows, tokens, FIELDS, steering=STEERING), encoding="utf-8")
     (tmp_path / "narrow.html").write_text(render_page(narrow, tokens[:3], FIELDS), encoding="utf-8")
-    browser = _browser()
+    browser = headless_chromium()
     try:
         browser.get((tmp_path / "wide.html").as_uri())
         spans = browser.find_elements("css selector", "#text .tok")
@@ -224,7 +203,7 @@ def test_page_in_headless_chromium_shows_tokens_hover_list_detail_and_steering(p
           "--explanation", "Rivers bend around old stones.", "--json", "true"])
     steering = json.loads(capsys.readouterr().out)
     (tmp_path / "steer.json").write_text(json.dumps(steering), encoding="utf-8")
-    browser = _browser()
+    browser = headless_chromium()
     try:
         page_path = tmp_path / "explorer.html"
         main(["explain", "--av", pair["av"], "--ar", pair["ar"], "--text", TEXT, "--max_new_tokens", "8",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nla.commands.cli import main
+from tests.fixtures.released_layouts import write_per_layer_release
 
 TEXT = "The sailor counts the waves before the storm arrives at night."
 FAR = "Rivers bend around old stones, and the miller listens to the wheel turning slowly all day."
@@ -98,3 +99,17 @@ def test_replacing_with_the_original_vector_reproduces_the_clean_run(pair, capsy
     assert result["continuations"]["original"] == result["continuations"]["clean"]
     for item in result["watch"]:
         assert item["original"] == pytest.approx(item["clean"], rel=1e-6, abs=0)
+
+
+def test_a_per_layer_release_steers_at_the_layer_asked_for(tmp_path, tiny_model_dir, capsys):
+    layout = write_per_layer_release(tmp_path, tiny_model_dir("llama"))
+    argv = ["steer", "--av", str(layout.av), "--ar", str(layout.ar), "--text", TEXT, "--max_new_tokens", "4",
+            "--tokens", "3"]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err == (f"nla: error: layer: is missing; {layout.av / 'nla_meta.yaml'} serves "
+                                            "layers 1, 2, 3: pass --layer with one of them\n")
+    main([*argv, "--layer", "1", "--json", "true"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["layer"] == 1 and result["continuations"]["steered"] == result["continuations"]["original"]
